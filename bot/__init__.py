@@ -1,0 +1,1 @@
+"""charbot core: the platform-neutral heart of the bot."""

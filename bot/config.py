@@ -1,0 +1,311 @@
+"""config.toml, read once at start-up and validated into typed, frozen settings.
+
+Every error is one line naming the file, the field and the fix (a :class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.characters import Character, load_card
+from bot.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """[model]: which backend and base model, and the default sampling settings."""
+
+    backend: str = "transformers"  # "transformers" | "echo"
+    base: str = "smollm2"  # alias of the bundled SmolLM2-135M-Instruct, an HF id or a directory
+    dtype: str = "auto"  # "auto" (bf16 where the CPU supports it) | "float32" | "bfloat16"
+    max_new_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    context_tokens: int = 2048  # the prompt budget, in the model's own tokens
+    max_batch_size: int = 16  # serving: rows in one batch
+    batch_wait_ms: float = 5.0  # serving: how long a request waits for others to join
+    max_queue: int = 64  # serving: waiting requests before "busy"
+    compile: bool = False  # serving: torch.compile the decode step
+    cache_dir: Path = Path("data/models")  # converted model cache (relative to the config file)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """[storage]: where conversations, ratings and corrections live."""
+
+    url: str = "sqlite+aiosqlite:///data/charbot.db"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSettings:
+    """[console]: the terminal chat."""
+
+    enabled: bool = True  # started by `charbot run` only when no platform is enabled
+    user_name: str = "you"
+
+
+@dataclass(frozen=True, slots=True)
+class DiscordSettings:
+    """[discord]. The token is read from the environment variable named by token_env."""
+
+    enabled: bool = False
+    token_env: str = "DISCORD_TOKEN"
+    allowed_guilds: tuple[str, ...] = ()  # empty = all
+    allowed_channels: tuple[str, ...] = ()
+    allowed_roles: tuple[str, ...] = ()
+    allowed_users: tuple[str, ...] = ()
+    admins: tuple[str, ...] = ()
+    channel_characters: dict[str, str] = field(default_factory=dict)  # channel id -> name
+    use_webhooks: bool = True
+    api_base_url: str | None = None  # e.g. http://127.0.0.1:8080/api/v10 (tests, proxies)
+    gateway_url: str | None = None  # e.g. ws://127.0.0.1:8080/
+
+
+@dataclass(frozen=True, slots=True)
+class TelegramSettings:
+    """[telegram]. The token is read from the environment variable named by token_env."""
+
+    enabled: bool = False
+    token_env: str = "TELEGRAM_TOKEN"
+    allowed_chats: tuple[str, ...] = ()  # empty = all
+    allowed_users: tuple[str, ...] = ()
+    admins: tuple[str, ...] = ()
+    default_character: str | None = None
+    base_url: str | None = None  # a self-hosted Bot API server (and tests), ".../bot"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration."""
+
+    path: Path
+    model: ModelSettings
+    storage: StorageSettings
+    characters: tuple[Character, ...]
+    default_character: str
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    discord: DiscordSettings = field(default_factory=DiscordSettings)
+    telegram: TelegramSettings = field(default_factory=TelegramSettings)
+
+
+CONFIG_ENV = "CHARBOT_CONFIG"
+DEFAULT_CONFIG = Path("config.toml")
+_SECTIONS = {
+    "model": ModelSettings,
+    "storage": StorageSettings,
+    "console": ConsoleSettings,
+    "discord": DiscordSettings,
+    "telegram": TelegramSettings,
+}
+_TOP_LEVEL = {*_SECTIONS, "characters", "default_character"}
+_CHARACTER_KEYS = {f.name for f in dataclasses.fields(Character)} - {"extensions"} | {"card"}
+
+
+def config_path(cli_value: str | None) -> Path:
+    """--config wins, then $CHARBOT_CONFIG, then ./config.toml."""
+    return Path(cli_value or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+def load_config(path: Path, *, backend: str | None = None) -> Config:
+    """Read and validate ``path``. ``backend`` overrides [model] backend for one run."""
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no such config file; pass --config PATH, set {CONFIG_ENV}, "
+            "or copy the repository's config.toml"
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax there") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    where = _Where(path)
+    _reject_unknown(where, "", raw, _TOP_LEVEL)
+    sections = {
+        name: _section(where, name, raw.get(name, {}), cls) for name, cls in _SECTIONS.items()
+    }
+    model: ModelSettings = sections["model"]
+    if backend is not None:
+        model = dataclasses.replace(model, backend=backend)
+    if model.backend not in ("transformers", "echo"):
+        where.fail(
+            "[model] backend", f"{model.backend!r} is not a backend; use transformers or echo"
+        )
+    for name in ("temperature", "top_p"):
+        if getattr(model, name) < 0:
+            where.fail(f"[model] {name}", "must not be negative")
+    for name in ("max_new_tokens", "context_tokens", "max_batch_size", "max_queue"):
+        if getattr(model, name) < 1:
+            where.fail(f"[model] {name}", "must be at least 1")
+    base_dir = path.resolve().parent
+    model = dataclasses.replace(model, cache_dir=_resolve(base_dir, model.cache_dir))
+    storage = dataclasses.replace(
+        sections["storage"], url=_storage_url(base_dir, sections["storage"].url)
+    )
+
+    characters = _characters(where, raw.get("characters"), base_dir)
+    names = [c.name.lower() for c in characters]
+    default = raw.get("default_character", characters[0].name)
+    if not isinstance(default, str) or default.lower() not in names:
+        where.fail(
+            "default_character",
+            f"{default!r} is not a configured character; use one of "
+            + ", ".join(c.name for c in characters),
+        )
+    for section in ("discord", "telegram"):
+        settings = sections[section]
+        mapped = list(getattr(settings, "channel_characters", {}).values())
+        if getattr(settings, "default_character", None):
+            mapped.append(settings.default_character)
+        for name in mapped:
+            if name.lower() not in names:
+                where.fail(f"[{section}]", f"character {name!r} is not configured")
+    return Config(
+        path=path,
+        model=model,
+        storage=storage,
+        characters=tuple(characters),
+        default_character=default,
+        console=sections["console"],
+        discord=sections["discord"],
+        telegram=sections["telegram"],
+    )
+
+
+def read_token(section: str, token_env: str) -> str:
+    """A platform token from the environment; the error names the variable, never a value."""
+    token = os.environ.get(token_env, "").strip()
+    if not token:
+        raise ConfigError(
+            f"[{section}] is enabled but the environment variable {token_env} is empty; "
+            f"export {token_env}=<your bot token> (tokens never go in the config file)"
+        )
+    return token
+
+
+class _Where:
+    """Formats errors that name the file and the field."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, field_name: str, problem: str) -> None:
+        raise ConfigError(f"{self.path}: {field_name}: {problem}")
+
+
+def _reject_unknown(where: _Where, section: str, table: dict[str, Any], known: set[str]) -> None:
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = (
+                f"did you mean {close[0]!r}?"
+                if close
+                else f"known keys: {', '.join(sorted(known))}"
+            )
+            label = f"[{section}] {key}" if section else key
+            if key == "token":
+                where.fail(label, "tokens are never written in the file; set token_env instead")
+            where.fail(label, f"unknown key; {hint}")
+
+
+def _section(where: _Where, name: str, table: Any, cls: type) -> Any:
+    if not isinstance(table, dict):
+        where.fail(f"[{name}]", "must be a table, e.g. [" + name + "] on its own line")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _reject_unknown(where, name, table, set(fields))
+    values = {
+        key: _coerce(where, f"[{name}] {key}", value, str(fields[key].type))
+        for key, value in table.items()
+    }
+    return cls(**values)
+
+
+def _coerce(where: _Where, label: str, value: Any, kind: str) -> Any:
+    """Check ``value`` against a dataclass field's declared type (a string: annotations are
+    postponed) and convert ids to strings, lists to tuples, paths to Path."""
+    optional = kind.endswith("| None")
+    kind = kind.removesuffix(" | None")
+    if optional and value in ("", None):
+        return None
+    if kind == "bool":
+        if not isinstance(value, bool):
+            where.fail(label, f"expected true or false, got {value!r}")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            where.fail(label, f"expected a whole number, got {value!r}")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            where.fail(label, f"expected a number, got {value!r}")
+        return float(value)
+    if kind == "str":
+        if not isinstance(value, str):
+            where.fail(label, f"expected a string in quotes, got {value!r}")
+        return value
+    if kind == "Path":
+        if not isinstance(value, str):
+            where.fail(label, f"expected a path in quotes, got {value!r}")
+        return Path(value)
+    if kind.startswith("tuple[str"):
+        if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+            where.fail(label, f'expected a list of ids or names, e.g. ["123"], got {value!r}')
+        return tuple(str(v) for v in value)
+    if kind.startswith("dict[str, str]"):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            where.fail(label, f'expected a table of id = "character name", got {value!r}')
+        return {str(k): v for k, v in value.items()}
+    raise AssertionError(f"unhandled config type {kind}")  # a bug in this module
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+def _storage_url(base: Path, url: str) -> str:
+    """Relative SQLite paths are relative to the config file, not the working directory."""
+    prefix = next((p for p in ("sqlite+aiosqlite:///", "sqlite:///") if url.startswith(p)), None)
+    if prefix is None:
+        return url
+    database = url[len(prefix) :]
+    if database in ("", ":memory:") or database.startswith("/"):
+        return "sqlite+aiosqlite:///" + database
+    return "sqlite+aiosqlite:///" + str((base / database).resolve())
+
+
+def _characters(where: _Where, entries: Any, base: Path) -> list[Character]:
+    if not entries:
+        where.fail("[[characters]]", "at least one character is needed; add a [[characters]] table")
+    if not isinstance(entries, list):
+        where.fail("characters", "must be an array of tables: write [[characters]]")
+    characters: list[Character] = []
+    fields = {f.name: f for f in dataclasses.fields(Character)}
+    for index, entry in enumerate(entries, start=1):
+        label = f"[[characters]] #{index}"
+        _reject_unknown(where, f"characters #{index}", entry, _CHARACTER_KEYS)
+        values: dict[str, Any] = {}
+        if "card" in entry:
+            card_path = _resolve(base, Path(str(entry["card"])))
+            try:
+                values = load_card(card_path)
+            except ValueError as exc:
+                where.fail(f"{label} card", str(exc))
+        for key, value in entry.items():
+            if key == "card":
+                continue
+            values[key] = _coerce(where, f"{label} {key}", value, str(fields[key].type))
+        name = values.get("name")
+        if not isinstance(name, str) or not name.strip():
+            where.fail(f"{label} name", "every character needs a name (or a card with one)")
+        if name.lower() in {c.name.lower() for c in characters}:
+            where.fail(f"{label} name", f"{name!r} is used twice; names must be unique")
+        if values.get("adapter"):
+            values["adapter"] = str(_resolve(base, Path(values["adapter"])))
+        characters.append(Character(**values))
+    return characters

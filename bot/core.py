@@ -1,0 +1,351 @@
+"""The core: store what arrives, pick the character, build the prompt, stream the reply."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bot.characters import Character
+from bot.config import ModelSettings
+from bot.errors import Busy, UnknownCharacter
+from bot.messages import Inbound
+from bot.models.base import AdapterSpec, ChatModel, GenerationRequest, Sampling, Usage
+from bot.prompt import build_prompt
+from bot.reply import ReplyTarget, StreamRenderer
+from bot.sequencer import ChatLines
+from storage.store import MessageRow, Store
+
+log = logging.getLogger(__name__)
+
+APOLOGY = "Sorry — I couldn't come up with a reply just now. Please try again."
+BUSY = "I'm busy with other conversations — please try again shortly."
+HISTORY_LIMIT = 200  # messages walked up the reply tree before the token budget trims
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyResult:
+    """What the core did with one inbound message that it answered."""
+
+    reply_id: int  # the stored assistant message's row id
+    character: str
+    text: str
+    message_ids: list[str]  # platform ids of the messages that show the reply
+    status: str  # "ok" | "error" | "busy" | "cancelled"
+
+
+class _Run:
+    """A reply being generated, so that /reset can stop it."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+
+class Core:
+    """Platform-neutral bot logic. Adapters call these methods; nothing here knows a platform.
+
+    The core holds no state that the database does not also hold, except caches and the
+    per-chat ordering of messages in flight, so a restart loses nothing.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        model: ChatModel,
+        characters: Sequence[Character],
+        settings: ModelSettings,
+        default_character: str | None = None,
+    ) -> None:
+        if not characters:
+            raise ValueError("at least one character is needed")
+        self.store = store
+        self.model = model
+        self.settings = settings
+        self._characters = {c.name.lower(): c for c in characters}
+        self._default = self.character(default_character or characters[0].name)
+        self._lines = ChatLines()
+        self._runs: dict[tuple[str, str, str], set[_Run]] = {}
+        # A character is named when the message starts with its name ("Mara, ...") or
+        # @-mentions it anywhere; merely talking about a character does not summon it.
+        # Longest names first, so "Captain Mara" wins over "Mara".
+        names = "|".join(sorted((re.escape(c.name) for c in characters), key=len, reverse=True))
+        self._name_pattern = re.compile(
+            rf"^\s*@?({names})(?!\w)|(?<!\w)@({names})(?!\w)", re.IGNORECASE
+        )
+
+    async def start(self) -> None:
+        await self.model.start()
+
+    async def close(self) -> None:
+        for runs in self._runs.values():
+            for run in runs:
+                run.cancelled = True
+        await self.model.close()
+
+    # -- characters ----------------------------------------------------------------------
+
+    @property
+    def characters(self) -> list[Character]:
+        return list(self._characters.values())
+
+    @property
+    def default_character(self) -> Character:
+        return self._default
+
+    def character(self, name: str) -> Character:
+        """Look up a character by name (case-insensitive); raises UnknownCharacter."""
+        found = self._characters.get(name.strip().lower())
+        if found is None:
+            raise UnknownCharacter(name, [c.name for c in self._characters.values()])
+        return found
+
+    async def set_character(self, platform: str, chat_id: str, name: str) -> Character:
+        """Make ``name`` this chat's current character (persisted)."""
+        character = self.character(name)
+        await self.store.set_chat_character(platform, chat_id, character.name)
+        return character
+
+    async def current_character(
+        self, platform: str, chat_id: str, default: str | None = None
+    ) -> Character:
+        """The chat's current character, else ``default``, else the configured default."""
+        stored = await self.store.chat_character(platform, chat_id)
+        for name in (stored, default):
+            if name and name.lower() in self._characters:
+                return self._characters[name.lower()]
+        return self._default
+
+    # -- messages ------------------------------------------------------------------------
+
+    async def handle(self, msg: Inbound, target: ReplyTarget) -> ReplyResult | None:
+        """Store ``msg`` at once, then answer it through ``target`` if it is addressed.
+
+        Messages in one chat are answered in arrival order; chats run concurrently. Raises
+        UnknownCharacter when ``msg.character`` names no character (the message is stored).
+        """
+        if not msg.text.strip():
+            return None
+        key = (msg.platform, msg.chat_id, msg.thread_id or "")
+        turn = self._lines.enter(key)  # synchronous: arrival order is fixed here
+        try:
+            conversation = await self.store.conversation_id(
+                msg.platform, msg.chat_id, msg.thread_id
+            )
+            replied = None
+            if msg.reply_to_id is not None:
+                replied = await self.store.find_message(msg.platform, msg.chat_id, msg.reply_to_id)
+            user_row = await self.store.add_user_message(
+                conversation_id=conversation,
+                platform=msg.platform,
+                chat_id=msg.chat_id,
+                platform_message_id=msg.message_id,
+                author_id=msg.author_id,
+                author_name=msg.author_name,
+                text=msg.text,
+                reply_to_id=replied.id if replied is not None else None,
+                created_at=msg.sent_at,
+            )
+            await turn.wait()
+            # Only now, with the messages ahead answered, is "the message before" known.
+            rows = await self.store.settle(
+                user_row, conversation, link=replied is None, limit=HISTORY_LIMIT
+            )
+            if not msg.addressed:
+                return None
+            character = await self._choose(msg, replied)
+            return await self._answer(
+                key=key,
+                conversation=conversation,
+                parent=user_row,
+                rows=rows,
+                character=character,
+                user_name=msg.author_name,
+                target=target,
+            )
+        finally:
+            turn.done()
+
+    async def _choose(self, msg: Inbound, replied: MessageRow | None) -> Character:
+        if msg.character:
+            return self.character(msg.character)
+        named = self._name_pattern.search(msg.text)
+        if named:
+            return self.character(named.group(1) or named.group(2))
+        if replied is not None and replied.role == "assistant":
+            continuing = self._characters.get((replied.character or "").lower())
+            if continuing is not None:
+                return continuing
+        return await self.current_character(msg.platform, msg.chat_id, msg.default_character)
+
+    def sampling_for(self, character: Character) -> Sampling:
+        s = self.settings
+        return Sampling(
+            max_new_tokens=character.max_new_tokens or s.max_new_tokens,
+            temperature=s.temperature if character.temperature is None else character.temperature,
+            top_p=s.top_p if character.top_p is None else character.top_p,
+        )
+
+    async def _answer(
+        self,
+        *,
+        key: tuple[str, str, str],
+        conversation: int,
+        parent: int,
+        rows: Sequence[MessageRow],
+        character: Character,
+        user_name: str,
+        target: ReplyTarget,
+        regenerated_from: int | None = None,
+    ) -> ReplyResult:
+        platform, chat_id, _thread = key
+        prompt = build_prompt(self.model, character, rows, self.settings.context_tokens, user_name)
+        sampling = self.sampling_for(character)
+        adapter = AdapterSpec(character.name, character.adapter) if character.adapter else None
+        request = GenerationRequest(messages=prompt, sampling=sampling, adapter=adapter)
+
+        run = _Run()
+        self._runs.setdefault(key, set()).add(run)
+        started = time.perf_counter()
+        text, usage, status, error = "", Usage(), "ok", None
+        message_ids: list[str] = []
+        try:
+            async with StreamRenderer(target, character) as renderer:
+                try:
+                    text, usage = await self._generate(request, renderer, run)
+                    if run.cancelled:
+                        status = "cancelled"
+                    message_ids = await renderer.close(text or "…")
+                except Busy:
+                    status, error = "busy", "generation queue full"
+                    await self._notice(target, BUSY)
+                except Exception as exc:  # any model failure: apologise, keep running
+                    log.exception("generation failed for %s in %s/%s", character.name, *key[:2])
+                    status, error = "error", f"{type(exc).__name__}: {exc}"[:500]
+                    message_ids = list(renderer.message_ids)
+                    await self._notice(target, APOLOGY)
+        finally:
+            self._runs[key].discard(run)
+            if not self._runs[key]:
+                del self._runs[key]
+        latency_ms = (time.perf_counter() - started) * 1000
+        reply_id = await self.store.add_reply(
+            conversation_id=conversation,
+            platform=platform,
+            chat_id=chat_id,
+            reply_to_id=parent,
+            character=character.name,
+            text=text,
+            platform_message_ids=message_ids,
+            prompt=prompt,
+            sampling=sampling.as_dict(),
+            model=usage.model or self.model.name,
+            adapter_version=usage.adapter_version,
+            latency_ms=latency_ms,
+            prompt_tokens=usage.prompt_tokens or None,
+            completion_tokens=usage.completion_tokens or None,
+            status="ok" if status == "cancelled" else status,
+            error=error if status != "cancelled" else "cancelled",
+            regenerated_from_id=regenerated_from,
+        )
+        return ReplyResult(reply_id, character.name, text, message_ids, status)
+
+    async def _generate(
+        self, request: GenerationRequest, renderer: StreamRenderer, run: _Run
+    ) -> tuple[str, Usage]:
+        text, usage = "", Usage()
+        stream = self.model.stream(request)
+        try:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if chunk.text:
+                    text += chunk.text
+                    await renderer.feed(text)
+                if run.cancelled:
+                    usage.finish_reason = "cancelled"
+                    break
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]  # frees the model's slot
+        return text, usage
+
+    @staticmethod
+    async def _notice(target: ReplyTarget, text: str) -> None:
+        try:
+            await target.notice(text)
+        except Exception:  # the platform is failing too; the error row still gets stored
+            log.warning("could not deliver a notice to the user", exc_info=True)
+
+    # -- feedback ------------------------------------------------------------------------
+
+    async def _reply_row(self, platform: str, chat_id: str, message_id: str) -> Any:
+        row = await self.store.find_message(platform, chat_id, message_id)
+        if row is None or row.role != "assistant":
+            return None
+        return row
+
+    async def reply_character(self, platform: str, chat_id: str, message_id: str) -> str | None:
+        """The character whose reply includes platform message ``message_id``, or None."""
+        row = await self._reply_row(platform, chat_id, message_id)
+        return row.character if row is not None else None
+
+    async def rate(
+        self, platform: str, chat_id: str, message_id: str, user_id: str, value: int
+    ) -> bool:
+        """Vote +1 / -1 on the reply containing ``message_id``; 0 removes the user's vote.
+
+        One vote per user per reply: a new vote replaces the old. False if not a reply.
+        """
+        row = await self._reply_row(platform, chat_id, message_id)
+        if row is None:
+            return False
+        await self.store.set_rating(row.id, user_id, value)
+        return True
+
+    async def correct(
+        self, platform: str, chat_id: str, message_id: str, user_id: str, text: str
+    ) -> bool:
+        """Store ``text`` as a better reply for the reply containing ``message_id``."""
+        row = await self._reply_row(platform, chat_id, message_id)
+        if row is None or not text.strip():
+            return False
+        await self.store.add_correction(row.id, user_id, text.strip())
+        return True
+
+    async def regenerate(
+        self, platform: str, chat_id: str, message_id: str, target: ReplyTarget
+    ) -> ReplyResult | None:
+        """A new sibling of the reply containing ``message_id``, from the same history."""
+        row = await self._reply_row(platform, chat_id, message_id)
+        if row is None or row.reply_to_id is None:
+            return None
+        parent = await self.store.get_message(row.reply_to_id)
+        thread = await self.store.conversation_thread(row.conversation_id)
+        key = (platform, chat_id, thread)
+        turn = self._lines.enter(key)
+        try:
+            await turn.wait()
+            character = self._characters.get((row.character or "").lower(), self._default)
+            return await self._answer(
+                key=key,
+                conversation=row.conversation_id,
+                parent=row.reply_to_id,
+                rows=await self.store.history(row.reply_to_id, HISTORY_LIMIT),
+                character=character,
+                user_name=parent.author_name if parent is not None else "user",
+                target=target,
+                regenerated_from=row.regenerated_from_id or row.id,
+            )
+        finally:
+            turn.done()
+
+    async def reset(self, platform: str, chat_id: str, thread_id: str | None = None) -> None:
+        """Start a fresh conversation in this chat and stop a reply being generated there."""
+        for run in self._runs.get((platform, chat_id, thread_id or ""), ()):
+            run.cancelled = True
+        await self.store.reset_conversation(platform, chat_id, thread_id)

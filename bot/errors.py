@@ -1,0 +1,37 @@
+"""Our own exception types. Vendor exceptions are translated into these at the edges."""
+
+from __future__ import annotations
+
+
+class CharbotError(Exception):
+    """Base class: the message is one line, safe to show a user or print at the CLI."""
+
+
+class ConfigError(CharbotError):
+    """The configuration file is malformed; the message names the file, the field and the fix."""
+
+
+class UnknownCharacter(CharbotError):
+    """A character name that is not configured; the message lists the known ones."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(f"unknown character {name!r}; known characters: {', '.join(known)}")
+
+
+class ModelError(CharbotError):
+    """The model backend failed to load or to generate."""
+
+
+class AdapterLoadError(ModelError):
+    """A character's LoRA adapter directory is missing or does not fit the base model."""
+
+    def __init__(self, character: str, path: str, reason: str) -> None:
+        self.character = character
+        self.path = path
+        super().__init__(f"adapter for character {character!r} at {path}: {reason}")
+
+
+class Busy(ModelError):
+    """The generation queue is full; the user should try again shortly."""

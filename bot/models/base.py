@@ -1,0 +1,100 @@
+"""The model contract: stream a reply for (adapter, chat messages, sampling settings)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+ChatMessages = list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": ...}]
+
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Generation settings; stored with every reply so it can be reproduced."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    seed: int | None = None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterSpec:
+    """A character's LoRA adapter: which character it belongs to and where it lives."""
+
+    character: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One reply to generate. ``adapter`` is None for the bare base model."""
+
+    messages: ChatMessages
+    sampling: Sampling = field(default_factory=Sampling)
+    adapter: AdapterSpec | None = None
+
+
+@dataclass(slots=True)
+class Usage:
+    """What a finished generation cost and which weights produced it."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str = ""
+    adapter_version: str | None = None
+    finish_reason: str = "stop"  # "stop" | "length" | "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of streamed text. The last chunk of a generation carries ``usage``."""
+
+    text: str
+    usage: Usage | None = None
+
+
+class ChatModel(ABC):
+    """A model backend. One required method: :meth:`stream`.
+
+    ``stream`` is an async generator: closing it early (``aclose()``, or cancelling the task
+    that iterates it) must cancel the generation and free its resources. It must never block
+    the event loop: heavy work runs in a thread or another process.
+    """
+
+    name: ClassVar[str] = "model"
+    supports_adapters: ClassVar[bool] = False
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load weights, start workers. Called once before the first request."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop workers, cancel what is running, free memory."""
+
+    @abstractmethod
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        """Yield the reply as text deltas; the final chunk carries :class:`Usage`."""
+
+    def count_tokens(self, messages: ChatMessages) -> int:
+        """Tokens the prompt takes once the chat template is applied.
+
+        The default is a rough estimate for backends without a tokenizer; real backends
+        use their own tokenizer and chat template.
+        """
+        return sum(len(m["content"]) // 4 + 4 for m in messages) + 2
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """Cut ``text`` to at most ``max_tokens`` tokens (used for over-long single messages)."""
+        return text[: max(0, max_tokens) * 4]

@@ -1,0 +1,133 @@
+"""The database schema as SQLAlchemy 2 declarative models (the latest version).
+
+Migrations (storage/migrations.py) create and change the real tables; these classes are the
+schema the code expects once every migration has run.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base for charbot's tables."""
+
+
+class Conversation(Base):
+    """One conversation in one chat (and thread). A /reset ends it and starts the next."""
+
+    __tablename__ = "conversations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String(64))
+    thread_id: Mapped[str] = mapped_column(String(64), default="")  # "" = no thread
+    character: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[float] = mapped_column(Float)
+    reset_at: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_conversations_chat", "platform", "chat_id", "thread_id"),)
+
+
+class Message(Base):
+    """A user message or a character's reply, with everything needed to reproduce a reply."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String(64))
+    platform_message_id: Mapped[str | None] = mapped_column(String(64))  # first part
+    role: Mapped[str] = mapped_column(String(16))  # "user" | "assistant"
+    author_id: Mapped[str] = mapped_column(String(64))
+    author_name: Mapped[str] = mapped_column(String(256))
+    text: Mapped[str] = mapped_column(Text)
+    # The message this one follows in the conversation tree: the replied-to message, or the
+    # previous message of the conversation. Following it gives a reply's exact history.
+    reply_to_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    regenerated_from_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    character: Mapped[str | None] = mapped_column(String(128))
+    adapter_version: Mapped[str | None] = mapped_column(String(128))
+    model: Mapped[str | None] = mapped_column(String(256))
+    prompt_json: Mapped[str | None] = mapped_column(Text)  # the exact chat messages sent
+    sampling_json: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="ok")  # "ok" | "error"
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        Index("ix_messages_conversation", "conversation_id", "id"),
+        Index("ix_messages_platform_id", "platform", "chat_id", "platform_message_id"),
+        Index("ix_messages_character", "character"),
+    )
+
+
+class MessagePart(Base):
+    """One platform message that shows (part of) a stored reply; a long reply has several."""
+
+    __tablename__ = "message_parts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"))
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String(64))
+    platform_message_id: Mapped[str] = mapped_column(String(64))
+    part_index: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        UniqueConstraint("platform", "chat_id", "platform_message_id", name="uq_part_platform"),
+        Index("ix_parts_message", "message_id"),
+    )
+
+
+class Rating(Base):
+    """A 👍 (+1) or 👎 (-1) vote; one per user per reply."""
+
+    __tablename__ = "ratings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"))
+    user_id: Mapped[str] = mapped_column(String(64))
+    value: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("message_id", "user_id", name="uq_rating_user"),)
+
+
+class Correction(Base):
+    """A better reply that a user or reviewer wrote for a stored reply."""
+
+    __tablename__ = "corrections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"))
+    user_id: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_corrections_message", "message_id"),)
+
+
+class ChatState(Base):
+    """Per-chat settings that must survive restarts: the chat's current character."""
+
+    __tablename__ = "chat_state"
+
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    chat_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    character: Mapped[str | None] = mapped_column(String(128))
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,66 @@
+"""Shared fixtures: a real SQLite store in a temporary directory and a Core over it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.characters import Character
+from bot.config import ModelSettings
+from bot.core import Core
+from bot.models.base import ChatModel
+from storage.store import Store
+from tests.fakes import FakeModel
+
+# The fake platform servers listen on 127.0.0.1; a proxy in the environment must not
+# intercept those requests.
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
+
+DEFAULT_CHARACTERS = (
+    Character(name="Aria", description="A cheerful starship navigator.", greeting="Hi!"),
+    Character(name="Bram", description="A grumpy lighthouse keeper."),
+)
+
+MakeCore = Callable[..., Awaitable[Core]]
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'charbot.db'}"
+
+
+@pytest.fixture
+async def make_core(db_url: str) -> AsyncIterator[MakeCore]:
+    """``core = await make_core(model=FakeModel([...]), characters=[...], **settings)``.
+
+    Each call opens the same database file, so a second core is "the bot after a restart".
+    """
+    opened: list[tuple[Core, Store]] = []
+
+    async def factory(
+        model: ChatModel | None = None,
+        characters: Sequence[Character] = DEFAULT_CHARACTERS,
+        default_character: str | None = None,
+        **settings: Any,
+    ) -> Core:
+        store = await Store.open(db_url)
+        core = Core(
+            store=store,
+            model=model or FakeModel(),
+            characters=list(characters),
+            settings=ModelSettings(backend="fake", **settings),
+            default_character=default_character,
+        )
+        await core.start()
+        opened.append((core, store))
+        return core
+
+    yield factory
+    for core, store in opened:
+        await core.close()
+        await store.close()

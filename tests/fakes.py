@@ -1,0 +1,89 @@
+"""Fakes of our own boundaries: a model with queued replies, a reply target that records."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+from bot.characters import Character
+from bot.models.base import ChatModel, Chunk, GenerationRequest, Usage
+from bot.reply import ReplyTarget
+
+
+class FakeModelError(RuntimeError):
+    """What FakeModel raises when told to fail."""
+
+
+class FakeModel(ChatModel):
+    """Streams queued replies word by word and records every request it was given.
+
+    ``fail=True`` raises on every request; a queued reply that is an Exception instance is
+    raised for that request only. With the queue empty it replies ``default``.
+    """
+
+    name: ClassVar[str] = "fake"
+
+    def __init__(
+        self,
+        replies: list[str | Exception] | None = None,
+        *,
+        delay: float = 0.0,
+        fail: bool = False,
+        default: str = "ok",
+    ) -> None:
+        self.replies = list(replies or [])
+        self.delay = delay
+        self.fail = fail
+        self.default = default
+        self.requests: list[GenerationRequest] = []
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        self.requests.append(request)
+        reply = self.replies.pop(0) if self.replies else self.default
+        if self.fail:
+            raise FakeModelError("the fake model was told to fail")
+        if isinstance(reply, Exception):
+            raise reply
+        words = reply.split(" ")
+        for index, word in enumerate(words):
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield Chunk(word if index == 0 else " " + word)
+        yield Chunk("", Usage(self.count_tokens(request.messages), len(words), "fake", None))
+
+
+_ids = itertools.count(1)
+
+
+class RecordingTarget(ReplyTarget):
+    """A ReplyTarget that keeps what was sent and edited, with platform ids "m1", "m2", ...
+
+    Ids are unique across every target in the process, like a platform's.
+    """
+
+    max_chars: ClassVar[int] = 2000
+    edit_interval: ClassVar[float] = 0.0
+
+    def __init__(self) -> None:
+        self.messages: dict[str, str] = {}
+        self.notices: list[str] = []
+        self.edits = 0
+
+    async def send(self, text: str, *, character: Character) -> str:
+        message_id = f"m{next(_ids)}"
+        self.messages[message_id] = text
+        return message_id
+
+    async def edit(self, message_id: str, text: str, *, character: Character) -> None:
+        self.edits += 1
+        self.messages[message_id] = text
+
+    async def notice(self, text: str) -> str | None:
+        self.notices.append(text)
+        return None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.messages.values())
