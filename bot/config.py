@@ -47,7 +47,7 @@ class ConsoleSettings:
     """[console]: the terminal chat."""
 
     enabled: bool = True  # started by `charbot run` only when no platform is enabled
-    user_name: str = "you"
+    user_name: str = "User"
 
 
 @dataclass(frozen=True, slots=True)

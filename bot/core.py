@@ -70,6 +70,7 @@ class Core:
         self._characters = {c.name.lower(): c for c in characters}
         self._default = self.character(default_character or characters[0].name)
         self._lines = ChatLines()
+        self._store_lines = ChatLines()
         self._runs: dict[tuple[str, str, str], set[_Run]] = {}
         # A character is named when the message starts with its name ("Mara, ...") or
         # @-mentions it anywhere; merely talking about a character does not summon it.
@@ -132,25 +133,15 @@ class Core:
         if not msg.text.strip():
             return None
         key = (msg.platform, msg.chat_id, msg.thread_id or "")
-        turn = self._lines.enter(key)  # synchronous: arrival order is fixed here
+        # Two lines per chat, both entered synchronously so arrival order is fixed here: a
+        # short one for storing (row ids follow arrival), a long one for answering.
+        storing, turn = self._store_lines.enter(key), self._lines.enter(key)
         try:
-            conversation = await self.store.conversation_id(
-                msg.platform, msg.chat_id, msg.thread_id
-            )
-            replied = None
-            if msg.reply_to_id is not None:
-                replied = await self.store.find_message(msg.platform, msg.chat_id, msg.reply_to_id)
-            user_row = await self.store.add_user_message(
-                conversation_id=conversation,
-                platform=msg.platform,
-                chat_id=msg.chat_id,
-                platform_message_id=msg.message_id,
-                author_id=msg.author_id,
-                author_name=msg.author_name,
-                text=msg.text,
-                reply_to_id=replied.id if replied is not None else None,
-                created_at=msg.sent_at,
-            )
+            try:
+                await storing.wait()
+                conversation, replied, user_row = await self._store_inbound(msg)
+            finally:
+                storing.done()
             await turn.wait()
             # Only now, with the messages ahead answered, is "the message before" known.
             rows = await self.store.settle(
@@ -170,6 +161,24 @@ class Core:
             )
         finally:
             turn.done()
+
+    async def _store_inbound(self, msg: Inbound) -> tuple[int, MessageRow | None, int]:
+        conversation = await self.store.conversation_id(msg.platform, msg.chat_id, msg.thread_id)
+        replied = None
+        if msg.reply_to_id is not None:
+            replied = await self.store.find_message(msg.platform, msg.chat_id, msg.reply_to_id)
+        user_row = await self.store.add_user_message(
+            conversation_id=conversation,
+            platform=msg.platform,
+            chat_id=msg.chat_id,
+            platform_message_id=msg.message_id,
+            author_id=msg.author_id,
+            author_name=msg.author_name,
+            text=msg.text,
+            reply_to_id=replied.id if replied is not None else None,
+            created_at=msg.sent_at,
+        )
+        return conversation, replied, user_row
 
     async def _choose(self, msg: Inbound, replied: MessageRow | None) -> Character:
         if msg.character:

@@ -38,6 +38,8 @@ class FakeModel(ChatModel):
         self.fail = fail
         self.default = default
         self.requests: list[GenerationRequest] = []
+        self.active = 0  # generations in progress now
+        self.max_active = 0  # the most that were ever in progress at once
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)
@@ -47,10 +49,15 @@ class FakeModel(ChatModel):
         if isinstance(reply, Exception):
             raise reply
         words = reply.split(" ")
-        for index, word in enumerate(words):
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            yield Chunk(word if index == 0 else " " + word)
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            for index, word in enumerate(words):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                yield Chunk(word if index == 0 else " " + word)
+        finally:
+            self.active -= 1
         yield Chunk("", Usage(self.count_tokens(request.messages), len(words), "fake", None))
 
 

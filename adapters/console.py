@@ -1,0 +1,220 @@
+"""A terminal chat: type, or pipe in one message per line, to talk to a character."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+import uuid
+from typing import ClassVar, TextIO
+
+from adapters.base import PlatformAdapter
+from bot.characters import Character
+from bot.core import Core
+from bot.errors import CharbotError
+from bot.messages import Inbound
+from bot.reply import ReplyTarget
+
+HELP = """Commands:
+  /characters        list the characters
+  /character NAME    talk to NAME from now on
+  /reset             start a fresh conversation
+  /good, /bad        rate the last reply 👍 or 👎
+  /fix TEXT          give a better answer for the last reply
+  /regen             a new version of the last reply
+  /help              this list
+  /quit              leave (end of input does too)"""
+
+
+def _new_id() -> str:
+    # Unique across runs: reply parts are keyed by (platform, chat, id) in the database.
+    return uuid.uuid4().hex[:16]
+
+
+class ConsoleTarget(ReplyTarget):
+    """Prints a reply as it streams: the name once, then each new piece of text."""
+
+    max_chars: ClassVar[int] = 1_000_000  # a terminal has no length limit
+    edit_interval: ClassVar[float] = 0.0  # show every token
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self._shown: dict[str, str] = {}
+
+    async def send(self, text: str, *, character: Character) -> str:
+        message_id = _new_id()
+        self.out.write(f"{character.name}: {text}")
+        self.out.flush()
+        self._shown[message_id] = text
+        return message_id
+
+    async def edit(self, message_id: str, text: str, *, character: Character) -> None:
+        shown = self._shown.get(message_id, "")
+        # Streaming only ever appends; print the new tail.
+        self.out.write(text[len(shown) :] if text.startswith(shown) else "\n" + text)
+        self.out.flush()
+        self._shown[message_id] = text
+
+    async def finished(self, message_ids: list[str], text: str, *, character: Character) -> None:
+        self.out.write("\n")
+        self.out.flush()
+
+    async def notice(self, text: str) -> str | None:
+        self.out.write(f"\n[{text}]\n")
+        self.out.flush()
+        return None
+
+
+class ConsoleAdapter(PlatformAdapter):
+    """The terminal chat. ``run()`` returns at /quit or end of input."""
+
+    platform: ClassVar[str] = "console"
+
+    def __init__(
+        self,
+        core: Core,
+        *,
+        user_name: str = "User",
+        character: str | None = None,
+        chat_id: str = "console",
+        stdin: TextIO | None = None,
+        stdout: TextIO | None = None,
+    ) -> None:
+        self.core = core
+        self.user_name = user_name
+        self.character = character
+        self.chat_id = chat_id
+        self.stdin = stdin or sys.stdin
+        self.out = stdout or sys.stdout
+        self.last_reply: str | None = None  # platform id of the last reply's first part
+        self._task: asyncio.Task[None] | None = None
+        self.done = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def run(self) -> None:
+        try:
+            if self.character:
+                await self.core.set_character(self.platform, self.chat_id, self.character)
+            current = await self.core.current_character(self.platform, self.chat_id)
+            interactive = self.stdin.isatty()
+            if interactive:
+                self.say(f"Talking to {current.name}. /help lists the commands.")
+                if current.greeting:
+                    self.say(f"{current.name}: {current.greeting}")
+            async for line in self._lines(prompt=f"{self.user_name}> " if interactive else ""):
+                if not await self.handle_line(line):
+                    break
+        finally:
+            self.done.set()
+
+    def say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    async def _lines(self, prompt: str):  # type: ignore[no-untyped-def]
+        """Lines from stdin, read in a daemon thread so a blocked read never holds up exit."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def reader() -> None:
+            for line in self.stdin:
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        threading.Thread(target=reader, name="console-stdin", daemon=True).start()
+        while True:
+            if prompt:
+                self.out.write(prompt)
+                self.out.flush()
+            line = await queue.get()
+            if line is None:
+                return
+            yield line.rstrip("\r\n")
+
+    async def handle_line(self, line: str) -> bool:
+        """Handle one line; False means quit."""
+        text = line.strip()
+        if not text:
+            return True
+        if text.startswith("/"):
+            command, _, argument = text.partition(" ")
+            try:
+                return await self.command(command.lower(), argument.strip())
+            except CharbotError as exc:
+                self.say(f"[{exc}]")
+                return True
+        try:
+            result = await self.core.handle(
+                Inbound(
+                    platform=self.platform,
+                    chat_id=self.chat_id,
+                    message_id=_new_id(),
+                    author_id=self.user_name,
+                    author_name=self.user_name,
+                    text=line,
+                ),
+                ConsoleTarget(self.out),
+            )
+        except CharbotError as exc:
+            self.say(f"[{exc}]")
+            return True
+        if result is not None and result.message_ids:
+            self.last_reply = result.message_ids[0]
+        return True
+
+    async def command(self, command: str, argument: str) -> bool:
+        core, platform, chat = self.core, self.platform, self.chat_id
+        if command in ("/quit", "/exit"):
+            return False
+        if command == "/help":
+            self.say(HELP)
+        elif command == "/characters":
+            current = await core.current_character(platform, chat)
+            for c in core.characters:
+                marker = "*" if c.name == current.name else " "
+                self.say(f"{marker} {c.name} — {c.description[:70]}")
+        elif command == "/character":
+            if not argument:
+                self.say("[usage: /character NAME]")
+            else:
+                character = await core.set_character(platform, chat, argument)
+                self.say(f"[now talking to {character.name}]")
+                if character.greeting:
+                    self.say(f"{character.name}: {character.greeting}")
+        elif command == "/reset":
+            await core.reset(platform, chat)
+            self.last_reply = None
+            self.say("[conversation reset]")
+        elif command in ("/good", "/bad", "/fix", "/regen"):
+            await self.feedback(command, argument)
+        else:
+            self.say(f"[unknown command {command}; /help lists them]")
+        return True
+
+    async def feedback(self, command: str, argument: str) -> None:
+        if self.last_reply is None:
+            self.say("[no reply yet in this session]")
+            return
+        core, platform, chat, reply = self.core, self.platform, self.chat_id, self.last_reply
+        if command in ("/good", "/bad"):
+            await core.rate(platform, chat, reply, self.user_name, 1 if command == "/good" else -1)
+            self.say("[rated 👍]" if command == "/good" else "[rated 👎]")
+        elif command == "/fix":
+            if not argument:
+                self.say("[usage: /fix A better reply]")
+                return
+            await core.correct(platform, chat, reply, self.user_name, argument)
+            self.say("[correction saved]")
+        else:
+            result = await core.regenerate(platform, chat, reply, ConsoleTarget(self.out))
+            if result is not None and result.message_ids:
+                self.last_reply = result.message_ids[0]

@@ -1,0 +1,38 @@
+"""Wiring: one place that opens the store, the model and the core, and closes them."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from bot.config import Config
+from bot.core import Core
+from bot.models import create_model
+from storage.store import Store
+
+
+@contextlib.asynccontextmanager
+async def open_store(config: Config) -> AsyncIterator[Store]:
+    store = await Store.open(config.storage.url)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def open_core(config: Config) -> AsyncIterator[Core]:
+    """A started core over the configured store and model; everything closed on exit."""
+    async with open_store(config) as store:
+        core = Core(
+            store=store,
+            model=create_model(config.model),
+            characters=config.characters,
+            settings=config.model,
+            default_character=config.default_character,
+        )
+        await core.start()
+        try:
+            yield core
+        finally:
+            await core.close()

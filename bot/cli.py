@@ -1,0 +1,176 @@
+"""The `charbot` command: run the bot, chat in a terminal, export feedback, show stats."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from bot.config import Config, config_path, load_config, read_token
+from bot.errors import CharbotError
+
+log = logging.getLogger("charbot")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # The shared options are accepted before or after the command ("charbot chat --backend
+    # echo" reads naturally); SUPPRESS keeps a subcommand's default from hiding the other.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="config file (default: $CHARBOT_CONFIG or ./config.toml)",
+    )
+    common.add_argument(
+        "--backend",
+        choices=("transformers", "echo"),
+        default=argparse.SUPPRESS,
+        help="override [model] backend for this run",
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
+    parser = argparse.ArgumentParser(
+        prog="charbot",
+        description="A self-hosted character bot for Discord and Telegram.",
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("run", parents=[common], help="start every adapter enabled in the config")
+    chat = commands.add_parser(
+        "chat", parents=[common], help="chat in the terminal (reads piped stdin too)"
+    )
+    chat.add_argument("--character", help="the character to talk to")
+    export = commands.add_parser(
+        "export", parents=[common], help="write feedback as JSONL training records"
+    )
+    export.add_argument("--format", choices=("sft", "dpo", "kto", "review"), default="sft")
+    export.add_argument("--character", help="only this character's replies")
+    export.add_argument("--out", type=Path, help="output file (default: standard output)")
+    commands.add_parser(
+        "stats", parents=[common], help="messages, replies, ratings and errors per character"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name, default in (("config", None), ("backend", None), ("verbose", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(config_path(args.config), backend=args.backend)
+        command = {"run": _run, "chat": _chat, "export": _export, "stats": _stats}[args.command]
+        return asyncio.run(command(config, args))
+    except CharbotError as exc:
+        print(f"charbot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _chat(config: Config, args: argparse.Namespace) -> int:
+    from adapters.console import ConsoleAdapter
+    from bot.app import open_core
+
+    async with open_core(config) as core:
+        if args.character:
+            core.character(args.character)  # fail fast, listing the known names
+        console = ConsoleAdapter(core, user_name=config.console.user_name, character=args.character)
+        await console.run()
+    return 0
+
+
+async def _run(config: Config, args: argparse.Namespace) -> int:
+    """Start every enabled platform adapter in this one event loop; stop on a signal."""
+    from adapters.base import PlatformAdapter
+    from adapters.console import ConsoleAdapter
+    from bot.app import open_core
+
+    tokens = {}
+    if config.discord.enabled:
+        tokens["discord"] = read_token("discord", config.discord.token_env)
+    if config.telegram.enabled:
+        tokens["telegram"] = read_token("telegram", config.telegram.token_env)
+
+    async with open_core(config) as core:
+        adapters: list[PlatformAdapter] = []
+        if "discord" in tokens:
+            from adapters.discord_adapter import DiscordAdapter
+
+            adapters.append(DiscordAdapter(config.discord, core, tokens["discord"]))
+        if "telegram" in tokens:
+            from adapters.telegram_adapter import TelegramAdapter
+
+            adapters.append(TelegramAdapter(config.telegram, core, tokens["telegram"]))
+        console = None
+        if not adapters and config.console.enabled:
+            console = ConsoleAdapter(core, user_name=config.console.user_name)
+            adapters.append(console)
+        if not adapters:
+            raise CharbotError(
+                f"{config.path}: nothing to run; enable [discord], [telegram] or [console]"
+            )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):  # not on Windows
+                loop.add_signal_handler(signum, stop.set)
+        started: list[PlatformAdapter] = []
+        try:
+            for adapter in adapters:
+                await adapter.start()
+                started.append(adapter)
+                log.warning("%s adapter started", adapter.platform)
+            waiters = [asyncio.create_task(stop.wait())]
+            if console is not None:
+                waiters.append(asyncio.create_task(console.done.wait()))
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+        finally:
+            for adapter in reversed(started):
+                await adapter.stop()
+    return 0
+
+
+async def _export(config: Config, args: argparse.Namespace) -> int:
+    from bot.app import open_store
+    from storage.export import export
+
+    async with open_store(config) as store:
+        if args.out is None:
+            count = await export(store, args.format, sys.stdout, args.character)
+        else:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with args.out.open("w", encoding="utf-8") as out:
+                count = await export(store, args.format, out, args.character)
+    print(f"{count} {args.format} records written", file=sys.stderr)
+    return 0
+
+
+async def _stats(config: Config, args: argparse.Namespace) -> int:
+    from bot.app import open_store
+    from storage.feedback import character_stats
+
+    async with open_store(config) as store:
+        stats = await character_stats(store)
+    columns = ("messages", "replies", "up", "down", "corrections", "errors")
+    headers = ("character", "messages", "replies", "👍", "👎", "corrections", "errors")
+    width = max([len(h) for h in headers[:1]] + [len(str(n)) for n in stats])
+    print(f"{headers[0]:<{width}}  " + "  ".join(f"{h:>11}" for h in headers[1:]))
+    for name, row in stats.items():
+        print(f"{name!s:<{width}}  " + "  ".join(f"{row[c]:>11}" for c in columns))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The console adapter fed by a script, and the `charbot` command end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from adapters.console import ConsoleAdapter
+from tests.conftest import MakeCore
+from tests.fakes import FakeModel
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def run_script(core, script: str, **kw) -> str:  # type: ignore[no-untyped-def]
+    out = io.StringIO()
+    console = ConsoleAdapter(core, stdin=io.StringIO(script), stdout=out, **kw)
+    await console.run()
+    return out.getvalue()
+
+
+async def test_console_script_drives_the_whole_loop(make_core: MakeCore) -> None:
+    model = FakeModel(["Ahoy there.", "A second go.", "Bram here."])
+    core = await make_core(model=model)
+    output = await run_script(
+        core,
+        "Hello!\n/bad\n/fix A better answer.\n/regen\n/good\n/characters\n"
+        "/character Bram\nhi Bram\n/character Zed\n/nonsense\n/quit\nnever read\n",
+    )
+    assert "Aria: Ahoy there.\n" in output
+    assert "Aria: A second go.\n" in output
+    assert "Bram: Bram here.\n" in output
+    assert "unknown character 'Zed'; known characters: Aria, Bram" in output
+    assert "unknown command /nonsense" in output
+    assert "never read" not in output and len(model.requests) == 3
+    rows = await core.store.list_messages()
+    first, regen = rows[1], rows[2]
+    assert regen.regenerated_from_id == first.id
+    ratings = {(r.message_id, r.value) for r in await core.store.list_ratings()}
+    assert ratings == {(first.id, -1), (regen.id, 1)}  # /good rated the regenerated reply
+    assert [(c.message_id, c.text) for c in await core.store.list_corrections()] == [
+        (first.id, "A better answer.")
+    ]
+
+
+async def test_console_reset_and_feedback_before_any_reply(make_core: MakeCore) -> None:
+    model = FakeModel(["one", "two"])
+    core = await make_core(model=model)
+    output = await run_script(core, "/good\nfirst\n/reset\nsecond\n")
+    assert "[no reply yet in this session]" in output
+    assert [m["content"] for m in model.requests[1].messages if m["role"] == "user"] == ["second"]
+
+
+def write_config(tmp_path: Path) -> Path:
+    config = (REPO / "config.toml").read_text(encoding="utf-8")
+    path = tmp_path / "config.toml"
+    path.write_text(config, encoding="utf-8")
+    (tmp_path / "characters").mkdir()
+    for card in (REPO / "characters").glob("*.json"):
+        (tmp_path / "characters" / card.name).write_bytes(card.read_bytes())
+    return path
+
+
+def charbot(config: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", "--config", str(config), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def test_piped_chat_then_export_contains_the_correction(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    chat = charbot(
+        config,
+        "chat",
+        "--character",
+        "Bram",
+        "--backend",
+        "echo",
+        stdin="Hello! 안녕 🌊\n/bad\n/fix A better answer.\n/quit\n",
+    )
+    assert chat.returncode == 0, chat.stderr
+    assert "Bram: You said: Hello! 안녕 🌊" in chat.stdout
+    export = charbot(config, "export", "--format", "sft", "--out", str(tmp_path / "sft.jsonl"))
+    assert export.returncode == 0, export.stderr
+    (record,) = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    messages = record["messages"]
+    assert messages[0]["role"] == "system" and "Bram" in messages[0]["content"]
+    assert messages[-2] == {"role": "user", "content": "Hello! 안녕 🌊"}
+    assert messages[-1] == {"role": "assistant", "content": "A better answer."}
+    stats = charbot(config, "stats")
+    bram = next(line for line in stats.stdout.splitlines() if line.startswith("Bram"))
+    assert bram.split()[1:] == ["1", "1", "0", "1", "1", "0"]
+
+
+def test_unknown_character_at_the_cli_exits_2(tmp_path: Path) -> None:
+    result = charbot(write_config(tmp_path), "chat", "--character", "Zed", "--backend", "echo")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "charbot: error: unknown character 'Zed'; known characters: Mara, Bram, Pip"
+    )

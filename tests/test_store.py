@@ -1,0 +1,135 @@
+"""The store on a real SQLite file: migrations, round trips, vote semantics."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from storage.migrations import MIGRATIONS
+from storage.store import Store
+
+
+@pytest.fixture
+async def store(db_url: str):
+    opened = await Store.open(db_url)
+    yield opened
+    await opened.close()
+
+
+async def add_exchange(store: Store, text_in: str = "hi", chat: str = "c1") -> tuple[int, int]:
+    conversation = await store.conversation_id("test", chat, None)
+    user = await store.add_user_message(
+        conversation_id=conversation,
+        platform="test",
+        chat_id=chat,
+        platform_message_id=f"u-{text_in[:8]}",
+        author_id="42",
+        author_name="Sam",
+        text=text_in,
+        reply_to_id=None,
+        created_at=1.0,
+    )
+    await store.settle(user, conversation, link=True)
+    reply = await store.add_reply(
+        conversation_id=conversation,
+        platform="test",
+        chat_id=chat,
+        reply_to_id=user,
+        character="Aria",
+        text="hello",
+        platform_message_ids=[f"r1-{user}", f"r2-{user}"],
+        prompt=[{"role": "user", "content": text_in}],
+        sampling={"temperature": 0.7},
+        model="fake",
+    )
+    return user, reply
+
+
+async def test_migrations_apply_once_and_wal_is_on(db_url: str) -> None:
+    first = await Store.open(db_url)
+    await first.close()
+    again = await Store.open(db_url)  # a restart: nothing is applied twice
+    async with again.engine.connect() as conn:
+        versions = (await conn.execute(text("SELECT version FROM schema_migrations"))).all()
+        journal = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
+        timeout = (await conn.execute(text("PRAGMA busy_timeout"))).scalar()
+    await again.close()
+    assert [v[0] for v in versions] == [m[0] for m in MIGRATIONS]
+    assert journal == "wal" and timeout == 5000
+
+
+async def test_newer_schema_is_refused(db_url: str) -> None:
+    store = await Store.open(db_url)
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'x', 0)")
+        )
+    await store.close()
+    with pytest.raises(RuntimeError, match="newer than this charbot"):
+        await Store.open(db_url)
+
+
+async def test_messages_round_trip_exactly(store: Store) -> None:
+    odd = "héllo 👋🏽 안녕하세요 — «quotes» \x00-free\n\ttabs " + "ß" * 5
+    huge = "x" * 100_000
+    user, reply = await add_exchange(store, odd)
+    big_user, _ = await add_exchange(store, huge, chat="c2")
+    rows = {row.id: row for row in await store.list_messages()}
+    assert rows[user].text == odd
+    assert rows[big_user].text == huge
+    assert rows[reply].reply_to_id == user and rows[reply].character == "Aria"
+    assert await store.platform_ids(reply) == [f"r1-{user}", f"r2-{user}"]
+    # Any part of a reply finds the reply; the user's own message is found by its id.
+    found = await store.find_message("test", "c1", f"r2-{user}")
+    assert found is not None and found.id == reply
+    by_user_id = await store.find_message("test", "c1", f"u-{odd[:8]}")
+    assert by_user_id is not None and by_user_id.id == user
+    assert await store.find_message("test", "other-chat", f"r2-{user}") is None
+
+
+async def test_history_follows_the_tree(store: Store) -> None:
+    first_user, first_reply = await add_exchange(store, "one")
+    second_user, second_reply = await add_exchange(store, "two")
+    history = await store.history(second_reply)
+    assert [row.id for row in history] == [first_user, first_reply, second_user, second_reply]
+
+
+async def test_one_vote_per_user_change_and_removal(store: Store) -> None:
+    _, reply = await add_exchange(store)
+    await store.set_rating(reply, "u1", 1)
+    await store.set_rating(reply, "u1", 1)  # the same vote twice is one vote
+    assert [(r.user_id, r.value) for r in await store.list_ratings()] == [("u1", 1)]
+    await store.set_rating(reply, "u1", -1)  # a change replaces it
+    await store.set_rating(reply, "u2", -1)
+    assert sorted((r.user_id, r.value) for r in await store.list_ratings()) == [
+        ("u1", -1),
+        ("u2", -1),
+    ]
+    await store.set_rating(reply, "u1", 0)  # removal deletes it
+    assert [(r.user_id, r.value) for r in await store.list_ratings()] == [("u2", -1)]
+    with pytest.raises(ValueError):
+        await store.set_rating(reply, "u1", 5)
+
+
+async def test_corrections_and_chat_state_survive_reopen(db_url: str) -> None:
+    store = await Store.open(db_url)
+    _, reply = await add_exchange(store)
+    await store.add_correction(reply, "u1", "Better.")
+    await store.set_chat_character("test", "c1", "Bram")
+    await store.set_chat_character("test", "c1", "Aria")
+    await store.close()
+    reopened = await Store.open(db_url)
+    assert [(c.message_id, c.text) for c in await reopened.list_corrections()] == [
+        (reply, "Better.")
+    ]
+    assert await reopened.chat_character("test", "c1") == "Aria"
+    assert await reopened.chat_character("test", "c2") is None
+    await reopened.close()
+
+
+async def test_reset_starts_a_new_conversation(store: Store) -> None:
+    first = await store.conversation_id("test", "c1", None)
+    assert await store.conversation_id("test", "c1", None) == first
+    assert await store.conversation_id("test", "c1", "thread-9") != first
+    await store.reset_conversation("test", "c1", None)
+    assert await store.conversation_id("test", "c1", None) != first
