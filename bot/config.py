@@ -39,7 +39,7 @@ class ModelSettings:
 class StorageSettings:
     """[storage]: where conversations, ratings and corrections live."""
 
-    url: str = "sqlite+aiosqlite:///data/charbot.db"
+    url: str = "sqlite:///data/charbot.db"
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,8 +275,8 @@ def _storage_url(base: Path, url: str) -> str:
         return url
     database = url[len(prefix) :]
     if database in ("", ":memory:") or database.startswith("/"):
-        return "sqlite+aiosqlite:///" + database
-    return "sqlite+aiosqlite:///" + str((base / database).resolve())
+        return "sqlite:///" + database
+    return "sqlite:///" + str((base / database).resolve())
 
 
 def _characters(where: _Where, entries: Any, base: Path) -> list[Character]:

@@ -12,12 +12,13 @@ from typing import Any
 from bot.characters import Character
 from bot.config import ModelSettings
 from bot.errors import Busy, UnknownCharacter
+from bot.history import Chain, ChainCache
 from bot.messages import Inbound
 from bot.models.base import AdapterSpec, ChatModel, GenerationRequest, Sampling, Usage
 from bot.prompt import build_prompt
 from bot.reply import ReplyTarget, StreamRenderer
 from bot.sequencer import ChatLines
-from storage.store import MessageRow, Store
+from storage.store import Store, StoredInbound, StoredTurn
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Core:
         self._default = self.character(default_character or characters[0].name)
         self._lines = ChatLines()
         self._store_lines = ChatLines()
+        self._chains = ChainCache(max_length=HISTORY_LIMIT)
         self._runs: dict[tuple[str, str, str], set[_Run]] = {}
         # A character is named when the message starts with its name ("Mara, ...") or
         # @-mentions it anywhere; merely talking about a character does not summon it.
@@ -139,22 +141,36 @@ class Core:
         try:
             try:
                 await storing.wait()
-                conversation, replied, user_row = await self._store_inbound(msg)
+                stored = await self.store.store_inbound(
+                    platform=msg.platform,
+                    chat_id=msg.chat_id,
+                    thread_id=msg.thread_id,
+                    platform_message_id=msg.message_id,
+                    author_id=msg.author_id,
+                    author_name=msg.author_name,
+                    text=msg.text,
+                    reply_to_platform_id=msg.reply_to_id,
+                    created_at=msg.sent_at,
+                    # With nothing ahead of it in this chat, its place is known now.
+                    link_now=turn.first,
+                )
             finally:
                 storing.done()
             await turn.wait()
-            # Only now, with the messages ahead answered, is "the message before" known.
-            rows = await self.store.settle(
-                user_row, conversation, link=replied is None, limit=HISTORY_LIMIT
-            )
+            parent = stored.parent_id
+            if not stored.linked:
+                parent = await self.store.settle(stored.message_id, stored.conversation_id)
+            me = StoredTurn(stored.message_id, "user", msg.text, None, msg.author_name)
+            chain = self._chains.extend(parent, me)
+            if chain is None:
+                chain = self._chains.put(tuple(await self.store.history(me.id, HISTORY_LIMIT)))
             if not msg.addressed:
                 return None
-            character = await self._choose(msg, replied)
+            character = self._choose(msg, stored)
             return await self._answer(
                 key=key,
-                conversation=conversation,
-                parent=user_row,
-                rows=rows,
+                conversation=stored.conversation_id,
+                chain=chain,
                 character=character,
                 user_name=msg.author_name,
                 target=target,
@@ -162,35 +178,23 @@ class Core:
         finally:
             turn.done()
 
-    async def _store_inbound(self, msg: Inbound) -> tuple[int, MessageRow | None, int]:
-        conversation = await self.store.conversation_id(msg.platform, msg.chat_id, msg.thread_id)
-        replied = None
-        if msg.reply_to_id is not None:
-            replied = await self.store.find_message(msg.platform, msg.chat_id, msg.reply_to_id)
-        user_row = await self.store.add_user_message(
-            conversation_id=conversation,
-            platform=msg.platform,
-            chat_id=msg.chat_id,
-            platform_message_id=msg.message_id,
-            author_id=msg.author_id,
-            author_name=msg.author_name,
-            text=msg.text,
-            reply_to_id=replied.id if replied is not None else None,
-            created_at=msg.sent_at,
-        )
-        return conversation, replied, user_row
-
-    async def _choose(self, msg: Inbound, replied: MessageRow | None) -> Character:
+    def _choose(self, msg: Inbound, stored: StoredInbound) -> Character:
+        """An explicit choice, a name at the start or @-mentioned, the character replied to,
+        the chat's current character, the adapter's default for the chat, the default."""
         if msg.character:
             return self.character(msg.character)
         named = self._name_pattern.search(msg.text)
         if named:
             return self.character(named.group(1) or named.group(2))
+        replied = stored.replied
         if replied is not None and replied.role == "assistant":
             continuing = self._characters.get((replied.character or "").lower())
             if continuing is not None:
                 return continuing
-        return await self.current_character(msg.platform, msg.chat_id, msg.default_character)
+        for name in (stored.chat_character, msg.default_character):
+            if name and name.lower() in self._characters:
+                return self._characters[name.lower()]
+        return self._default
 
     def sampling_for(self, character: Character) -> Sampling:
         s = self.settings
@@ -205,15 +209,15 @@ class Core:
         *,
         key: tuple[str, str, str],
         conversation: int,
-        parent: int,
-        rows: Sequence[MessageRow],
+        chain: Chain,
         character: Character,
         user_name: str,
         target: ReplyTarget,
         regenerated_from: int | None = None,
     ) -> ReplyResult:
         platform, chat_id, _thread = key
-        prompt = build_prompt(self.model, character, rows, self.settings.context_tokens, user_name)
+        parent = chain[-1].id
+        prompt = build_prompt(self.model, character, chain, self.settings.context_tokens, user_name)
         sampling = self.sampling_for(character)
         adapter = AdapterSpec(character.name, character.adapter) if character.adapter else None
         request = GenerationRequest(messages=prompt, sampling=sampling, adapter=adapter)
@@ -262,6 +266,8 @@ class Core:
             error=error if status != "cancelled" else "cancelled",
             regenerated_from_id=regenerated_from,
         )
+        if status in ("ok", "cancelled"):
+            self._chains.put((*chain, StoredTurn(reply_id, "assistant", text, character.name, "")))
         return ReplyResult(reply_id, character.name, text, message_ids, status)
 
     async def _generate(
@@ -343,8 +349,8 @@ class Core:
             return await self._answer(
                 key=key,
                 conversation=row.conversation_id,
-                parent=row.reply_to_id,
-                rows=await self.store.history(row.reply_to_id, HISTORY_LIMIT),
+                chain=self._chains.get(row.reply_to_id)
+                or tuple(await self.store.history(row.reply_to_id, HISTORY_LIMIT)),
                 character=character,
                 user_name=parent.author_name if parent is not None else "user",
                 target=target,

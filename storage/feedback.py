@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Connection, case, func, select
 
 from storage.schema import Correction, Message, Rating
 from storage.store import Store
@@ -57,15 +58,20 @@ async def rated_replies(store: Store, character: str | None = None) -> list[Rate
     )
     if character is not None:
         query = query.where(func.lower(_M.c.character) == character.lower())
-    async with store.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
+
+    def work(conn: Connection) -> tuple[list[Any], dict[int, list[str]]]:
+        rows = list(conn.execute(query).all())
         fixes: dict[int, list[str]] = defaultdict(list)
         ids = [row.id for row in rows]
         if ids:
-            for fix in await conn.execute(
+            found = conn.execute(
                 select(_X.c.message_id, _X.c.text).where(_X.c.message_id.in_(ids)).order_by(_X.c.id)
-            ):
+            )
+            for fix in found:
                 fixes[fix.message_id].append(fix.text)
+        return rows, fixes
+
+    rows, fixes = await store.read(work)
     return [
         RatedReply(
             id=row.id,
@@ -113,13 +119,16 @@ async def character_stats(store: Store) -> dict[str, dict[str, int]]:
     stats: dict[str, dict[str, int]] = defaultdict(
         lambda: dict.fromkeys(("messages", "replies", "up", "down", "corrections", "errors"), 0)
     )
-    async with store.engine.connect() as conn:
-        for name, messages, ok, errors in await conn.execute(query):
+
+    def work(conn: Connection) -> None:
+        for name, messages, ok, errors in conn.execute(query):
             stats[name].update(
                 messages=int(messages), replies=int(ok or 0), errors=int(errors or 0)
             )
-        for name, up, down in await conn.execute(per_vote):
+        for name, up, down in conn.execute(per_vote):
             stats[name].update(up=int(up or 0), down=int(down or 0))
-        for name, count in await conn.execute(per_fix):
+        for name, count in conn.execute(per_fix):
             stats[name]["corrections"] = int(count)
+
+    await store.read(work)
     return dict(sorted(stats.items(), key=lambda item: str(item[0])))

@@ -31,7 +31,7 @@ MakeCore = Callable[..., Awaitable[Core]]
 
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'charbot.db'}"
+    return f"sqlite:///{tmp_path / 'charbot.db'}"
 
 
 @pytest.fixture

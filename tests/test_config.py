@@ -43,7 +43,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert config.model.backend == "echo"
     assert config.default_character == "Aria"
     # The default database lives under data/ next to the config file, wherever we run from.
-    assert config.storage.url == f"sqlite+aiosqlite:///{(tmp_path / 'data/charbot.db').resolve()}"
+    assert config.storage.url == f"sqlite:///{(tmp_path / 'data/charbot.db').resolve()}"
     assert config.model.cache_dir == tmp_path.resolve() / "data/models"
 
 

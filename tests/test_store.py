@@ -17,19 +17,19 @@ async def store(db_url: str):
 
 
 async def add_exchange(store: Store, text_in: str = "hi", chat: str = "c1") -> tuple[int, int]:
-    conversation = await store.conversation_id("test", chat, None)
-    user = await store.add_user_message(
-        conversation_id=conversation,
+    stored = await store.store_inbound(
         platform="test",
         chat_id=chat,
+        thread_id=None,
         platform_message_id=f"u-{text_in[:8]}",
         author_id="42",
         author_name="Sam",
         text=text_in,
-        reply_to_id=None,
+        reply_to_platform_id=None,
         created_at=1.0,
+        link_now=True,
     )
-    await store.settle(user, conversation, link=True)
+    user, conversation = stored.message_id, stored.conversation_id
     reply = await store.add_reply(
         conversation_id=conversation,
         platform="test",
@@ -49,10 +49,14 @@ async def test_migrations_apply_once_and_wal_is_on(db_url: str) -> None:
     first = await Store.open(db_url)
     await first.close()
     again = await Store.open(db_url)  # a restart: nothing is applied twice
-    async with again.engine.connect() as conn:
-        versions = (await conn.execute(text("SELECT version FROM schema_migrations"))).all()
-        journal = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
-        timeout = (await conn.execute(text("PRAGMA busy_timeout"))).scalar()
+
+    def read(conn):  # type: ignore[no-untyped-def]
+        versions = conn.execute(text("SELECT version FROM schema_migrations")).all()
+        journal = conn.execute(text("PRAGMA journal_mode")).scalar()
+        timeout = conn.execute(text("PRAGMA busy_timeout")).scalar()
+        return versions, journal, timeout
+
+    versions, journal, timeout = await again.read(read)
     await again.close()
     assert [v[0] for v in versions] == [m[0] for m in MIGRATIONS]
     assert journal == "wal" and timeout == 5000
@@ -60,10 +64,11 @@ async def test_migrations_apply_once_and_wal_is_on(db_url: str) -> None:
 
 async def test_newer_schema_is_refused(db_url: str) -> None:
     store = await Store.open(db_url)
-    async with store.engine.begin() as conn:
-        await conn.execute(
+    await store.write(
+        lambda conn: conn.execute(
             text("INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'x', 0)")
         )
+    )
     await store.close()
     with pytest.raises(RuntimeError, match="newer than this charbot"):
         await Store.open(db_url)
@@ -92,6 +97,41 @@ async def test_history_follows_the_tree(store: Store) -> None:
     second_user, second_reply = await add_exchange(store, "two")
     history = await store.history(second_reply)
     assert [row.id for row in history] == [first_user, first_reply, second_user, second_reply]
+    assert [row.text for row in history] == ["one", "hello", "two", "hello"]
+
+
+async def test_settle_links_a_message_stored_while_others_waited(store: Store) -> None:
+    def inbound(text: str, link_now: bool):  # type: ignore[no-untyped-def]
+        return store.store_inbound(
+            platform="test",
+            chat_id="c1",
+            thread_id=None,
+            platform_message_id=text,
+            author_id="42",
+            author_name="Sam",
+            text=text,
+            reply_to_platform_id=None,
+            created_at=1.0,
+            link_now=link_now,
+        )
+
+    first = await inbound("first", True)
+    waiting = await inbound("second", False)  # arrived while "first" was being answered
+    assert first.linked and first.parent_id is None and not waiting.linked
+    reply = await store.add_reply(
+        conversation_id=first.conversation_id,
+        platform="test",
+        chat_id="c1",
+        reply_to_id=first.message_id,
+        character="Aria",
+        text="answer",
+        platform_message_ids=["r"],
+        prompt=None,
+        sampling=None,
+        model="fake",
+    )
+    # "second" follows the reply to "first", though that reply was stored after it.
+    assert await store.settle(waiting.message_id, waiting.conversation_id) == reply
 
 
 async def test_one_vote_per_user_change_and_removal(store: Store) -> None:
