@@ -2,7 +2,7 @@
 
 A short ordered list rather than Alembic: the bot must migrate itself on start with no extra
 tool or command, the history is short, and each step is plain SQLAlchemy that runs on SQLite
-and PostgreSQL alike. Each migration runs in its own transaction and is recorded in
+and PostgreSQL alike. Pending migrations run in one transaction and are recorded in
 ``schema_migrations``; a database newer than this code is refused rather than guessed at.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, text
 
+from bot.errors import CharbotError
 from storage import schema
 
 Migration = tuple[int, str, Callable[[Connection], None]]
@@ -29,7 +30,7 @@ MIGRATIONS: list[Migration] = [
 ]
 
 
-class SchemaTooNew(RuntimeError):
+class SchemaTooNew(CharbotError):
     """The database was migrated by a newer charbot than this one."""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from storage.migrations import MIGRATIONS
+from storage.migrations import MIGRATIONS, SchemaTooNew
 from storage.store import Store
 
 
@@ -70,7 +70,7 @@ async def test_newer_schema_is_refused(db_url: str) -> None:
         )
     )
     await store.close()
-    with pytest.raises(RuntimeError, match="newer than this charbot"):
+    with pytest.raises(SchemaTooNew, match="newer than this charbot"):
         await Store.open(db_url)
 
 
