@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # These log request URLs at DEBUG, and a webhook URL carries that webhook's token (the
+    # Telegram adapter redacts its own URLs): keep them quiet even with -v.
+    for noisy in ("discord.http", "discord.webhook", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger(noisy).level))
     try:
         config = load_config(config_path(args.config), backend=args.backend)
         command = {"run": _run, "chat": _chat, "export": _export, "stats": _stats}[args.command]
