@@ -66,10 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # These log request URLs at DEBUG, and a webhook URL carries that webhook's token (the
-    # Telegram adapter redacts its own URLs): keep them quiet even with -v.
-    for noisy in ("discord.http", "discord.webhook", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger(noisy).level))
+    # These log request URLs, and URLs carry secrets: a Discord webhook's token (at DEBUG),
+    # the Telegram bot token (httpx, at INFO). Keep them quiet even with -v.
+    for noisy, level in (
+        ("discord.http", logging.INFO),
+        ("discord.webhook", logging.INFO),
+        ("httpx", logging.WARNING),
+        ("httpcore", logging.WARNING),
+    ):
+        logging.getLogger(noisy).setLevel(level)
     try:
         config = load_config(config_path(args.config), backend=args.backend)
         command = {"run": _run, "chat": _chat, "export": _export, "stats": _stats}[args.command]
