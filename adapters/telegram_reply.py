@@ -27,7 +27,7 @@ from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, RetryAfter, TelegramError
 
 from bot.characters import Character
-from bot.reply import ReplyTarget
+from bot.reply import ReplyTarget, utf16_length
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class TelegramReplyTarget(ReplyTarget):
 
     max_chars: ClassVar[int] = TELEGRAM_LIMIT - HEADER_BUDGET
     typing_interval: ClassVar[float] = 4.5  # Telegram shows "typing…" for about 5 s
+    text_length = staticmethod(utf16_length)  # Telegram's limit counts UTF-16 code units
 
     def __init__(
         self,

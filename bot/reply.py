@@ -12,6 +12,7 @@ import contextlib
 import re
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
 from bot.characters import Character
@@ -21,13 +22,19 @@ class ReplyTarget(ABC):
     """Where one reply is shown. An adapter makes one per inbound message it answers.
 
     ``max_chars`` is the platform's visible-text limit per message, less whatever the adapter
-    adds around the text (a name prefix). ``edit_interval`` is the least time between two
-    edits of one message, in seconds; 0 shows every token (the console).
+    adds around the text (a name prefix), measured by :meth:`text_length`. ``edit_interval``
+    is the least time between two edits of one message, in seconds; 0 shows every token
+    (the console).
     """
 
     max_chars: ClassVar[int] = 2000
     edit_interval: ClassVar[float] = 1.0
     typing_interval: ClassVar[float] = 5.0
+
+    @staticmethod
+    def text_length(text: str) -> int:
+        """How the platform measures ``max_chars`` (override: Telegram counts UTF-16 units)."""
+        return len(text)
 
     async def typing(self) -> None:  # noqa: B027 - optional hook
         """Show a typing indicator (repeated by the renderer until the first text is sent)."""
@@ -55,8 +62,27 @@ _SYSTEM = Character(name="charbot")
 _SENTENCE_END = re.compile(r"(?<=[.!?…。！？])[\"')\]]*\s+")
 
 
-def split_message(text: str, limit: int) -> list[str]:
-    """Split ``text`` into parts of at most ``limit`` characters.
+def utf16_length(text: str) -> int:
+    """Length in UTF-16 code units, as Telegram counts it (most emoji count twice)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _prefix_within(text: str, budget: int, length: Callable[[str], int]) -> str:
+    """The longest prefix of ``text`` whose ``length`` is at most ``budget``."""
+    if length is len or length(text[:budget]) <= budget:
+        return text[:budget]  # a character is at least one unit: no longer prefix fits
+    low, high = 0, budget
+    while low < high:
+        middle = (low + high + 1) // 2
+        if length(text[:middle]) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low]
+
+
+def split_message(text: str, limit: int, length: Callable[[str], int] = len) -> list[str]:
+    """Split ``text`` into parts of at most ``limit``, measured by ``length``.
 
     Prefers, in order: a paragraph break, a code-block fence boundary, a sentence end, a line
     break, a space; a hard cut only when a part has none of them. An open ``` code block is
@@ -69,11 +95,11 @@ def split_message(text: str, limit: int) -> list[str]:
     reopen = ""
     while rest:
         rest = reopen + rest
-        if len(rest) <= limit:
+        if length(rest) <= limit:
             parts.append(rest)
             break
         # Reserve room to close an open code fence at the cut.
-        window = rest[: limit - 4]
+        window = _prefix_within(rest, limit - 4, length)
         cut = _best_cut(window)
         part, rest = rest[:cut].rstrip(), rest[cut:].lstrip("\n ")
         fence = _open_fence(part)
@@ -162,7 +188,7 @@ class StreamRenderer:
         return list(self.message_ids)
 
     async def _show(self) -> None:
-        parts = split_message(self._text, self.target.max_chars)
+        parts = split_message(self._text, self.target.max_chars, self.target.text_length)
         for index, part in enumerate(parts):
             if index < len(self.message_ids):
                 if self._shown[index] != part:

@@ -8,7 +8,7 @@ from typing import ClassVar
 import pytest
 
 from bot.characters import Character
-from bot.reply import StreamRenderer, split_message
+from bot.reply import StreamRenderer, split_message, utf16_length
 from tests.fakes import RecordingTarget
 
 
@@ -64,3 +64,11 @@ async def test_edits_are_throttled_but_the_final_text_always_lands() -> None:
         ids = await renderer.close(text + " more and the end")
     assert target.messages[ids[0]] == text + " more and the end"
     assert target.edits == 2
+
+
+def test_split_can_measure_in_utf16_units_as_telegram_does() -> None:
+    text = "🌊" * 3000 + " done."  # each wave is one character but two UTF-16 units
+    parts = split_message(text, 4030, utf16_length)
+    assert all(utf16_length(p) <= 4030 for p in parts)
+    assert len(parts) == 2 and "".join(parts) == text
+    assert split_message(text, 4030) == [text]  # counted in characters it would fit
