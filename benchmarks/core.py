@@ -47,18 +47,21 @@ class NullTarget(ReplyTarget):
         return None
 
 
+def message(chat: int, n: int) -> Inbound:
+    return Inbound(
+        platform="bench",
+        chat_id=f"chat{chat}",
+        message_id=f"c{chat}m{n}",
+        author_id=f"user{chat}",
+        author_name="Bench",
+        text=f"Message {n} from chat {chat}: how is the weather on the ship today?",
+    )
+
+
 async def chat_session(core: Core, chat: int, messages: int, latencies: list[float]) -> None:
     for n in range(messages):
-        msg = Inbound(
-            platform="bench",
-            chat_id=f"chat{chat}",
-            message_id=f"c{chat}m{n}",
-            author_id=f"user{chat}",
-            author_name="Bench",
-            text=f"Message {n} from chat {chat}: how is the weather on the ship today?",
-        )
         started = time.perf_counter()
-        await core.handle(msg, NullTarget())
+        await core.handle(message(chat, n), NullTarget())
         latencies.append(time.perf_counter() - started)
 
 
@@ -69,15 +72,7 @@ async def paced(core: Core, chats: int, total: int, rate: float, latencies: list
     async def one(i: int) -> None:
         due = start + i / rate
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        msg = Inbound(
-            platform="bench",
-            chat_id=f"chat{i % chats}",
-            message_id=f"p{i}",
-            author_id=f"user{i % chats}",
-            author_name="Bench",
-            text=f"Message {i}: how is the weather on the ship today?",
-        )
-        await core.handle(msg, NullTarget())
+        await core.handle(message(i % chats, i), NullTarget())
         latencies.append(time.perf_counter() - max(due, start))
 
     await asyncio.gather(*(one(i) for i in range(total)))
