@@ -233,7 +233,8 @@ class Core:
                     text, usage = await self._generate(request, renderer, run)
                     if run.cancelled:
                         status = "cancelled"
-                    message_ids = await renderer.close(text or "…")
+                    text = text or "…"  # a model that says nothing still gets a visible reply
+                    message_ids = await renderer.close(text)
                 except Busy:
                     status, error = "busy", "generation queue full"
                     await self._notice(target, BUSY)
