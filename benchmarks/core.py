@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import statistics
 import tempfile
@@ -87,6 +88,7 @@ async def measure(mode: str, chats: int, messages: int, rate: float, db: Path) -
         settings=ModelSettings(backend="echo", context_tokens=1024),
     )
     await core.start()
+    gc.freeze()  # as bot.app does once the bot has started
     latencies: list[float] = []
     started = time.perf_counter()
     if mode == "paced":

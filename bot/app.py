@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 from bot.config import Config
@@ -32,6 +33,10 @@ async def open_core(config: Config) -> AsyncIterator[Core]:
             default_character=config.default_character,
         )
         await core.start()
+        # Everything allocated so far (the model, its tokenizer, imported modules) lives for
+        # the whole run: move it out of the garbage collector's sight, so the full
+        # collections that now and then pause the event loop do not rescan it.
+        gc.freeze()
         try:
             yield core
         finally:
