@@ -1,0 +1,261 @@
+"""Serving benchmark for the transformers backend on the default model.
+
+    .venv/bin/python benchmarks/serving.py --json serving.json
+
+Measures, in one run: one-stream decode speed and time to first token; the memory-bandwidth
+limit (weight bytes ÷ measured read bandwidth); aggregate throughput and latency for 1, 4,
+16, 32 concurrent conversations over 4 characters with distinct LoRA adapters, against the
+same requests served one at a time; resident memory with 0, 1, 20, 100 adapters (r=8 on
+q,k,v,o); cold start to first token (first with conversion, then cached) in fresh processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bot.config import ModelSettings  # noqa: E402
+from bot.models.base import AdapterSpec, GenerationRequest, Sampling  # noqa: E402
+
+QUESTIONS = [
+    "Tell me about your day.",
+    "What is the best way to learn to cook?",
+    "Describe the sea at night.",
+    "Why do cats purr?",
+    "Give me three tips for a job interview.",
+    "What would you pack for a trip to the mountains?",
+    "Explain what a rainbow is.",
+    "Write two lines about autumn.",
+]
+COLD_START = """
+import asyncio, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from bot.config import ModelSettings
+from bot.models.base import GenerationRequest, Sampling
+from bot.models.transformers_backend import TransformersModel
+async def main():
+    m = TransformersModel(ModelSettings(cache_dir=Path({cache!r})), progress=False)
+    await m.start()
+    async for _ in m.stream(GenerationRequest([{{"role": "user", "content": "Hi"}}],
+                                              Sampling(1, 0))):
+        break
+    print(time.perf_counter() - t0)
+    await m.close()
+asyncio.run(main())
+"""
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """Resident memory of ``pid`` (the model process) or of this process."""
+    for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def read_bandwidth_gbs() -> float:
+    """Best-of-5 sum over a 512 MB buffer: the rate weights can be streamed from memory."""
+    import torch
+
+    buf = torch.ones(128 * 1024 * 1024, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        buf.sum()
+        best = min(best, time.perf_counter() - start)
+    return buf.numel() * 4 / best / 1e9
+
+
+def make_adapters(base_dir: str, root: Path, count: int, *, distinct: int) -> list[Path]:
+    """``distinct`` random r=8 LoRA adapters (q,k,v,o), copied to ``count`` directories."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    made = []
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    peft_model = get_peft_model(base, config)
+    for i in range(distinct):
+        torch.manual_seed(i)
+        with torch.no_grad():  # small random B: distinct adapters that keep the text sane
+            for name, param in peft_model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.002)
+        out = root / f"char{i}" / "v1"
+        peft_model.save_pretrained(out)
+        made.append(out)
+    for i in range(distinct, count):
+        out = root / f"char{i}" / "v1"
+        shutil.copytree(made[i % distinct], out)
+        made.append(out)
+    return made
+
+
+async def timed_reply(model, request) -> tuple[int, float, float]:
+    """(completion tokens, time to first text, total seconds)."""
+    start = time.perf_counter()
+    first = None
+    usage = None
+    async for chunk in model.stream(request):
+        if first is None and chunk.text:
+            first = time.perf_counter() - start
+        usage = chunk.usage or usage
+    return usage.completion_tokens, first or 0.0, time.perf_counter() - start
+
+
+def cold_start(cache: Path) -> float:
+    code = COLD_START.format(root=str(ROOT), cache=str(cache))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+async def run(args) -> dict:
+    from bot.models.transformers_backend import TransformersModel
+
+    result: dict = {"load_average": os.getloadavg()[0]}
+    tmp = Path(tempfile.mkdtemp(prefix="charbot-bench-"))
+    try:
+        if not args.skip_cold:
+            first = cold_start(tmp / "models")
+            cached = cold_start(tmp / "models")
+            result["cold_start_s"] = {"first": round(first, 2), "cached": round(cached, 2)}
+            print(f"cold start: first {first:.1f}s (converting), cached {cached:.1f}s")
+
+        settings = ModelSettings(
+            cache_dir=ROOT / "data" / "models",
+            dtype=args.dtype,
+            max_batch_size=32,
+            max_queue=256,
+        )
+        model = TransformersModel(settings, progress=False, worker=args.worker)
+        await model.start()
+
+        result["dtype"] = str(model.dtype).removeprefix("torch.")
+        greedy = Sampling(max_new_tokens=args.tokens, temperature=0)
+        await timed_reply(model, GenerationRequest([{"role": "user", "content": "Hi"}], greedy))
+        model_pid = getattr(model.scheduler, "pid", None)
+        rss_base = rss_mb(model_pid)
+        # Memory first, on the fresh model: later batches leave KV-cache pages behind.
+        many = make_adapters(model.source_path, tmp / "many", 100, distinct=1)
+        result["rss_mb"] = {"0": round(rss_base)}
+        loaded = 0
+        for target in (1, 20, 100):
+            for path in many[loaded:target]:
+                await model.load_adapter(path.parent.name, str(path))
+            loaded = target
+            result["rss_mb"][str(target)] = round(rss_mb(model_pid))
+        if model_pid is not None:
+            result["parent_rss_mb"] = round(rss_mb())  # tokenizer side of the bot
+        print("rss:", result["rss_mb"])
+        for path in many:
+            await model.unload_adapter(path.parent.name)
+
+        weight_bytes = model.weight_bytes
+        bandwidth = read_bandwidth_gbs()
+        result["weight_mb"] = round(weight_bytes / 1e6)
+        result["read_bandwidth_gbs"] = round(bandwidth, 1)
+        result["bandwidth_limit_tok_s"] = round(bandwidth * 1e9 / weight_bytes, 1)
+
+        one = GenerationRequest([{"role": "user", "content": QUESTIONS[2]}], greedy)
+        runs = [await timed_reply(model, one) for _ in range(3)]
+        best = min(runs, key=lambda r: r[2])
+        tokens, ttft, total = best
+        result["one_stream_tok_s"] = round((tokens - 1) / (total - ttft), 1)
+        result["one_stream_ttft_s"] = round(ttft, 3)
+        print(f"one stream: {result['one_stream_tok_s']} tok/s decode, ttft {ttft * 1000:.0f} ms")
+
+        adapters = make_adapters(model.source_path, tmp, 4, distinct=4)
+        spec = AdapterSpec("char0", str(adapters[0]))
+        one_lora = GenerationRequest(one.messages, greedy, spec)
+        runs = [await timed_reply(model, one_lora) for _ in range(2)]
+        tokens, ttft, total = min(runs, key=lambda r: r[2])
+        result["one_stream_adapter_tok_s"] = round((tokens - 1) / (total - ttft), 1)
+        requests = [
+            GenerationRequest(
+                [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                greedy,
+                AdapterSpec(f"char{i % 4}", str(adapters[i % 4])),
+            )
+            for i in range(max(args.concurrency))
+        ]
+        for spec_path in adapters:  # loaded up front: the benchmark is about serving
+            await model.load_adapter(spec_path.parent.name, str(spec_path))
+        sequential = [await timed_reply(model, r) for r in requests]
+        result["concurrency"] = []
+        for n in args.concurrency:
+            start = time.perf_counter()
+            done = await asyncio.gather(*(timed_reply(model, r) for r in requests[:n]))
+            wall = time.perf_counter() - start
+            seq_tokens = sum(t for t, _, _ in sequential[:n])
+            seq_time = sum(s for _, _, s in sequential[:n])
+            latencies = sorted(s for _, _, s in done)
+            row = {
+                "conversations": n,
+                "aggregate_tok_s": round(sum(t for t, _, _ in done) / wall, 1),
+                "sequential_tok_s": round(seq_tokens / seq_time, 1),
+                "p50_s": round(statistics.median(latencies), 2),
+                "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2),
+            }
+            result["concurrency"].append(row)
+            print(row)
+
+        for spec_path in adapters:
+            await model.unload_adapter(spec_path.parent.name)
+        await model.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def print_table(result: dict) -> None:
+    print("\n| metric | value |\n|---|---|")
+    keys = ("dtype", "one_stream_tok_s", "one_stream_adapter_tok_s", "one_stream_ttft_s")
+    for key in (*keys, "bandwidth_limit_tok_s", "parent_rss_mb"):
+        print(f"| {key} | {result.get(key)} |")
+    for key in ("cold_start_s", "rss_mb"):
+        if key in result:
+            print(f"| {key} | {json.dumps(result[key])} |")
+    print("\n| conversations | aggregate tok/s | one-at-a-time tok/s | speed-up | p50 s | p95 s |")
+    print("|---|---|---|---|---|---|")
+    for row in result.get("concurrency", []):
+        speedup = row["aggregate_tok_s"] / row["sequential_tok_s"]
+        print(
+            f"| {row['conversations']} | {row['aggregate_tok_s']} | {row['sequential_tok_s']} "
+            f"| {speedup:.1f}× | {row['p50_s']} | {row['p95_s']} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per reply")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
+    parser.add_argument("--worker", default="process", choices=["process", "thread"])
+    parser.add_argument("--skip-cold", action="store_true", help="skip the cold-start runs")
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    print_table(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
