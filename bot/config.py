@@ -31,7 +31,6 @@ class ModelSettings:
     max_batch_size: int = 16  # serving: rows in one batch
     batch_wait_ms: float = 5.0  # serving: how long a request waits for others to join
     max_queue: int = 64  # serving: waiting requests before "busy"
-    compile: bool = False  # serving: torch.compile the decode step
     cache_dir: Path = Path("data/models")  # converted model cache (relative to the config file)
 
 
