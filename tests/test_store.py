@@ -16,19 +16,25 @@ async def store(db_url: str):
     await opened.close()
 
 
-async def add_exchange(store: Store, text_in: str = "hi", chat: str = "c1") -> tuple[int, int]:
-    stored = await store.store_inbound(
+def store_text(
+    store: Store, text_in: str, *, chat: str = "c1", link_now: bool = True, message_id: str = ""
+):  # type: ignore[no-untyped-def]
+    return store.store_inbound(
         platform="test",
         chat_id=chat,
         thread_id=None,
-        platform_message_id=f"u-{text_in[:8]}",
+        platform_message_id=message_id or text_in,
         author_id="42",
         author_name="Sam",
         text=text_in,
         reply_to_platform_id=None,
         created_at=1.0,
-        link_now=True,
+        link_now=link_now,
     )
+
+
+async def add_exchange(store: Store, text_in: str = "hi", chat: str = "c1") -> tuple[int, int]:
+    stored = await store_text(store, text_in, chat=chat, message_id=f"u-{text_in[:8]}")
     user, conversation = stored.message_id, stored.conversation_id
     reply = await store.add_reply(
         conversation_id=conversation,
@@ -101,22 +107,10 @@ async def test_history_follows_the_tree(store: Store) -> None:
 
 
 async def test_settle_links_a_message_stored_while_others_waited(store: Store) -> None:
-    def inbound(text: str, link_now: bool):  # type: ignore[no-untyped-def]
-        return store.store_inbound(
-            platform="test",
-            chat_id="c1",
-            thread_id=None,
-            platform_message_id=text,
-            author_id="42",
-            author_name="Sam",
-            text=text,
-            reply_to_platform_id=None,
-            created_at=1.0,
-            link_now=link_now,
-        )
-
-    first = await inbound("first", True)
-    waiting = await inbound("second", False)  # arrived while "first" was being answered
+    first = await store_text(store, "first")
+    waiting = await store_text(
+        store, "second", link_now=False
+    )  # arrived while "first" was being answered
     assert first.linked and first.parent_id is None and not waiting.linked
     reply = await store.add_reply(
         conversation_id=first.conversation_id,
