@@ -138,7 +138,8 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
             for adapter in adapters:
                 await adapter.start()
                 started.append(adapter)
-                log.warning("%s adapter started", adapter.platform)
+                if adapter is not console:  # the console shows itself
+                    print(f"charbot: {adapter.platform} connected", file=sys.stderr)
             waiters = [asyncio.create_task(stop.wait())]
             if console is not None:
                 waiters.append(asyncio.create_task(console.done.wait()))
