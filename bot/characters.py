@@ -27,6 +27,7 @@ class Character:
     max_new_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    repetition_penalty: float | None = None
     extensions: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
 

@@ -27,6 +27,7 @@ class ModelSettings:
     max_new_tokens: int = 256
     temperature: float = 0.8
     top_p: float = 0.95
+    repetition_penalty: float = 1.1  # > 1 discourages the reply repeating itself
     context_tokens: int = 2048  # the prompt budget, in the model's own tokens
     max_batch_size: int = 16  # serving: rows in one batch
     batch_wait_ms: float = 5.0  # serving: how long a request waits for others to join
@@ -139,6 +140,8 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
     for name in ("temperature", "top_p"):
         if getattr(model, name) < 0:
             where.fail(f"[model] {name}", "must not be negative")
+    if model.repetition_penalty <= 0:
+        where.fail("[model] repetition_penalty", "must be above 0 (1.0 turns it off)")
     for name in ("max_new_tokens", "context_tokens", "max_batch_size", "max_queue"):
         if getattr(model, name) < 1:
             where.fail(f"[model] {name}", "must be at least 1")

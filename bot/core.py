@@ -202,6 +202,11 @@ class Core:
             max_new_tokens=character.max_new_tokens or s.max_new_tokens,
             temperature=s.temperature if character.temperature is None else character.temperature,
             top_p=s.top_p if character.top_p is None else character.top_p,
+            repetition_penalty=(
+                s.repetition_penalty
+                if character.repetition_penalty is None
+                else character.repetition_penalty
+            ),
         )
 
     async def _answer(

@@ -20,6 +20,9 @@ class Sampling:
     temperature: float = 0.8
     top_p: float = 0.95
     seed: int | None = None
+    # > 1 makes tokens the reply already used less likely (on the reply's own tokens only,
+    # not the prompt's: a persona's words are meant to be used). Small models loop without it.
+    repetition_penalty: float = 1.0
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {
@@ -27,6 +30,7 @@ class Sampling:
             "temperature": self.temperature,
             "top_p": self.top_p,
             "seed": self.seed,
+            "repetition_penalty": self.repetition_penalty,
         }
 
 

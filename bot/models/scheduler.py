@@ -49,6 +49,7 @@ class Job:
     generated: int = 0
     generator: torch.Generator | None = None
     last_token: int = 0
+    used: set[int] = field(default_factory=set)  # tokens generated so far (repetition penalty)
     submitted: float = field(default_factory=time.perf_counter)
 
 
@@ -282,6 +283,7 @@ class Scheduler:
         for job, token in zip(jobs, tokens, strict=True):
             job.generated += 1
             job.last_token = token
+            job.used.add(token)
             if token in self.eos_ids:
                 job.cancelled = True  # finished: dropped before the next step
                 events.append((job, ("done", ("stop", job.adapter_version))))
@@ -296,6 +298,12 @@ class Scheduler:
         return len(job.prompt) + job.generated >= self.max_positions
 
     def _sample(self, jobs: list[Job], logits: torch.Tensor) -> list[int]:
+        for row, job in enumerate(jobs):
+            penalty = job.sampling.repetition_penalty
+            if penalty != 1.0 and job.used:
+                used = torch.tensor(sorted(job.used), dtype=torch.long)
+                scores = logits[row, used]
+                logits[row, used] = torch.where(scores > 0, scores / penalty, scores * penalty)
         tokens = logits.argmax(-1).tolist()  # greedy for every row; sampled rows overwrite
         for row, job in enumerate(jobs):
             s = job.sampling
