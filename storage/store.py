@@ -218,30 +218,6 @@ class Store:
 
     # -- conversations -------------------------------------------------------------------
 
-    async def conversation_id(self, platform: str, chat_id: str, thread_id: str | None) -> int:
-        """The chat's current conversation, started if there is none."""
-        thread = thread_id or ""
-        query = (
-            select(_C.c.id)
-            .where(_C.c.platform == platform, _C.c.chat_id == chat_id, _C.c.thread_id == thread)
-            .where(_C.c.reset_at.is_(None))
-            .order_by(_C.c.id.desc())
-            .limit(1)
-        )
-
-        def work(conn: Connection) -> Any:
-            found = (conn.execute(query)).scalar()
-            if found is not None:
-                return int(found)
-            result = conn.execute(
-                insert(_C).values(
-                    platform=platform, chat_id=chat_id, thread_id=thread, started_at=time.time()
-                )
-            )
-            return int(result.inserted_primary_key[0])
-
-        return await self.write(work)
-
     async def reset_conversation(self, platform: str, chat_id: str, thread_id: str | None) -> None:
         """End the current conversation; the next message starts a new one."""
 

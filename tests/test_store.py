@@ -17,12 +17,18 @@ async def store(db_url: str):
 
 
 def store_text(
-    store: Store, text_in: str, *, chat: str = "c1", link_now: bool = True, message_id: str = ""
+    store: Store,
+    text_in: str,
+    *,
+    chat: str = "c1",
+    thread: str | None = None,
+    link_now: bool = True,
+    message_id: str = "",
 ):  # type: ignore[no-untyped-def]
     return store.store_inbound(
         platform="test",
         chat_id=chat,
-        thread_id=None,
+        thread_id=thread,
         platform_message_id=message_id or text_in,
         author_id="42",
         author_name="Sam",
@@ -162,8 +168,11 @@ async def test_corrections_and_chat_state_survive_reopen(db_url: str) -> None:
 
 
 async def test_reset_starts_a_new_conversation(store: Store) -> None:
-    first = await store.conversation_id("test", "c1", None)
-    assert await store.conversation_id("test", "c1", None) == first
-    assert await store.conversation_id("test", "c1", "thread-9") != first
+    first = (await store_text(store, "one")).conversation_id
+    assert (await store_text(store, "two")).conversation_id == first
+    in_thread = await store_text(store, "in a thread", thread="thread-9")
+    assert in_thread.conversation_id != first
     await store.reset_conversation("test", "c1", None)
-    assert await store.conversation_id("test", "c1", None) != first
+    after = await store_text(store, "three")
+    assert after.conversation_id not in (first, in_thread.conversation_id)
+    assert after.parent_id is None  # the new conversation starts with no history
