@@ -23,6 +23,7 @@ HELP = """Commands:
   /good, /bad        rate the last reply 👍 or 👎
   /fix TEXT          give a better answer for the last reply
   /regen             a new version of the last reply
+  /adapter PATH      give the current character this LoRA adapter (none: the base model)
   /help              this list
   /quit              leave (end of input does too)"""
 
@@ -194,6 +195,16 @@ class ConsoleAdapter(PlatformAdapter):
             await core.reset(platform, chat)
             self.last_reply = None
             self.say("[conversation reset]")
+        elif command == "/adapter":
+            if not argument:
+                self.say("[usage: /adapter PATH, or /adapter none]")
+            else:
+                current = await core.current_character(platform, chat)
+                path = None if argument.lower() == "none" else argument
+                version = await core.switch_adapter(current.name, path)
+                self.say(
+                    f"[{current.name} now uses {f'adapter {version}' if path else 'no adapter'}]"
+                )
         elif command in ("/good", "/bad", "/fix", "/regen"):
             await self.feedback(command, argument)
         else:

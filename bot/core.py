@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -107,6 +108,23 @@ class Core:
         if found is None:
             raise UnknownCharacter(name, [c.name for c in self._characters.values()])
         return found
+
+    async def switch_adapter(self, name: str, path: str | None) -> str | None:
+        """Give character ``name`` the LoRA adapter at ``path`` (None: the bare base model)
+        while the bot runs; return the adapter's version. Replies already generating finish
+        on the version they started with. A bad adapter raises AdapterLoadError and changes
+        nothing."""
+        character = self.character(name)
+        version = None
+        if path is not None:
+            version = await self.model.load_adapter(character.name, path)
+        else:
+            await self.model.unload_adapter(character.name)
+        updated = dataclasses.replace(character, adapter=path)
+        self._characters[character.name.lower()] = updated
+        if self._default.name == character.name:
+            self._default = updated
+        return version
 
     async def set_character(self, platform: str, chat_id: str, name: str) -> Character:
         """Make ``name`` this chat's current character (persisted)."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import ClassVar
 
 from bot.characters import Character
+from bot.errors import AdapterLoadError
 from bot.models.base import ChatModel, Chunk, GenerationRequest, Usage
 from bot.reply import ReplyTarget
 
@@ -38,8 +40,18 @@ class FakeModel(ChatModel):
         self.fail = fail
         self.default = default
         self.requests: list[GenerationRequest] = []
+        self.adapters: dict[str, str] = {}  # character -> adapter path, as loaded
         self.active = 0  # generations in progress now
         self.max_active = 0  # the most that were ever in progress at once
+
+    async def load_adapter(self, character: str, path: str) -> str:
+        if not Path(path).is_dir():
+            raise AdapterLoadError(character, path, "directory not found")
+        self.adapters[character] = path
+        return Path(path).name
+
+    async def unload_adapter(self, character: str) -> None:
+        self.adapters.pop(character, None)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)

@@ -109,3 +109,18 @@ def test_unknown_character_at_the_cli_exits_2(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         "charbot: error: unknown character 'Zed'; known characters: Mara, Bram, Pip"
     )
+
+
+async def test_console_switches_the_current_characters_adapter(
+    make_core: MakeCore, tmp_path: Path
+) -> None:
+    (tmp_path / "v7").mkdir()
+    model = FakeModel()
+    core = await make_core(model=model)
+    output = await run_script(
+        core, f"/adapter {tmp_path / 'gone'}\n/adapter {tmp_path / 'v7'}\nhi\n/adapter none\n"
+    )
+    assert "directory not found" in output  # the bad path is refused, the chat goes on
+    assert "[Aria now uses adapter v7]" in output
+    assert model.requests[0].adapter is not None
+    assert "[Aria now uses no adapter]" in output and model.adapters == {}

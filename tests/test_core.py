@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
 from bot.characters import Character
-from bot.errors import Busy, UnknownCharacter
+from bot.errors import AdapterLoadError, Busy, UnknownCharacter
 from bot.messages import Inbound
+from bot.models.base import AdapterSpec
 from tests.conftest import MakeCore
 from tests.fakes import FakeModel, RecordingTarget
 
@@ -239,3 +241,23 @@ async def test_character_overrides_and_adapter_reach_the_model(make_core: MakeCo
     request = model.requests[0]
     assert request.adapter is not None and request.adapter.path == "/adapters/vex/v2"
     assert (request.sampling.temperature, request.sampling.max_new_tokens) == (0.1, 7)
+
+
+async def test_switching_a_characters_adapter_while_running(
+    make_core: MakeCore, tmp_path: Path
+) -> None:
+    model = FakeModel()
+    core = await make_core(model=model)
+    v2 = tmp_path / "adapters" / "aria" / "v2"
+    v2.mkdir(parents=True)
+    assert await core.switch_adapter("aria", str(v2)) == "v2"
+    await core.handle(inbound("hi"), RecordingTarget())
+    assert model.requests[-1].adapter == AdapterSpec("Aria", str(v2))
+    missing = str(tmp_path / "adapters" / "aria" / "v3")
+    with pytest.raises(AdapterLoadError, match=r"'Aria'.*v3"):
+        await core.switch_adapter("Aria", missing)
+    await core.handle(inbound("again"), RecordingTarget())  # a bad adapter changed nothing
+    assert model.requests[-1].adapter == AdapterSpec("Aria", str(v2))
+    assert await core.switch_adapter("Aria", None) is None
+    await core.handle(inbound("and now"), RecordingTarget())
+    assert model.requests[-1].adapter is None and model.adapters == {}

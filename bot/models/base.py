@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from bot.errors import ModelError
+
 ChatMessages = list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": ...}]
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
@@ -90,6 +92,16 @@ class ChatModel(ABC):
     @abstractmethod
     def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Yield the reply as text deltas; the final chunk carries :class:`Usage`."""
+
+    async def load_adapter(self, character: str, path: str) -> str:
+        """Load (or switch ``character`` to) the LoRA adapter at ``path``; return its version.
+
+        Replies already generating keep the version they started with.
+        """
+        raise ModelError(f"the {self.name} backend does not serve LoRA adapters")
+
+    async def unload_adapter(self, character: str) -> None:  # noqa: B027 - optional hook
+        """Drop ``character``'s adapter; it speaks with the bare base model from now on."""
 
     def count_tokens(self, messages: ChatMessages) -> int:
         """Tokens the prompt takes once the chat template is applied.
