@@ -269,3 +269,39 @@ async def test_repetition_penalty_applies_to_the_replys_own_tokens(model):
     expected = model.tokenizer.decode(out[0][len(ids) :], skip_special_tokens=True)
     assert text == expected
     assert text != reference(model, HELLO, 24)  # the penalty changed the reply
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lean_llama_forward_matches_transformers(tiny_dir, dtype):
+    """The scheduler's lean Llama forward: same logits as the model's own forward, for a
+    left-padded prefill and the decode steps after it."""
+    from bot.models.batch_cache import BatchKV
+    from bot.models.lean_llama import LeanLlama
+    from bot.models.loading import load_model
+    from bot.models.local_files import resolve_base
+    from bot.models.multi_lora import MultiLora
+
+    settings = ModelSettings(base=str(tiny_dir), dtype=dtype)
+    loaded = load_model(resolve_base(settings.base, settings.cache_dir), settings)
+    lean = loaded.model._charbot_lean
+    assert isinstance(lean, LeanLlama)
+    multi = MultiLora()
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+    caches = [BatchKV(len(loaded.model.model.layers), 2) for _ in range(2)]
+    inputs = [kv.prefill_inputs(prompts, 0) for kv in caches]
+    tokens = torch.tensor([[20], [21]])
+    with torch.no_grad():
+        for step in range(4):
+            if step:
+                inputs = [(tokens, *kv.decode_inputs()) for kv in caches]
+            (ids, mask, pos), (ids2, mask2, pos2) = inputs
+            want = loaded.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=caches[0].cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1, :]
+            got = lean.forward(ids2, mask2, pos2, caches[1], multi)
+            assert torch.equal(got, want.float()), step

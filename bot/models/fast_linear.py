@@ -16,6 +16,10 @@ import torch
 
 log = logging.getLogger(__name__)
 
+# oneDNN picks its weight layout for this batch size; 16 was a few % faster than 1 here for
+# both one row and 16 rows.
+PACK_HINT = 16
+
 
 def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight, self.bias, "none", [], "")
@@ -31,7 +35,7 @@ def prepack_linears(model: torch.nn.Module) -> int:
     shared = _shared_weights(model)
     try:
         probe = linears[0]
-        packed = torch.ops.mkldnn._reorder_linear_weight(probe.weight.detach(), 1)
+        packed = torch.ops.mkldnn._reorder_linear_weight(probe.weight.detach(), PACK_HINT)
         x = torch.randn(3, probe.in_features, dtype=torch.bfloat16)
         got = torch.ops.mkldnn._linear_pointwise(x, packed, probe.bias, "none", [], "")
         if not torch.allclose(got, torch.nn.functional.linear(x, probe.weight, probe.bias)):
@@ -41,7 +45,7 @@ def prepack_linears(model: torch.nn.Module) -> int:
         return 0
     for module in linears:
         weight = module.weight.detach()
-        module._packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        module._packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT)
         module.forward = types.MethodType(_packed_forward, module)
         if id(module.weight) not in shared:  # a tied lm_head still serves the embeddings
             module.weight.data = torch.zeros(1, dtype=weight.dtype).expand(weight.shape)

@@ -65,6 +65,9 @@ def load_model(
         from bot.models.fast_linear import prepack_linears
 
         prepack_linears(model)
+    from bot.models.lean_llama import LeanLlama
+
+    model._charbot_lean = LeanLlama.build(model)  # the scheduler's fast path, if Llama
     from bot.models.multi_lora import trim_heap
 
     trim_heap()  # the float32 → bf16 load leaves ~200 MB of freed heap otherwise

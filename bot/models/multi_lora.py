@@ -128,9 +128,17 @@ def _resize(module, capacity: int, rank: int) -> None:
 def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     kwargs.pop("adapter_names", None)
     result = self.base_layer(x, *args, **kwargs)
+    lora = lora_delta(self, x)
+    if lora is None:
+        return result
+    return result.add_(lora)  # in place: casts back to the base dtype without a copy
+
+
+def lora_delta(self, x: torch.Tensor) -> torch.Tensor | None:
+    """The batch rows' LoRA term (float32) for patched module ``self``; None if no adapter."""
     owner: MultiLora = self._multi_lora_owner
     if owner.uniform == BASE_SLOT:
-        return result
+        return None
     version, a_t, b_t = self._gathered
     if version != owner.version:  # rows changed: gather (and upcast) their weights once
         if owner.uniform is not None:
@@ -142,10 +150,8 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         self._gathered = (owner.version, a_t, b_t)
     h = x.float()
     if owner.uniform is not None:
-        lora = torch.nn.functional.linear(torch.nn.functional.linear(h, a_t), b_t)
-    else:
-        squeeze = h.dim() == 2
-        h = h.unsqueeze(1) if squeeze else h  # [B, T, in]
-        lora = torch.bmm(torch.bmm(h, a_t), b_t)
-        lora = lora.squeeze(1) if squeeze else lora
-    return result.add_(lora)  # in place: casts back to the base dtype without a copy
+        return torch.nn.functional.linear(torch.nn.functional.linear(h, a_t), b_t)
+    squeeze = h.dim() == 2
+    h = h.unsqueeze(1) if squeeze else h  # [B, T, in]
+    lora = torch.bmm(torch.bmm(h, a_t), b_t)
+    return lora.squeeze(1) if squeeze else lora

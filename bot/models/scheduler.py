@@ -88,6 +88,8 @@ class Scheduler:
         self.max_rows_seen = 0
         self.row_steps = 0  # tokens decoded (prefill's first tokens not included)
         self.decode_seconds = 0.0  # time in decode steps: row_steps / this = decode tok/s
+        # The lean Llama forward (bot/models/lean_llama.py) built at load time, if any.
+        self.lean = getattr(registry.base, "_charbot_lean", None)
 
     # --- called from other threads --------------------------------------------------------
     def start(self) -> None:
@@ -266,6 +268,10 @@ class Scheduler:
     def _call_model(self, jobs, ids, mask, positions, kv: BatchKV, *, prefill: bool):
         names = [job.adapter_name for job in jobs]
         model = self.registry.forward_model
+        lean = self.lean
+        if lean is not None and lean.usable(self.registry):
+            self.registry.multi.set_rows(names)
+            return lean.forward(ids, mask, positions, kv, self.registry.multi)
         with self.registry.hooks(names):
             out = model(
                 input_ids=ids,
