@@ -70,7 +70,8 @@ class Core:
         self.model = model
         self.settings = settings
         self._characters = {c.name.lower(): c for c in characters}
-        self._default = self.character(default_character or characters[0].name)
+        # By name, not a copy: switch_adapter replaces the Character object.
+        self._default_key = self.character(default_character or characters[0].name).name.lower()
         self._lines = ChatLines()
         self._store_lines = ChatLines()
         self._chains = ChainCache(max_length=HISTORY_LIMIT)
@@ -100,7 +101,7 @@ class Core:
 
     @property
     def default_character(self) -> Character:
-        return self._default
+        return self._characters[self._default_key]
 
     def character(self, name: str) -> Character:
         """Look up a character by name (case-insensitive); raises UnknownCharacter."""
@@ -122,8 +123,6 @@ class Core:
             await self.model.unload_adapter(character.name)
         updated = dataclasses.replace(character, adapter=path)
         self._characters[character.name.lower()] = updated
-        if self._default.name == character.name:
-            self._default = updated
         return version
 
     async def set_character(self, platform: str, chat_id: str, name: str) -> Character:
@@ -136,11 +135,14 @@ class Core:
         self, platform: str, chat_id: str, default: str | None = None
     ) -> Character:
         """The chat's current character, else ``default``, else the configured default."""
-        stored = await self.store.chat_character(platform, chat_id)
-        for name in (stored, default):
+        return self._first_known(await self.store.chat_character(platform, chat_id), default)
+
+    def _first_known(self, *names: str | None) -> Character:
+        """The first of ``names`` that is a configured character, else the default."""
+        for name in names:
             if name and name.lower() in self._characters:
                 return self._characters[name.lower()]
-        return self._default
+        return self.default_character
 
     # -- messages ------------------------------------------------------------------------
 
@@ -205,14 +207,10 @@ class Core:
         if named:
             return self.character(named.group(1) or named.group(2))
         replied = stored.replied
-        if replied is not None and replied.role == "assistant":
-            continuing = self._characters.get((replied.character or "").lower())
-            if continuing is not None:
-                return continuing
-        for name in (stored.chat_character, msg.default_character):
-            if name and name.lower() in self._characters:
-                return self._characters[name.lower()]
-        return self._default
+        continuing = (
+            replied.character if replied is not None and replied.role == "assistant" else None
+        )
+        return self._first_known(continuing, stored.chat_character, msg.default_character)
 
     def sampling_for(self, character: Character) -> Sampling:
         s = self.settings
@@ -369,7 +367,7 @@ class Core:
         turn = self._lines.enter(key)
         try:
             await turn.wait()
-            character = self._characters.get((row.character or "").lower(), self._default)
+            character = self._first_known(row.character)
             return await self._answer(
                 key=key,
                 conversation=row.conversation_id,
