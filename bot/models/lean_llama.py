@@ -169,10 +169,7 @@ class LeanLlama:
             x = self._norm(h, layer.input_layernorm.weight)
             qkv = qkv_w.linear(x)
             if lora:
-                for name, (start, stop) in zip(QKV, qkv_w.slices, strict=True):
-                    delta = _delta(getattr(attn, name), x, batch)
-                    if delta is not None:
-                        qkv[:, start:stop].add_(delta)
+                _add_deltas(qkv, attn, QKV, qkv_w.slices, x, batch)
             qkv = qkv.view(batch, length, heads + 2 * kv_heads, dim)
             qk = qkv[:, :, :qk_heads]
             flipped = qk.unflatten(-1, (2, half)).flip(-2).flatten(-2)
@@ -199,10 +196,7 @@ class LeanLlama:
             x = self._norm(h, layer.post_attention_layernorm.weight)
             gu = gate_up_w.linear(x)
             if lora:
-                for name, (start, stop) in zip(GATE_UP, gate_up_w.slices, strict=True):
-                    delta = _delta(getattr(mlp, name), x, batch)
-                    if delta is not None:
-                        gu[:, start:stop].add_(delta)
+                _add_deltas(gu, mlp, GATE_UP, gate_up_w.slices, x, batch)
             inter = gu.shape[-1] // 2
             act = F.silu(gu[:, :inter]).mul_(gu[:, inter:])
             d = _project(mlp.down_proj, act, batch) if lora else _linear(mlp.down_proj, act)
@@ -228,6 +222,21 @@ def _delta(module: torch.nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor
     # Per-row adapters need the rows apart from the positions: [B, T, in].
     delta = lora_delta(module, x.view(batch, -1, x.shape[-1]))
     return delta.view(x.shape[0], -1)
+
+
+def _add_deltas(
+    fused: torch.Tensor,
+    owner: torch.nn.Module,
+    names: tuple[str, ...],
+    slices: list[tuple[int, int]],
+    x: torch.Tensor,
+    batch: int,
+) -> None:
+    """Add each LoRA-patched projection's term to its slice of a fused matmul's output."""
+    for name, (start, stop) in zip(names, slices, strict=True):
+        delta = _delta(getattr(owner, name), x, batch)
+        if delta is not None:
+            fused[:, start:stop].add_(delta)
 
 
 def _project(module: torch.nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
