@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bot.config import Config, config_path, load_config, read_token
 from bot.errors import CharbotError
+from storage.errors import StorageError
 
 log = logging.getLogger("charbot")
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(config_path(args.config), backend=args.backend)
         command = {"run": _run, "chat": _chat, "export": _export, "stats": _stats}[args.command]
         return asyncio.run(command(config, args))
-    except CharbotError as exc:
+    except (CharbotError, StorageError) as exc:
         print(f"charbot: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -188,7 +188,7 @@ class Store:
         # so writes never wait on the file lock.
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charbot-db")
         store = cls(engine, executor)
-        await store.write(migrations.migrate)
+        await store._run(lambda: migrations.migrate_locked(engine))
         return store
 
     async def close(self) -> None:

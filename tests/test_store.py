@@ -70,7 +70,7 @@ async def test_migrations_apply_once_and_wal_is_on(db_url: str) -> None:
 
     versions, journal, timeout = await again.read(read)
     await again.close()
-    assert [v[0] for v in versions] == [m[0] for m in MIGRATIONS]
+    assert [v[0] for v in versions] == [m.version for m in MIGRATIONS]
     assert journal == "wal" and timeout == 5000
 
 

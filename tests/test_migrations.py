@@ -1,0 +1,77 @@
+"""Migrations: every past schema version upgrades to the models; first starts race safely."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from storage import schema
+from storage.migrations import LATEST, MIGRATIONS, migrate_locked
+
+
+def _shape(engine) -> dict[str, tuple[set, set, set]]:  # type: ignore[no-untyped-def]
+    """Per table: its columns (name, nullable), its index column lists, its unique sets."""
+    found = {}
+    insp = inspect(engine)
+    for table in insp.get_table_names():
+        if table == "schema_migrations":
+            continue
+        columns = {(c["name"], bool(c["nullable"])) for c in insp.get_columns(table)}
+        indexes = {(tuple(i["column_names"]), bool(i["unique"])) for i in insp.get_indexes(table)}
+        uniques = {tuple(u["column_names"]) for u in insp.get_unique_constraints(table)}
+        found[table] = (columns, indexes, uniques)
+    return found
+
+
+def _models_shape(tmp_path: Path) -> dict[str, tuple[set, set, set]]:
+    engine = create_engine(f"sqlite:///{tmp_path / 'models.db'}")
+    schema.Base.metadata.create_all(engine)
+    return _shape(engine)
+
+
+def test_versions_are_ordered_without_gaps() -> None:
+    assert [m.version for m in MIGRATIONS] == list(range(1, LATEST + 1))
+
+
+@pytest.mark.parametrize("start", range(0, LATEST + 1))
+def test_every_past_version_migrates_forward_to_the_models(tmp_path: Path, start: int) -> None:
+    """A database left at ``start`` by an older charbot upgrades in place to exactly the schema
+    the code expects: a model change without its migration (or the reverse) fails here."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    if start:
+        assert migrate_locked(engine, target=start) == list(range(1, start + 1))
+    assert migrate_locked(engine) == list(range(start + 1, LATEST + 1))
+    assert migrate_locked(engine) == []  # a restart applies nothing
+    assert _shape(engine) == _models_shape(tmp_path)
+
+
+def _start(url: str, barrier, results) -> None:  # type: ignore[no-untyped-def]
+    engine = create_engine(url, connect_args={"timeout": 30})
+    barrier.wait()
+    try:
+        results.put(("ok", migrate_locked(engine)))
+    except Exception as exc:  # reported to the parent, which fails the test with it
+        results.put(("error", repr(exc)))
+
+
+def test_concurrent_first_starts_migrate_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    ctx = multiprocessing.get_context("spawn")
+    count = 4
+    barrier, results = ctx.Barrier(count), ctx.Queue()
+    procs = [ctx.Process(target=_start, args=(url, barrier, results)) for _ in range(count)]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=30)
+    assert all(kind == "ok" for kind, _ in outcomes), outcomes
+    applied = sorted(len(versions) for _, versions in outcomes)
+    assert applied == [0] * (count - 1) + [LATEST]  # one process migrated; the rest waited
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT version FROM schema_migrations")).scalars().all()
+    assert sorted(rows) == list(range(1, LATEST + 1))
