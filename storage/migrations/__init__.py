@@ -52,8 +52,8 @@ def _discover() -> list[Migration]:
         found.append(Migration(int(match[1]), match[2].replace("_", " "), module.migrate))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"migration versions must run 1, 2, 3, … without gaps: {versions}")
+    if len(set(versions)) != len(versions):  # gaps are caught by the tests, not at start-up
+        raise RuntimeError(f"two migrations share a version: {versions}")
     return found
 
 
