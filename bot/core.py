@@ -19,6 +19,7 @@ from bot.models.base import AdapterSpec, ChatModel, GenerationRequest, Sampling,
 from bot.prompt import build_prompt
 from bot.reply import ReplyTarget, StreamRenderer
 from bot.sequencer import ChatLines
+from bot.turns import TurnFilter, cut_short_usage, scene_filter
 from storage.store import Store, StoredInbound, StoredTurn
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,9 @@ class Core:
         self._store_lines = ChatLines()
         self._chains = ChainCache(max_length=HISTORY_LIMIT)
         self._runs: dict[tuple[str, str, str], set[_Run]] = {}
+        # The persisted LoRA choices (bot.loras.LoraSwitcher), set by bot.app; None in a
+        # core without versions (tests, benchmarks).
+        self.loras: Any = None
         # A character is named when the message starts with its name ("Mara, ...") or
         # @-mentions it anywhere; merely talking about a character does not summon it.
         # Longest names first, so "Captain Mara" wins over "Mara".
@@ -251,7 +255,8 @@ class Core:
         try:
             async with StreamRenderer(target, character) as renderer:
                 try:
-                    text, usage = await self._generate(request, renderer, run)
+                    turns = scene_filter(self.characters, chain, user_name)
+                    text, usage = await self._generate(request, renderer, run, turns)
                     if run.cancelled:
                         status = "cancelled"
                     text = text or "…"  # a model that says nothing still gets a visible reply
@@ -293,23 +298,31 @@ class Core:
         return ReplyResult(reply_id, character.name, text, message_ids, status)
 
     async def _generate(
-        self, request: GenerationRequest, renderer: StreamRenderer, run: _Run
+        self, request: GenerationRequest, renderer: StreamRenderer, run: _Run, turns: TurnFilter
     ) -> tuple[str, Usage]:
-        text, usage = "", Usage()
+        # Text goes through the turn filter: a reply ends where another speaker's turn
+        # starts, and the cut text is neither shown nor stored.
+        text, usage, chunks = "", Usage(), 0
         stream = self.model.stream(request)
         try:
             async for chunk in stream:
                 if chunk.usage is not None:
                     usage = chunk.usage
                 if chunk.text:
-                    text += chunk.text
-                    await renderer.feed(text)
+                    chunks += 1
+                    shown = turns.feed(chunk.text)
+                    if shown != text:
+                        text = shown
+                        await renderer.feed(text)
+                    if turns.stopped:
+                        usage = cut_short_usage(usage, request, chunks)
+                        break
                 if run.cancelled:
                     usage.finish_reason = "cancelled"
                     break
         finally:
             await stream.aclose()  # type: ignore[attr-defined]  # frees the model's slot
-        return text, usage
+        return turns.text, usage
 
     @staticmethod
     async def _notice(target: ReplyTarget, text: str) -> None:
