@@ -86,10 +86,20 @@ def build_tiny_model(
     return directory
 
 
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+ALL_LINEAR = (*ATTENTION, "gate_proj", "up_proj", "down_proj")
+
+
 def build_tiny_adapter(
-    base_dir: Path, directory: Path, *, seed: int = 1, scale: float = 1.0, r: int = 4
+    base_dir: Path,
+    directory: Path,
+    *,
+    seed: int = 1,
+    scale: float = 1.0,
+    r: int = 4,
+    targets: tuple[str, ...] = ATTENTION,
 ) -> Path:
-    """Save a random (non-zero) LoRA adapter on q,k,v,o of the model in ``base_dir``."""
+    """Save a random (non-zero) LoRA adapter on ``targets`` of the model in ``base_dir``."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -98,7 +108,7 @@ def build_tiny_adapter(
     config = LoraConfig(
         r=r,
         lora_alpha=2 * r,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        target_modules=list(targets),
         init_lora_weights=False,  # random A and B: the adapter visibly changes the output
     )
     torch.manual_seed(seed)

@@ -66,11 +66,25 @@ class _Fused:
         return F.linear(x, self.weight)
 
 
+def _base_linear(module: torch.nn.Module) -> torch.nn.Module:
+    """The ``nn.Linear`` that holds a projection's base weight.
+
+    Once peft wraps a projection for any adapter, the wrapper keeps the original Linear as
+    its base layer and stays in place after the adapter is unloaded. The wrapper's own
+    ``weight`` is the base layer's, which prepacking replaced by a zero stand-in: base rows
+    must be computed from the base layer itself.
+    """
+    get_base = getattr(module, "get_base_layer", None)
+    return get_base() if get_base is not None else module
+
+
 def _linear(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    packed = getattr(module, "_packed_weight", None)
+    """The base projection (no LoRA term) of ``x``, prepacked where the weight is."""
+    base = _base_linear(module)
+    packed = getattr(base, "_packed_weight", None)
     if packed is not None:
         return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-    return F.linear(x, module.weight)
+    return F.linear(x, base.weight)
 
 
 class LeanLlama:
