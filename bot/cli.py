@@ -8,11 +8,11 @@ import contextlib
 import logging
 import signal
 import sys
-from pathlib import Path
 
 from bot.config import Config, config_path, load_config, read_token
 from bot.errors import CharbotError
 from storage.errors import StorageError
+from training import commands as data_commands
 
 log = logging.getLogger("charbot")
 
@@ -46,12 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "chat", parents=[common], help="chat in the terminal (reads piped stdin too)"
     )
     chat.add_argument("--character", help="the character to talk to")
-    export = commands.add_parser(
-        "export", parents=[common], help="write feedback as JSONL training records"
-    )
-    export.add_argument("--format", choices=("sft", "dpo", "kto", "review"), default="sft")
-    export.add_argument("--character", help="only this character's replies")
-    export.add_argument("--out", type=Path, help="output file (default: standard output)")
+    data_commands.add_parsers(commands, common)  # export, import-corrections, data
     commands.add_parser(
         "stats", parents=[common], help="messages, replies, ratings and errors per character"
     )
@@ -78,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(level)
     try:
         config = load_config(config_path(args.config), backend=args.backend)
-        command = {"run": _run, "chat": _chat, "export": _export, "stats": _stats}[args.command]
+        command = {"run": _run, "chat": _chat, "stats": _stats, **data_commands.commands()}[
+            args.command
+        ]
         return asyncio.run(command(config, args))
     except (CharbotError, StorageError) as exc:
         print(f"charbot: error: {exc}", file=sys.stderr)
@@ -150,21 +147,6 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
         finally:
             for adapter in reversed(started):
                 await adapter.stop()
-    return 0
-
-
-async def _export(config: Config, args: argparse.Namespace) -> int:
-    from bot.app import open_store
-    from storage.export import export
-
-    async with open_store(config) as store:
-        if args.out is None:
-            count = await export(store, args.format, sys.stdout, args.character)
-        else:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            with args.out.open("w", encoding="utf-8") as out:
-                count = await export(store, args.format, out, args.character)
-    print(f"{count} {args.format} records written", file=sys.stderr)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,18 @@ class TelegramSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CleanSettings:
+    """[clean] (and [clean.characters.NAME] additions): cleaning rules of training data,
+    applied by `charbot export` and `charbot data clean` (see training/cleaning.py)."""
+
+    exclude_words: tuple[str, ...] = ()  # whole words, any case, e.g. out-of-world words
+    exclude_patterns: tuple[str, ...] = ()  # regular expressions (Python syntax)
+    min_chars: int = 1  # shorter answers are removed
+    max_chars: int = 0  # longer answers are removed; 0 = no limit
+    scrub: tuple[str, ...] = ("email", "phone", "url", "mention")  # replaced by [email] etc.
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -92,6 +105,13 @@ class Config:
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     telegram: TelegramSettings = field(default_factory=TelegramSettings)
+    clean: CleanSettings = field(default_factory=CleanSettings)
+    # Per-character [clean.characters.NAME] rules, by lower-case name; see clean_for.
+    clean_overrides: dict[str, CleanSettings] = field(default_factory=dict)
+
+    def clean_for(self, character: str) -> CleanSettings:
+        """The cleaning rules of ``character``: [clean] with its own additions."""
+        return self.clean_overrides.get(character.lower(), self.clean)
 
 
 CONFIG_ENV = "CHARBOT_CONFIG"
@@ -103,7 +123,7 @@ _SECTIONS = {
     "discord": DiscordSettings,
     "telegram": TelegramSettings,
 }
-_TOP_LEVEL = {*_SECTIONS, "characters", "default_character"}
+_TOP_LEVEL = {*_SECTIONS, "characters", "default_character", "clean"}
 _CHARACTER_KEYS = {f.name for f in dataclasses.fields(Character)} - {"extensions"} | {"card"}
 
 
@@ -168,8 +188,11 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         for name in mapped:
             if name.lower() not in names:
                 where.fail(f"[{section}]", f"character {name!r} is not configured")
+    clean, clean_overrides = _clean(where, raw.get("clean", {}), names)
     return Config(
         path=path,
+        clean=clean,
+        clean_overrides=clean_overrides,
         model=model,
         storage=storage,
         characters=tuple(characters),
@@ -311,3 +334,57 @@ def _characters(where: _Where, entries: Any, base: Path) -> list[Character]:
             values["adapter"] = str(_resolve(base, Path(values["adapter"])))
         characters.append(Character(**values))
     return characters
+
+
+_SCRUB_KINDS = ("email", "phone", "url", "mention")
+
+
+def _clean(
+    where: _Where, table: Any, names: list[str]
+) -> tuple[CleanSettings, dict[str, CleanSettings]]:
+    """[clean] and its [clean.characters.NAME] tables."""
+    if not isinstance(table, dict):
+        where.fail("[clean]", "must be a table, e.g. [clean] on its own line")
+    table = dict(table)
+    per_character = table.pop("characters", {})
+    shared = _clean_table(where, "clean", table, CleanSettings())
+    if not isinstance(per_character, dict):
+        where.fail("[clean.characters]", "must hold tables, e.g. [clean.characters.Bram]")
+    overrides = {}
+    for name, values in per_character.items():
+        label = f"clean.characters.{name}"
+        if name.lower() not in names:
+            where.fail(f"[{label}]", f"character {name!r} is not configured")
+        # Words and patterns named here are added to the shared ones; other keys replace.
+        base = dataclasses.replace(shared, exclude_words=(), exclude_patterns=())
+        own = _clean_table(where, label, values, base)
+        overrides[name.lower()] = dataclasses.replace(
+            own,
+            exclude_words=shared.exclude_words + own.exclude_words,
+            exclude_patterns=shared.exclude_patterns + own.exclude_patterns,
+        )
+    return shared, overrides
+
+
+def _clean_table(where: _Where, label: str, table: Any, over: CleanSettings) -> CleanSettings:
+    if not isinstance(table, dict):
+        where.fail(f"[{label}]", "must be a table of settings")
+    fields = {f.name: f for f in dataclasses.fields(CleanSettings)}
+    _reject_unknown(where, label, table, set(fields))
+    values = {
+        key: _coerce(where, f"[{label}] {key}", value, str(fields[key].type))
+        for key, value in table.items()
+    }
+    settings = dataclasses.replace(over, **values)
+    for pattern in settings.exclude_patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            where.fail(f"[{label}] exclude_patterns", f"{pattern!r} is not a regex: {exc}")
+    for kind in settings.scrub:
+        if kind not in _SCRUB_KINDS:
+            where.fail(f"[{label}] scrub", f"{kind!r}; use any of {', '.join(_SCRUB_KINDS)}")
+    for name in ("min_chars", "max_chars"):
+        if getattr(settings, name) < 0:
+            where.fail(f"[{label}] {name}", "must not be negative")
+    return settings

@@ -1,44 +1,102 @@
-"""Reading feedback back out of the store: rated and corrected replies, and per-character stats."""
+"""Reading feedback back out of the store: replies with their votes and corrections, streamed
+in a stable order for the training-data export, and per-character stats."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, case, func, select, union
 
-from storage.schema import Correction, Message, Rating
+from storage.schema import Correction, Exclusion, Message, Rating
 from storage.store import Store
 
 _M = Message.__table__
 _R = Rating.__table__
 _X = Correction.__table__
+_E = Exclusion.__table__
+
+# Rows fetched per round trip: bounded memory with server-side cursors (PostgreSQL) and
+# few round trips; SQLite's cursor is lazy anyway.
+_BATCH = 2000
 
 
-@dataclass(slots=True)
-class RatedReply:
-    """A stored reply with the votes and corrections it received."""
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which replies an export reads. None means "any"; ``adapter_version=""`` means the
+    bare base model (no LoRA)."""
+
+    character: str | None = None
+    since: float | None = None  # reply created at or after (Unix seconds)
+    until: float | None = None  # reply created before
+    platform: str | None = None
+    adapter_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectionRow:
+    """One better reply written for a stored reply."""
+
+    text: str
+    author: str
+    source: str  # "user" | "reviewer" | "import"
+    accepted: bool
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRow:
+    """A stored reply with its votes, corrections (oldest first) and exclusion, if any."""
 
     id: int
+    conversation_id: int
+    parent_id: int  # the message it answers; regenerated siblings share it
+    platform: str
     character: str
-    text: str
-    prompt: list[dict[str, str]]
-    reply_to_id: int | None
     adapter_version: str | None
     model: str | None
-    up: int = 0
-    down: int = 0
-    corrections: list[str] = field(default_factory=list)  # oldest first
+    text: str
+    prompt_json: str  # the exact prompt the reply was generated from
+    created_at: float
+    up: int
+    down: int
+    excluded: str | None  # the reviewer's reason, when excluded
+    corrections: tuple[CorrectionRow, ...]
 
     @property
     def score(self) -> int:
         return self.up - self.down
 
 
-async def rated_replies(store: Store, character: str | None = None) -> list[RatedReply]:
-    """Every successful reply that has a vote or a correction, oldest first."""
+def _filters(selection: Selection) -> list[Any]:
+    where: list[Any] = [
+        _M.c.role == "assistant",
+        _M.c.status == "ok",
+        _M.c.prompt_json.is_not(None),
+        _M.c.reply_to_id.is_not(None),
+    ]
+    if selection.character is not None:
+        where.append(func.lower(_M.c.character) == selection.character.lower())
+    if selection.platform is not None:
+        where.append(_M.c.platform == selection.platform)
+    if selection.since is not None:
+        where.append(_M.c.created_at >= selection.since)
+    if selection.until is not None:
+        where.append(_M.c.created_at < selection.until)
+    if selection.adapter_version == "":
+        where.append(_M.c.adapter_version.is_(None))
+    elif selection.adapter_version is not None:
+        where.append(_M.c.adapter_version == selection.adapter_version)
+    return where
+
+
+def _replies_query(selection: Selection) -> Any:
+    # Candidates come from the feedback tables (small) and reach messages by primary key, so
+    # a million unrated messages are never scanned. A later source of preferences (the kept
+    # swipe of issue 11) joins this union.
+    with_feedback = union(select(_R.c.message_id), select(_X.c.message_id)).subquery()
     votes = (
         select(
             _R.c.message_id,
@@ -48,45 +106,92 @@ async def rated_replies(store: Store, character: str | None = None) -> list[Rate
         .group_by(_R.c.message_id)
         .subquery()
     )
-    corrected = select(_X.c.message_id)
-    query = (
-        select(_M, func.coalesce(votes.c.up, 0), func.coalesce(votes.c.down, 0))
+    return (
+        select(
+            _M.c.id,
+            _M.c.conversation_id,
+            _M.c.reply_to_id,
+            _M.c.platform,
+            _M.c.character,
+            _M.c.adapter_version,
+            _M.c.model,
+            _M.c.text,
+            _M.c.prompt_json,
+            _M.c.created_at,
+            func.coalesce(votes.c.up, 0),
+            func.coalesce(votes.c.down, 0),
+            _E.c.reason,
+        )
+        .join(with_feedback, with_feedback.c.message_id == _M.c.id)
         .outerjoin(votes, votes.c.message_id == _M.c.id)
-        .where(_M.c.role == "assistant", _M.c.status == "ok", _M.c.prompt_json.is_not(None))
-        .where((votes.c.message_id.is_not(None)) | _M.c.id.in_(corrected))
-        .order_by(_M.c.id)
+        .outerjoin(_E, _E.c.message_id == _M.c.id)
+        .where(*_filters(selection))
+        # Siblings (replies to one message) come together, so preference pairs are found
+        # while streaming; ids make the order total, so every export is the same.
+        .order_by(_M.c.reply_to_id, _M.c.id)
+        .execution_options(yield_per=_BATCH)
     )
-    if character is not None:
-        query = query.where(func.lower(_M.c.character) == character.lower())
 
-    def work(conn: Connection) -> tuple[list[Any], dict[int, list[str]]]:
-        rows = list(conn.execute(query).all())
-        fixes: dict[int, list[str]] = defaultdict(list)
-        ids = [row.id for row in rows]
-        if ids:
-            found = conn.execute(
-                select(_X.c.message_id, _X.c.text).where(_X.c.message_id.in_(ids)).order_by(_X.c.id)
-            )
-            for fix in found:
-                fixes[fix.message_id].append(fix.text)
-        return rows, fixes
 
-    rows, fixes = await store.read(work)
-    return [
-        RatedReply(
+def _corrections_query(selection: Selection) -> Any:
+    return (
+        select(
+            _M.c.reply_to_id,
+            _X.c.message_id,
+            _X.c.text,
+            _X.c.user_id,
+            _X.c.source,
+            _X.c.accepted,
+            _X.c.created_at,
+        )
+        .join(_M, _M.c.id == _X.c.message_id)
+        .where(*_filters(selection))
+        .order_by(_M.c.reply_to_id, _X.c.message_id, _X.c.id)
+        .execution_options(yield_per=_BATCH)
+    )
+
+
+def count_feedback(conn: Connection, selection: Selection = Selection()) -> int:
+    """How many replies :func:`iter_feedback` will yield (for a progress bar's total)."""
+    query = _replies_query(selection).with_only_columns(func.count()).order_by(None)
+    return int(conn.execute(query.execution_options(yield_per=None)).scalar_one())
+
+
+def iter_feedback(conn: Connection, selection: Selection = Selection()) -> Iterator[FeedbackRow]:
+    """Every successful reply with a vote or a correction, ordered by (parent, id), streamed.
+
+    Two ordered cursors — replies and corrections — are merged as they are read, so memory
+    stays bounded however many there are.
+    """
+    fixes = iter(conn.execute(_corrections_query(selection)))
+    fix = next(fixes, None)
+    for row in conn.execute(_replies_query(selection)):
+        key = (row.reply_to_id, row.id)
+        found: list[CorrectionRow] = []
+        while fix is not None and (fix.reply_to_id, fix.message_id) <= key:
+            if fix.message_id == row.id:
+                found.append(
+                    CorrectionRow(
+                        fix.text, fix.user_id, fix.source, bool(fix.accepted), fix.created_at
+                    )
+                )
+            fix = next(fixes, None)
+        yield FeedbackRow(
             id=row.id,
+            conversation_id=row.conversation_id,
+            parent_id=row.reply_to_id,
+            platform=row.platform,
             character=row.character or "",
-            text=row.text,
-            prompt=json.loads(row.prompt_json),
-            reply_to_id=row.reply_to_id,
             adapter_version=row.adapter_version,
             model=row.model,
-            up=int(row[-2]),
-            down=int(row[-1]),
-            corrections=fixes.get(row.id, []),
+            text=row.text,
+            prompt_json=row.prompt_json,
+            created_at=row.created_at,
+            up=int(row[10]),
+            down=int(row[11]),
+            excluded=row.reason,
+            corrections=tuple(found),
         )
-        for row in rows
-    ]
 
 
 async def character_stats(store: Store) -> dict[str, dict[str, int]]:

@@ -7,6 +7,7 @@ schema the code expects once every migration has run.
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     Float,
     ForeignKey,
     Index,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -118,8 +120,26 @@ class Correction(Base):
     user_id: Mapped[str] = mapped_column(String(64))
     text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
+    # Who wrote it: "user" | "reviewer" | "import" (a filled review file read back).
+    source: Mapped[str] = mapped_column(String(16), default="user", server_default="user")
+    # A reviewer's accepted correction wins over the newest one.
+    accepted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (Index("ix_corrections_message", "message_id"),)
+
+
+class Exclusion(Base):
+    """A reply a reviewer excluded from training data: no export ever includes it."""
+
+    __tablename__ = "exclusions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"))
+    reason: Mapped[str] = mapped_column(Text)
+    excluded_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("message_id", name="uq_exclusion_message"),)
 
 
 class ChatState(Base):

@@ -1,29 +1,49 @@
-"""Export: records parsed back and checked field by field, for every format."""
+"""Export: every format loaded by what consumes it and checked field by field against the
+stored rows; selection, vote rules, reviewer exclusions, byte-identical re-export."""
 
 from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
+from datasets import load_dataset
+from trl.data_utils import is_conversational
+
+from bot.core import Core
 from bot.messages import Inbound
-from storage.export import export
+from storage.feedback import Selection
+from storage.review import add_correction, exclude, list_exclusions, set_accepted, unexclude
 from tests.conftest import MakeCore
 from tests.fakes import FakeModel, RecordingTarget
+from training.cleaning import Cleaner, Report
+from training.export import EXCLUDED, VoteRule, write_export
 
 
-def msg(text: str, n: int) -> Inbound:
-    return Inbound("test", "c1", f"in{n}", "42", "Sam", text)
+def msg(text: str, n: int, platform: str = "test") -> Inbound:
+    return Inbound(platform, "c1", f"in{n}", "42", "Sam", text)
 
 
-async def exported(core, fmt: str, character: str | None = None) -> list[dict]:  # type: ignore[no-untyped-def]
+async def exported(
+    core: Core, fmt: str, selection: Selection | None = None, **options: object
+) -> tuple[list[dict], Report]:
     out = io.StringIO()
-    count = await export(core.store, fmt, out, character)
+    report = await core.store.read(
+        lambda conn: write_export(
+            conn, fmt, out, selection or Selection(), progress=False, **options
+        )  # type: ignore[arg-type]
+    )
     records = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert len(records) == count
-    return records
+    assert len(records) == report.kept
+    return records, report
 
 
-async def test_every_format(make_core: MakeCore) -> None:
+def a(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+async def _scene(make_core: MakeCore) -> tuple[Core, dict[str, int], list]:
+    """A 👎 reply corrected twice with a 👍 sibling, a 👍 reply, an unrated reply."""
     model = FakeModel(["bad answer", "good sibling", "liked answer", "plain"])
     core = await make_core(model=model)
     bad = await core.handle(msg("Q1 ✨", 1), RecordingTarget())
@@ -35,39 +55,72 @@ async def test_every_format(make_core: MakeCore) -> None:
     await core.rate("test", "c1", sibling.message_ids[0], "u1", 1)
     await core.rate("test", "c1", liked.message_ids[0], "u1", 1)
     await core.correct("test", "c1", bad.message_ids[0], "u3", "first fix")
-    await core.correct("test", "c1", bad.message_ids[0], "u3", "corrected answer")
-    prompt_bad = model.requests[0].messages
-    prompt_liked = model.requests[2].messages
+    await core.correct("test", "c1", bad.message_ids[0], "u4", "corrected answer")
+    ids = {"bad": bad.reply_id, "sibling": sibling.reply_id, "liked": liked.reply_id}
+    return core, ids, [r.messages for r in model.requests]
 
-    sft = await exported(core, "sft")
-    assert sft == [
-        {"messages": [*prompt_bad, {"role": "assistant", "content": "corrected answer"}]},
-        {"messages": [*prompt_bad, {"role": "assistant", "content": "good sibling"}]},
-        {"messages": [*prompt_liked, {"role": "assistant", "content": "liked answer"}]},
+
+def _load(tmp_path: Path, name: str, records: list[dict]) -> list[dict]:
+    """The records as `datasets` loads a JSONL file, the way the trainers get them."""
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return list(load_dataset("json", data_files=str(path), split="train"))
+
+
+async def test_every_format_matches_the_stored_rows(make_core: MakeCore, tmp_path: Path) -> None:
+    core, ids, prompts = await _scene(make_core)
+    rows = {row.id: row for row in await core.store.list_messages()}
+    bad, sibling, liked = rows[ids["bad"]], rows[ids["sibling"]], rows[ids["liked"]]
+    assert json.loads(bad.prompt_json) == prompts[0]  # the stored prompt, not a rebuilt one
+
+    sft, _ = await exported(core, "sft")
+    assert [(r["prompt"], r["completion"]) for r in sft] == [
+        (prompts[0], a("corrected answer")),  # the newest correction of the 👎 reply
+        (prompts[1], a("good sibling")),
+        (prompts[2], a("liked answer")),
     ]
-    dpo = await exported(core, "dpo")
-    assert dpo == [
-        {
-            "prompt": prompt_bad,
-            "chosen": [{"role": "assistant", "content": "corrected answer"}],
-            "rejected": [{"role": "assistant", "content": "bad answer"}],
-        }
+    meta = sft[0]["meta"]
+    assert meta["reply_id"] == bad.id and meta["conversation_id"] == bad.conversation_id
+    assert (meta["character"], meta["model"], meta["platform"]) == ("Aria", "fake", "test")
+    assert (meta["up"], meta["down"], meta["adapter_version"]) == (0, 2, None)
+    assert meta["correction_authors"] == ["u3", "u4"]
+    assert meta["correction_sources"] == ["user", "user"]
+    assert meta["created_at"] == bad.created_at and meta["answer_from"] == "correction"
+    loaded = _load(tmp_path, "sft", sft)
+    assert all(is_conversational(r) for r in loaded)
+    assert {"prompt", "completion"} <= set(loaded[0]) and "messages" not in loaded[0]
+    assert loaded[0]["completion"] == a("corrected answer")
+
+    messages, _ = await exported(core, "sft-messages")
+    assert [r["messages"] for r in messages] == [[*r["prompt"], *r["completion"]] for r in sft]
+    assert all(is_conversational(r) for r in _load(tmp_path, "msgs", messages))
+
+    dpo, _ = await exported(core, "dpo")
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in dpo] == [
+        (prompts[0], a("corrected answer"), a("bad answer"))
     ]
-    kto = await exported(core, "kto")
-    assert [(r["completion"][0]["content"], r["label"]) for r in kto] == [
-        ("bad answer", False),
-        ("good sibling", True),
-        ("liked answer", True),
+    assert dpo[0]["meta"]["chosen_from"] == "correction"
+    (loaded_dpo,) = _load(tmp_path, "dpo", dpo)
+    assert is_conversational(loaded_dpo) and {"prompt", "chosen", "rejected"} <= set(loaded_dpo)
+
+    kto, _ = await exported(core, "kto")
+    assert [(r["prompt"], r["completion"], r["label"]) for r in kto] == [
+        (prompts[0], a("bad answer"), False),
+        (prompts[1], a("good sibling"), True),
+        (prompts[2], a("liked answer"), True),
     ]
-    assert all(r["prompt"][0]["role"] == "system" for r in kto)
-    review = await exported(core, "review")
+    loaded_kto = _load(tmp_path, "kto", kto)
+    assert all(is_conversational(r) and isinstance(r["label"], bool) for r in loaded_kto)
+    assert all("chosen" not in r for r in loaded_kto)  # unpaired: one completion, a label
+
+    review, _ = await exported(core, "review")
     first = review[0]
-    assert (first["id"], first["character"], first["reply"]) == (bad.reply_id, "Aria", "bad answer")
-    assert (first["score"], first["up"], first["down"]) == (-2, 0, 2)
-    assert first["corrections"] == ["first fix", "corrected answer"]
-    assert first["better"] == "" and first["model"] == "fake"
-    assert first["prompt"] == prompt_bad
-    assert await exported(core, "sft", character="Bram") == []
+    assert (first["id"], first["character"], first["reply"]) == (bad.id, "Aria", "bad answer")
+    assert (first["score"], first["up"], first["down"], first["model"]) == (-2, 0, 2, "fake")
+    assert [c["text"] for c in first["corrections"]] == ["first fix", "corrected answer"]
+    assert (first["better"], first["accept"], first["exclude"]) == ("", False, "")
+    assert first["prompt"] == prompts[0]
+    assert [r["id"] for r in review] == [bad.id, sibling.id, liked.id]
 
 
 async def test_dpo_uses_a_liked_sibling_when_there_is_no_correction(make_core: MakeCore) -> None:
@@ -76,6 +129,106 @@ async def test_dpo_uses_a_liked_sibling_when_there_is_no_correction(make_core: M
     good = await core.regenerate("test", "c1", bad.message_ids[0], RecordingTarget())
     await core.rate("test", "c1", bad.message_ids[0], "u1", -1)
     await core.rate("test", "c1", good.message_ids[0], "u1", 1)
-    (record,) = await exported(core, "dpo")
-    assert record["chosen"][0]["content"] == "great"
-    assert record["rejected"][0]["content"] == "meh"
+    (record,), _ = await exported(core, "dpo")
+    assert (record["chosen"], record["rejected"]) == (a("great"), a("meh"))
+    assert record["meta"]["chosen_from"] == "sibling"
+    assert record["meta"]["chosen_reply_id"] == good.reply_id
+
+
+async def test_re_export_is_byte_identical(make_core: MakeCore) -> None:
+    core, _, _ = await _scene(make_core)
+    for fmt in ("sft", "sft-messages", "dpo", "kto", "review"):
+        first, second = io.StringIO(), io.StringIO()
+        for out in (first, second):
+            await core.store.read(
+                lambda conn, out=out, fmt=fmt: write_export(conn, fmt, out, progress=False)
+            )
+        assert first.getvalue() == second.getvalue() and first.getvalue()
+        line = first.getvalue().splitlines()[0]
+        assert line == json.dumps(json.loads(line), ensure_ascii=False, sort_keys=True)
+
+
+async def test_accepted_reviewer_correction_wins_over_the_newest(make_core: MakeCore) -> None:
+    core, ids, _ = await _scene(make_core)
+    fix = await add_correction(core.store, ids["bad"], "rita", "reviewed", source="reviewer")
+    await core.correct("test", "c1", (await core.store.platform_ids(ids["bad"]))[0], "u9", "newer")
+    sft, _ = await exported(core, "sft")
+    assert sft[0]["completion"] == a("newer")  # not accepted yet: the newest counts
+    await set_accepted(core.store, fix)
+    sft, _ = await exported(core, "sft")
+    assert sft[0]["completion"] == a("reviewed")
+    assert sft[0]["meta"]["correction_sources"] == ["user", "user", "reviewer", "user"]
+
+
+async def test_excluded_replies_are_never_exported(make_core: MakeCore) -> None:
+    core, ids, _ = await _scene(make_core)
+    assert await exclude(core.store, ids["bad"], "mentions a real actor", "rita")
+    assert not await exclude(core.store, ids["bad"], "again", "rita")  # once is enough
+    (row,) = await list_exclusions(core.store, "aria")
+    assert (row.message_id, row.reason, row.excluded_by) == (
+        ids["bad"],
+        "mentions a real actor",
+        "rita",
+    )
+    for fmt in ("sft", "dpo", "kto", "review"):
+        records, report = await exported(core, fmt)
+        assert all(r.get("meta", r).get("reply_id", r.get("id")) != ids["bad"] for r in records)
+        assert report.removed[EXCLUDED] == 1
+    dpo, _ = await exported(core, "dpo")
+    assert dpo == []  # the only 👎 reply is excluded
+    assert await unexclude(core.store, ids["bad"])
+    assert len((await exported(core, "dpo"))[0]) == 1
+
+
+async def test_selection_and_vote_rules(make_core: MakeCore) -> None:
+    core = await make_core(model=FakeModel(["one", "two", "three"]))
+    first = await core.handle(msg("Q1", 1), RecordingTarget())
+    second = await core.handle(msg("Q2", 2, platform="discord"), RecordingTarget())
+    third = await core.handle(msg("Q3 Bram?", 3), RecordingTarget())
+    await core.rate("test", "c1", first.message_ids[0], "u1", 1)
+    await core.rate("discord", "c1", second.message_ids[0], "u1", 1)
+    await core.rate("discord", "c1", second.message_ids[0], "u2", 1)
+    await core.rate("test", "c1", third.message_ids[0], "u1", 1)
+    await core.rate("test", "c1", third.message_ids[0], "u2", -1)
+    await core.rate("test", "c1", third.message_ids[0], "u3", 1)
+
+    def texts(records: list[dict]) -> list[str]:
+        return [r["completion"][0]["content"] for r in records]
+
+    assert texts((await exported(core, "kto"))[0]) == ["one", "two", "three"]
+    assert texts((await exported(core, "kto", Selection(platform="discord")))[0]) == ["two"]
+    assert texts((await exported(core, "kto", votes=VoteRule(min_votes=2)))[0]) == ["two", "three"]
+    kto_any, _ = await exported(core, "kto", votes=VoteRule(thumbs_down="any"))
+    assert [r["label"] for r in kto_any] == [True, True, False]  # one 👎 is enough
+    assert (await exported(core, "kto", Selection(character="bram")))[0] == []
+    rows = {row.id: row for row in await core.store.list_messages()}
+    middle = rows[second.reply_id].created_at
+    since, _ = await exported(core, "kto", Selection(since=middle))
+    until, _ = await exported(core, "kto", Selection(until=middle))
+    assert (texts(since), texts(until)) == (["two", "three"], ["one"])
+    assert len((await exported(core, "kto", Selection(adapter_version="")))[0]) == 3
+    assert (await exported(core, "kto", Selection(adapter_version="v1")))[0] == []
+
+
+async def test_cleaning_and_duplicates_are_counted(make_core: MakeCore) -> None:
+    answers = ["Ask the director", "mail me@x.org", "same", "same"]
+    core = await make_core(model=FakeModel(answers))
+    for n in range(4):  # one chat each: four equal prompts
+        inbound = Inbound("test", f"chat{n}", f"in{n}", "42", "Sam", "Same question")
+        result = await core.handle(inbound, RecordingTarget())
+        await core.rate("test", f"chat{n}", result.message_ids[0], "u1", 1)
+
+    class Rules:
+        exclude_words = ("director",)
+        exclude_patterns = ()
+        min_chars = 1
+        max_chars = 0
+        scrub = ("email",)
+
+    sft, report = await exported(core, "sft", cleaners={"aria": Cleaner(Rules())})
+    assert [r["completion"][0]["content"] for r in sft] == ["mail [email]", "same"]
+    assert report.removed == {"exclude word 'director'": 1, "exact duplicate": 1}
+    assert report.changed == {"scrubbed email": 1}
+    assert (report.read, report.kept) == (4, 2)
+    unclean, report = await exported(core, "sft")
+    assert len(unclean) == 3 and report.removed == {"exact duplicate": 1}

@@ -1,0 +1,186 @@
+"""Training records built from stored feedback, one rule set for every format.
+
+Each record is trained on the prompt stored with the reply — the exact messages the model
+saw, never rebuilt from today's persona — and carries a ``meta`` object saying where it came
+from. The formats are TRL's dataset types:
+
+- ``sft``: conversational prompt–completion, so the loss falls on the answer only;
+- ``sft-messages``: the same as one ``messages`` list, for tools that want that form;
+- ``dpo``: preference (``prompt``/``chosen``/``rejected``);
+- ``kto``: unpaired preference (``prompt``/``completion``/``label``);
+- ``review``: an editable record for a person, read back by ``charbot import-corrections``.
+
+Replies arrive grouped by the message they answer (regenerated siblings together); a group
+is all a preference pair needs, so nothing else is held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from storage.feedback import CorrectionRow, FeedbackRow
+
+FORMATS = ("sft", "sft-messages", "dpo", "kto", "review")
+THUMBS_DOWN = ("net", "any")  # a reply is 👎 when its net score < 0 | it has any 👎
+
+
+@dataclass(frozen=True, slots=True)
+class VoteRule:
+    """What the votes on a reply mean: the one place where 👍/👎 are decided."""
+
+    thumbs_down: str = "net"
+    min_votes: int = 0  # replies with fewer votes count only through their corrections
+
+    def __post_init__(self) -> None:
+        if self.thumbs_down not in THUMBS_DOWN:
+            raise ValueError(f"thumbs-down rule {self.thumbs_down!r}; use net or any")
+
+    def counted(self, row: FeedbackRow) -> bool:
+        """Whether the votes are enough to judge the reply by."""
+        return row.up + row.down >= max(self.min_votes, 1)
+
+    def good(self, row: FeedbackRow) -> bool:
+        return self.counted(row) and row.score > 0 and not self.bad(row)
+
+    def bad(self, row: FeedbackRow) -> bool:
+        if not self.counted(row):
+            return False
+        return row.score < 0 if self.thumbs_down == "net" else row.down > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """A record and the reply ids it was made from (a reviewer's exclusion of any drops it)."""
+
+    record: dict[str, Any]
+    excluded: bool
+
+
+def assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def better(row: FeedbackRow) -> CorrectionRow | None:
+    """The correction that counts: a reviewer's accepted one, else the newest."""
+    if not row.corrections:
+        return None
+    accepted = [c for c in row.corrections if c.accepted]
+    return (accepted or list(row.corrections))[-1]
+
+
+def meta(row: FeedbackRow) -> dict[str, Any]:
+    """Where a record came from: reply, conversation, character, version, votes, authors."""
+    return {
+        "reply_id": row.id,
+        "conversation_id": row.conversation_id,
+        "parent_id": row.parent_id,
+        "character": row.character,
+        "adapter_version": row.adapter_version,
+        "model": row.model,
+        "platform": row.platform,
+        "up": row.up,
+        "down": row.down,
+        "created_at": row.created_at,
+        "correction_authors": [c.author for c in row.corrections],
+        "correction_sources": [c.source for c in row.corrections],
+        "corrected_at": row.corrections[-1].created_at if row.corrections else None,
+    }
+
+
+def build(fmt: str, group: Sequence[FeedbackRow], votes: VoteRule) -> Iterator[Built]:
+    """The records of one format from one group of sibling replies (same parent)."""
+    if fmt in ("sft", "sft-messages"):
+        yield from _sft(group, votes, messages=fmt == "sft-messages")
+    elif fmt == "dpo":
+        yield from _dpo(group, votes)
+    elif fmt == "kto":
+        yield from _kto(group, votes)
+    elif fmt == "review":
+        yield from _review(group)
+    else:
+        raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _sft(group: Sequence[FeedbackRow], votes: VoteRule, *, messages: bool) -> Iterator[Built]:
+    for row in group:
+        fix = better(row)
+        if fix is None and not votes.good(row):
+            continue
+        answer = fix.text if fix is not None else row.text
+        prompt = json.loads(row.prompt_json)
+        info = {**meta(row), "answer_from": "correction" if fix else "reply"}
+        if messages:
+            record = {"messages": [*prompt, *assistant(answer)], "meta": info}
+        else:
+            record = {"prompt": prompt, "completion": assistant(answer), "meta": info}
+        yield Built(record, row.excluded is not None)
+
+
+def _dpo(group: Sequence[FeedbackRow], votes: VoteRule) -> Iterator[Built]:
+    # The best liked sibling that a reviewer did not exclude: highest score, then oldest.
+    liked = sorted(
+        (r for r in group if votes.good(r) and r.excluded is None), key=lambda r: (-r.score, r.id)
+    )
+    for row in group:
+        if not votes.bad(row):
+            continue
+        fix = better(row)
+        # A later kept swipe (issue 11) slots in between the correction and a liked sibling.
+        sibling = next((r for r in liked if r.text != row.text), None)
+        if fix is not None and fix.text != row.text:
+            chosen, source, chosen_id = fix.text, "correction", None
+        elif sibling is not None:
+            chosen, source, chosen_id = sibling.text, "sibling", sibling.id
+        else:
+            continue
+        info = {**meta(row), "chosen_from": source, "chosen_reply_id": chosen_id}
+        record = {
+            "prompt": json.loads(row.prompt_json),
+            "chosen": assistant(chosen),
+            "rejected": assistant(row.text),
+            "meta": info,
+        }
+        yield Built(record, row.excluded is not None)
+
+
+def _kto(group: Sequence[FeedbackRow], votes: VoteRule) -> Iterator[Built]:
+    for row in group:
+        if not votes.counted(row):
+            continue
+        record = {
+            "prompt": json.loads(row.prompt_json),
+            "completion": assistant(row.text),
+            "label": votes.good(row),
+            "meta": meta(row),
+        }
+        yield Built(record, row.excluded is not None)
+
+
+def _review(group: Sequence[FeedbackRow]) -> Iterator[Built]:
+    for row in group:
+        record = {
+            "id": row.id,
+            "conversation_id": row.conversation_id,
+            "platform": row.platform,
+            "character": row.character,
+            "adapter_version": row.adapter_version,
+            "model": row.model,
+            "created_at": row.created_at,
+            "prompt": json.loads(row.prompt_json),
+            "reply": row.text,
+            "score": row.score,
+            "up": row.up,
+            "down": row.down,
+            "corrections": [
+                {"text": c.text, "author": c.author, "source": c.source, "accepted": c.accepted}
+                for c in row.corrections
+            ],
+            # Filled in by the reviewer and read back by `charbot import-corrections`.
+            "better": "",
+            "accept": False,
+            "exclude": "",
+        }
+        yield Built(record, row.excluded is not None)
