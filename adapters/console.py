@@ -110,12 +110,20 @@ class ConsoleAdapter(PlatformAdapter):
             if interactive:
                 self.say(f"Talking to {current.name}. /help lists the commands.")
                 if current.greeting:
-                    self.say(f"{current.name}: {current.greeting}")
+                    await self.greet()
             async for line in self._lines(prompt=f"{self.user_name}> " if interactive else ""):
                 if not await self.handle_line(line):
                     break
         finally:
             self.done.set()
+
+    async def greet(self) -> None:
+        """Show the current character's greeting; it is stored as a turn of the conversation."""
+        await self.core.greet(self.platform, self.chat_id, None, self.user_name, self._target())
+        self.out.write("\n")
+
+    def _target(self) -> ConsoleTarget:
+        return ConsoleTarget(self.out)
 
     def say(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -190,7 +198,7 @@ class ConsoleAdapter(PlatformAdapter):
                 character = await core.set_character(platform, chat, argument)
                 self.say(f"[now talking to {character.name}]")
                 if character.greeting:
-                    self.say(f"{character.name}: {character.greeting}")
+                    await self.greet()
         elif command == "/reset":
             await core.reset(platform, chat)
             self.last_reply = None

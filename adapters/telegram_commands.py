@@ -92,13 +92,11 @@ def register_commands(app: Application, adapter: TelegramAdapter) -> None:  # ty
 
     async def start(message: Message, _args: str) -> None:
         """The current character greets the user."""
-        character = await core.current_character(PLATFORM, str(message.chat.id), default)
         user = message.from_user.first_name if message.from_user else "there"
-        greeting = character.greeting or f"Hi, I'm {character.name}."
-        greeting = greeting.replace("{{char}}", character.name).replace("{{user}}", user)
         target = adapter.target(message.chat.id, None, message.message_id)
-        target.keyboard = False  # a greeting is not a stored reply: nothing to rate
-        await target.send(greeting, character=character)
+        target.keyboard = False  # a greeting is not a generated reply: nothing to rate
+        # Stored as the conversation's next (in a new one, first) turn: part of history.
+        await core.greet(PLATFORM, str(message.chat.id), None, user, target, default)
 
     async def help_(message: Message, _args: str) -> None:
         """What the bot does and its commands."""

@@ -13,6 +13,7 @@ from typing import Any
 from bot.characters import Character
 from bot.config import ModelSettings
 from bot.errors import Busy, UnknownCharacter
+from bot.greeting import show_greeting
 from bot.history import Chain, ChainCache
 from bot.messages import Inbound
 from bot.models.base import AdapterSpec, ChatModel, GenerationRequest, Sampling, Usage
@@ -391,6 +392,26 @@ class Core:
                 target=target,
                 regenerated_from=row.regenerated_from_id or row.id,
             )
+        finally:
+            turn.done()
+
+    async def greet(
+        self,
+        platform: str,
+        chat_id: str,
+        thread_id: str | None,
+        user: str,
+        target: ReplyTarget,
+        default: str | None = None,
+    ) -> int:
+        """Show the chat's current character's greeting through ``target`` and store it as
+        the next assistant turn of the conversation (the first, in a new one); its row id."""
+        key = (platform, chat_id, thread_id or "")
+        turn = self._lines.enter(key)  # in line with the chat's messages
+        try:
+            await turn.wait()
+            character = await self.current_character(platform, chat_id, default)
+            return await show_greeting(self.store, key, character, user, target)
         finally:
             turn.done()
 

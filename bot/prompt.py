@@ -1,12 +1,26 @@
-"""Building a character's prompt: persona first, then history trimmed to the token budget."""
+"""Building a character's prompt: persona and what it knows, marked example turns, then the
+scene's history trimmed to the token budget, then the card's post-history instructions.
+
+Scenes with several speakers are written so that the model keeps its own identity: its own
+lines are assistant turns, everyone else's are user turns tagged ``[Name]`` (a bracket, not
+``Name:`` — a small model copies a ``Name:`` pattern and starts writing as that speaker),
+and the system prompt says who else is present.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from bot.characters import Character
 from bot.models.base import ChatMessages, ChatModel
+
+EXAMPLES_START = (
+    "[Example dialogue: how {{char}} talks. These are examples only, not part of the conversation.]"
+)
+EXAMPLES_END = "[End of examples. The real conversation with {{user}} starts here.]"
+_START = re.compile(r"^\s*<START>\s*$", re.IGNORECASE | re.MULTILINE)
 
 
 def expand_macros(text: str, character: Character, user: str) -> str:
@@ -14,36 +28,86 @@ def expand_macros(text: str, character: Character, user: str) -> str:
     return text.replace("{{char}}", character.name).replace("{{user}}", user)
 
 
-def persona_text(character: Character, user: str) -> str:
-    """The system prompt: the character's own system prompt, then its persona fields."""
+def speaker_tag(name: str) -> str:
+    """How another speaker's line is marked in a user turn."""
+    return f"[{name}]"
+
+
+def persona_text(
+    character: Character, user: str, knowledge: Sequence[str] = (), others: Sequence[str] = ()
+) -> str:
+    """The system prompt: the character's own system prompt, its persona fields, example
+    dialogue that is not written as turns, who else is in the scene, and ``knowledge``
+    (lorebook entries and retrieved facts) — exactly as inserted."""
     sections = [
         character.system_prompt
         or "You are {{char}}. Stay in character and reply as {{char}} to {{user}}."
     ]
-    for label, value in (
+    fields = [
         ("", character.description),
         ("Personality", character.personality),
         ("Scenario", character.scenario),
-        ("Example dialogue", character.example_dialogue),
-    ):
+    ]
+    if not example_turns(character, user):  # free text that is not Name: lines stays here
+        fields.append(("Example dialogue", character.example_dialogue))
+    for label, value in fields:
         if value.strip():
             sections.append(f"{label}: {value.strip()}" if label else value.strip())
+    if others:
+        sections.append(
+            f"Also in this scene: {', '.join(others)}. Their lines are marked "
+            f"{speaker_tag('Name')}. Write only {{{{char}}}}'s own reply; never write lines "
+            "for anyone else."
+        )
+    if knowledge:
+        sections.append("What {{char}} knows:\n" + "\n".join(f"- {k.strip()}" for k in knowledge))
     return expand_macros("\n\n".join(sections), character, user)
+
+
+def example_turns(character: Character, user: str) -> ChatMessages:
+    """The card's example dialogue (``{{user}}: …`` / ``{{char}}: …`` lines, blocks split by
+    ``<START>``) as chat turns between two marker system messages; [] if it has none."""
+    text = expand_macros(character.example_dialogue, character, user)
+    speakers = {user.lower(): "user", character.name.lower(): "assistant"}
+    turns: ChatMessages = []
+    for block in _START.split(text):
+        for line in block.splitlines():
+            name, sep, said = line.partition(":")
+            role = speakers.get(name.strip().lower()) if sep else None
+            if role is not None:
+                turns.append({"role": role, "content": said.strip()})
+            elif turns and line.strip():
+                turns[-1]["content"] += "\n" + line.strip()
+    if not any(t["role"] == "assistant" for t in turns):
+        return []
+    return [
+        {"role": "system", "content": expand_macros(EXAMPLES_START, character, user)},
+        *turns,
+        {"role": "system", "content": expand_macros(EXAMPLES_END, character, user)},
+    ]
+
+
+def _humans(rows: Sequence[Any]) -> set[str]:
+    return {row.author_name for row in rows if row.role == "user"}
 
 
 def history_messages(rows: Sequence[Any], character: Character) -> ChatMessages:
     """Stored rows (oldest first) as chat turns from this character's point of view.
 
-    Another character's replies become user turns prefixed with its name, so the model sees
-    them as part of the scene rather than as its own words. Consecutive turns of one role
-    are merged: several chat templates insist that roles alternate.
+    Another character's replies become user turns tagged with its name, so the model sees
+    them as part of the scene rather than as its own words; with more than one person in
+    the chat, each person's lines are tagged too. Consecutive turns of one role are merged:
+    several chat templates insist that roles alternate.
     """
+    tag_people = len(_humans(rows)) > 1
     turns: ChatMessages = []
     for row in rows:
         if row.role == "assistant" and row.character == character.name:
             role, content = "assistant", row.text
         elif row.role == "assistant":
-            role, content = "user", f"{row.character}: {row.text}"
+            role, content = "user", f"{speaker_tag(row.character)} {row.text}"
+        elif tag_people:
+            role, content = "user", f"{speaker_tag(row.author_name)} {row.text}"
         else:
             role, content = "user", row.text
         if turns and turns[-1]["role"] == role:
@@ -53,19 +117,36 @@ def history_messages(rows: Sequence[Any], character: Character) -> ChatMessages:
     return turns
 
 
+def scene_members(rows: Sequence[Any], character: Character, user: str) -> list[str]:
+    """Everyone in ``rows`` but ``character`` and the lone user: other characters, and the
+    people when there are several."""
+    others = sorted(
+        {row.character for row in rows if row.role == "assistant" and row.character}
+        - {character.name}
+    )
+    people = _humans(rows)
+    if len(people) > 1:
+        others += sorted(people)
+    return others
+
+
 def build_prompt(
     model: ChatModel,
     character: Character,
     rows: Sequence[Any],
     budget: int,
     user_name: str,
+    knowledge: Sequence[str] = (),
 ) -> ChatMessages:
-    """Persona + as much recent history as fits in ``budget`` prompt tokens.
+    """Persona (with ``knowledge``) + example turns + as much recent history as fits in
+    ``budget`` prompt tokens + post-history instructions.
 
     The newest turn is always kept (trimmed itself if it alone is too long); older turns are
     dropped whole, oldest first. Counting uses the model's own tokenizer and chat template.
     """
-    system = [{"role": "system", "content": persona_text(character, user_name)}]
+    others = scene_members(rows, character, user_name)
+    persona = persona_text(character, user_name, knowledge, others)
+    system = [{"role": "system", "content": persona}, *example_turns(character, user_name)]
     tail: ChatMessages = []
     if character.post_history_instructions.strip():
         text = expand_macros(character.post_history_instructions, character, user_name)

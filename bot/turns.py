@@ -58,8 +58,10 @@ class TurnFilter:
         self._names = sorted((n.lower() for n in unique), key=len, reverse=True)
         self._markers = tuple(m for m in markers if m)
         alternatives = "|".join(re.escape(n) for n in sorted(unique, key=len, reverse=True))
+        # "Name:" with decoration, or "[Name]" — the way bot.prompt marks others' lines.
         tag = (
-            rf"[ \t]*[{re.escape(_DECOR)}]*(?:{alternatives})[{re.escape(_DECOR_END)}]*[ \t]*:"
+            rf"(?:[ \t]*[{re.escape(_DECOR)}]*(?:{alternatives})[{re.escape(_DECOR_END)}]*[ \t]*:"
+            rf"|[ \t]*\[(?:{alternatives})\])"
             if alternatives
             else r"(?!)"
         )

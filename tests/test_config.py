@@ -11,7 +11,7 @@ import pytest
 
 from bot.config import load_config
 from bot.errors import ConfigError
-from bot.prompt import persona_text
+from bot.prompt import example_turns, persona_text
 
 MINIMAL = """
 [model]
@@ -138,7 +138,9 @@ def test_card_fields_and_macros(tmp_path: Path) -> None:
     assert (pip.name, pip.greeting, pip.alternate_greetings) == ("Pip", "Hoo!", ("Hoo again!",))
     assert pip.avatar_url == "http://a/p.png"
     persona = persona_text(pip, "Sam")
-    assert "Pip helps Sam find books." in persona and "Sam: hi\nPip: hoo" in persona
+    assert "Pip helps Sam find books." in persona
+    # Example dialogue reaches the model as marked example turns, not persona text.
+    assert [t["content"] for t in example_turns(pip, "Sam")][1:3] == ["hi", "hoo"]
     assert "SECRET-NOTES" not in persona
 
 

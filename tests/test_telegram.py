@@ -382,7 +382,11 @@ async def test_commands_choose_list_and_greet(fake: FakeTelegram, start_bot: Sta
     assert "unknown character" in fake.calls("sendMessage")[3].params["text"]
 
     fake.user_says("hello", user_id=ALICE)
-    (reply,) = await replies_stored(core)
+    greeting, reply = await replies_stored(core, 2)
+    # The greeting is the conversation's first turn: the reply's history starts with it.
+    assert (greeting.character, greeting.text) == ("Aria", "Hello Alice!")
+    first, *_ = await core.store.history(reply.id)
+    assert first.text == "Hello Alice!"
     assert reply.character == "Bram"
     assert fake.calls("sendMessage")[-1].params["text"] == "<b>Bram</b>\nGrumble."
     assert not [r for r in await core.store.list_messages() if r.text.startswith("/")]
