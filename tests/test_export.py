@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 from datasets import load_dataset
 from trl.data_utils import is_conversational
 
@@ -232,3 +233,131 @@ async def test_cleaning_and_duplicates_are_counted(make_core: MakeCore) -> None:
     assert (report.read, report.kept) == (4, 2)
     unclean, report = await exported(core, "sft")
     assert len(unclean) == 3 and report.removed == {"exact duplicate": 1}
+
+
+# -- through the CLI: the review round trip, bad input, an empty export ---------------------
+
+CLI_CONFIG = """
+[model]
+backend = "echo"
+
+[storage]
+url = "sqlite:///charbot.db"
+
+[[characters]]
+name = "Aria"
+description = "A cheerful starship navigator."
+"""
+
+
+async def _populate(url: str) -> dict[str, int]:
+    from bot.config import ModelSettings
+    from storage.store import Store
+    from tests.conftest import DEFAULT_CHARACTERS
+
+    store = await Store.open(url)
+    core = Core(
+        store=store,
+        model=FakeModel(["first", "second", "third"]),
+        characters=list(DEFAULT_CHARACTERS),
+        settings=ModelSettings(backend="fake"),
+    )
+    await core.start()
+    ids = {}
+    for n, name in enumerate(("first", "second", "third")):
+        result = await core.handle(msg(f"Q{n}", n), RecordingTarget())
+        await core.rate("test", "c1", result.message_ids[0], "u1", -1)
+        ids[name] = result.reply_id
+    await core.close()
+    await store.close()
+    return ids
+
+
+def _cli_config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(CLI_CONFIG, encoding="utf-8")
+    return path
+
+
+def _corrections(tmp_path: Path) -> list[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "charbot.db") as db:
+        return db.execute(
+            "SELECT message_id, user_id, text, source, accepted FROM corrections ORDER BY id"
+        ).fetchall()
+
+
+def test_review_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import asyncio
+
+    from bot.cli import main
+
+    config = _cli_config(tmp_path)
+    ids = asyncio.run(_populate(f"sqlite:///{tmp_path / 'charbot.db'}"))
+    review = tmp_path / "review.jsonl"
+    assert (
+        main(["--config", str(config), "export", "--format", "review", "--out", str(review)]) == 0
+    )
+    filled = [json.loads(line) for line in review.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in filled] == [ids["first"], ids["second"], ids["third"]]
+    filled[0]["better"] = "A much better first answer."
+    filled[0]["accept"] = True
+    filled[1]["exclude"] = "off-topic"
+    # the third stays empty: skipped
+    gone = {**filled[2], "id": 9999, "better": "for a reply deleted since"}
+    review.write_text("".join(json.dumps(r) + "\n" for r in [*filled, gone]), encoding="utf-8")
+
+    args = ["--config", str(config), "import-corrections", str(review), "--author", "rita"]
+    assert main(args) == 0
+    said = capsys.readouterr().err
+    assert "1 corrections added, 0 already stored, 1 replies excluded, 1 records left empty" in said
+    assert "1 replies no longer exist: 9999" in said
+    stored = _corrections(tmp_path)
+    assert stored == [(ids["first"], "rita", "A much better first answer.", "import", 1)]
+    assert main(args) == 0  # twice: nothing changes
+    assert "0 corrections added, 1 already stored, 0 replies excluded" in capsys.readouterr().err
+    assert _corrections(tmp_path) == stored
+
+    sft = tmp_path / "sft.jsonl"
+    assert main(["--config", str(config), "export", "--format", "kto", "--out", str(sft)]) == 0
+    assert "removed       1  excluded by a reviewer" in capsys.readouterr().err
+    kto = [json.loads(line) for line in sft.read_text().splitlines()]
+    assert [r["meta"]["reply_id"] for r in kto] == [ids["first"], ids["third"]]
+    assert main(["--config", str(config), "export", "--format", "sft", "--out", str(sft)]) == 0
+    (record,) = [json.loads(line) for line in sft.read_text().splitlines()]
+    assert record["completion"] == a("A much better first answer.")
+    assert record["meta"]["correction_sources"] == ["import"]
+
+
+def test_review_file_bad_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import asyncio
+
+    from bot.cli import main
+
+    config = _cli_config(tmp_path)
+    ids = asyncio.run(_populate(f"sqlite:///{tmp_path / 'charbot.db'}"))
+    review = tmp_path / "review.jsonl"
+    good = json.dumps({"id": ids["first"], "better": "fine"})
+    review.write_text(f"{good}\n{{not json\n" + '{"id": "x", "better": "y"}\n', encoding="utf-8")
+    args = ["--config", str(config), "import-corrections", str(review)]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert f"{review}:2: not JSON" in error and error.count("\n") == 1
+    assert _corrections(tmp_path) == []  # all or nothing
+    assert main([*args, "--skip-bad"]) == 0
+    assert len(_corrections(tmp_path)) == 1
+    rejects = review.with_name("review.jsonl.rejects.jsonl").read_text().splitlines()
+    assert [json.loads(line)["line"] for line in rejects] == [2, 3]
+
+
+def test_nothing_to_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from bot.cli import main
+
+    config = _cli_config(tmp_path)
+    out = tmp_path / "dpo.jsonl"
+    assert main(["--config", str(config), "export", "--format", "dpo", "--out", str(out)]) == 0
+    assert out.read_bytes() == b""
+    assert "nothing to export: no dpo records match" in capsys.readouterr().err
+    assert main(["--config", str(config), "export", "--since", "yesterday"]) == 2
+    assert "--since 'yesterday': not a date" in capsys.readouterr().err
