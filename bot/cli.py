@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 
-from bot.config import Config, config_path, load_config, read_token
+from bot.config import BACKENDS, Config, config_path, load_config, read_token
 from bot.errors import CharbotError
 from storage.errors import StorageError
 from training import commands as data_commands
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--backend",
-        choices=("transformers", "echo"),
+        choices=BACKENDS,
         default=argparse.SUPPRESS,
         help="override [model] backend for this run",
     )

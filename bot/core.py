@@ -246,7 +246,9 @@ class Core:
         prompt = build_prompt(self.model, character, chain, self.settings.context_tokens, user_name)
         sampling = self.sampling_for(character)
         adapter = AdapterSpec(character.name, character.adapter) if character.adapter else None
-        request = GenerationRequest(messages=prompt, sampling=sampling, adapter=adapter)
+        request = GenerationRequest(
+            messages=prompt, sampling=sampling, adapter=adapter, character=character.name
+        )
 
         run = _Run()
         self._runs.setdefault(key, set()).add(run)
