@@ -81,6 +81,9 @@ class Core:
         # The persisted LoRA choices (bot.loras.LoraSwitcher), set by bot.app; None in a
         # core without versions (tests, benchmarks).
         self.loras: Any = None
+        # The persisted LoRA choices (bot.loras.LoraSwitcher), set by bot.app; None in a
+        # core without versions (tests, benchmarks).
+        self.loras: Any = None
         # A character is named when the message starts with its name ("Mara, ...") or
         # @-mentions it anywhere; merely talking about a character does not summon it.
         # Longest names first, so "Captain Mara" wins over "Mara".
