@@ -46,11 +46,18 @@ from adapters.telegram_reply import (
     TelegramReplyTarget,
     escape,
 )
-from adapters.telegram_updates import TolerantUpdatesRequest
+from adapters.telegram_updates import (
+    IntakeLedger,
+    StoreThenConfirm,
+    TolerantUpdatesRequest,
+    not_stored,
+)
 from bot.config import TelegramSettings
 from bot.core import Core
 from bot.errors import CharbotError
 from bot.messages import Inbound
+from bot.reply import ReplyTarget
+from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +73,13 @@ class TelegramAdapter(PlatformAdapter):
     """Connects one bot token to the core. One token serves every character: each reply
     starts with the speaking character's name.
 
-    ``start`` returns once polling runs; ``stop`` stops polling, cancels replies in progress
-    and shuts the Application down. The token is kept private and never logged.
+    Receiving a message stores it and returns (``Core.receive``); the core answers it in
+    its own time, and an update is confirmed to Telegram only once it is stored
+    (adapters/telegram_updates.py).
+
+    ``start`` answers what an earlier run left unanswered, then returns once polling runs;
+    ``stop_intake`` stops fetching and stores everything fetched; ``stop`` then shuts the
+    Application down. The token is kept private and never logged.
     """
 
     platform = PLATFORM
@@ -84,6 +96,8 @@ class TelegramAdapter(PlatformAdapter):
         self._gates: OrderedDict[int, FloodGate] = OrderedDict()
         # (chat id, ✏️ prompt message id) -> the reply message the prompt asks to correct.
         self._fix_prompts: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._ledger = IntakeLedger()
+        self._updates_request: TolerantUpdatesRequest | None = None
 
     def __repr__(self) -> str:
         return f"<TelegramAdapter token_env={self.settings.token_env!r}>"
@@ -97,11 +111,15 @@ class TelegramAdapter(PlatformAdapter):
             )
         # Before build(): the Bot logs its API URL, token included, as it is constructed.
         self._remove_redactor = install_redactor(self.__token)
+        self._ledger = IntakeLedger()
+        self._updates_request = TolerantUpdatesRequest(self._ledger)
         builder = (
             Application.builder()
             .token(self.__token)
-            .concurrent_updates(True)  # the core keeps each chat in order; chats run in parallel
-            .get_updates_request(TolerantUpdatesRequest())
+            # Handlers only store (the core keeps each chat in order and answers later), and
+            # an update is confirmed only once stored.
+            .concurrent_updates(StoreThenConfirm(self._ledger))
+            .get_updates_request(self._updates_request)
         )
         if self.settings.base_url:
             base = self.settings.base_url
@@ -121,6 +139,8 @@ class TelegramAdapter(PlatformAdapter):
         try:
             await app.initialize()  # getMe: checks the token
             await self._publish_commands()
+            # What a previous run stored but did not answer, before anything new arrives.
+            await self.core.recover(PLATFORM, self.reply_target)
             await app.start()
             assert app.updater is not None  # the builder makes one unless told not to
             await app.updater.start_polling(
@@ -145,18 +165,29 @@ class TelegramAdapter(PlatformAdapter):
         except TelegramError as exc:
             log.warning("telegram: could not publish the command menu: %s", exc)
 
+    async def stop_intake(self) -> None:
+        """Stop fetching updates; store every update already fetched, and confirm them to
+        Telegram only if they all were. Replies in progress keep running (see ``stop``)."""
+        app = self.app
+        if app is None:
+            return
+        if self._updates_request is not None:
+            self._updates_request.stopping = True  # the last getUpdates waits a bounded time
+        if app.updater is not None and app.updater.running:
+            await app.updater.stop()
+        if app.running:
+            await app.stop()  # handles every update still queued: each one is stored
+
     async def stop(self) -> None:
-        app, self.app = self.app, None
+        await self.stop_intake()
+        app = self.app
         if app is not None:
-            if app.updater is not None and app.updater.running:
-                await app.updater.stop()
             for task in list(self._tasks):
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
-            if app.running:
-                await app.stop()
             await app.shutdown()
+        self.app = None
         self._remove_redactor()
         self._remove_redactor = lambda: None
 
@@ -188,6 +219,16 @@ class TelegramAdapter(PlatformAdapter):
             self.app.bot, chat_id, thread_id=thread_id, reply_to=reply_to, gate=self.gate(chat_id)
         )
 
+    def reply_target(
+        self, chat_id: str, thread_id: str | None, reply_to: str | None
+    ) -> ReplyTarget:
+        """A target from stored ids (strings), for answering after a restart."""
+        return self.target(
+            int(chat_id),
+            int(thread_id) if thread_id else None,
+            int(reply_to) if reply_to and reply_to.lstrip("-").isdigit() else None,
+        )
+
     def allowed(self, chat_id: int, user_id: int, chat_type: str) -> bool:
         return self.access.allows(str(chat_id), str(user_id), private=chat_type == ChatType.PRIVATE)
 
@@ -207,9 +248,13 @@ class TelegramAdapter(PlatformAdapter):
         log.debug("telegram: ignoring update %s (%r)", update.update_id, text)
 
     async def route(self, message: Message, text: str, *, forced: bool = False) -> None:
-        """Hand a message to the core: answered if addressed (``forced`` for /ask), else
-        stored as context. Messages from chats or users not allowed are dropped entirely."""
+        """Hand a message to the core, which stores it and returns: answered later if
+        addressed (``forced`` for /ask), else context. Messages from chats or users not
+        allowed are dropped entirely."""
         chat, user = message.chat, message.from_user
+        if chat is None:  # malformed; PTB normally refuses these before they get here
+            log.debug("telegram: ignoring message %s without a chat", message.message_id)
+            return
         if user is None or user.is_bot:
             log.debug("telegram: ignoring message %s without a human sender", message.message_id)
             return
@@ -242,11 +287,10 @@ class TelegramAdapter(PlatformAdapter):
         )
         target = self.target(chat.id, thread_id, message.message_id)
         try:
-            await self.core.handle(inbound, target)
-        except CharbotError as exc:  # e.g. UnknownCharacter: its message is meant for users
-            await target.notice(str(exc))
-        except TelegramError as exc:
-            log.warning("telegram: could not answer message %s: %s", message.message_id, exc)
+            await self.core.receive(inbound, target)
+        except StorageError as exc:  # only while stopping with the database unavailable
+            not_stored()  # so never confirmed: Telegram delivers it again after a restart
+            log.error("telegram: message %s not stored: %s", message.message_id, exc)
 
     async def save_correction(self, message: Message, reply_id: int, text: str) -> None:
         """Store ``text`` as a better version of our reply ``reply_id``; acknowledge it."""
@@ -291,7 +335,10 @@ class TelegramAdapter(PlatformAdapter):
             thanks = f"Thanks for the {THUMBS_UP if value > 0 else THUMBS_DOWN}"
             await query.answer(thanks if saved else NOT_STORED)
         elif query.data == REGEN:
-            await self.regenerate(query, message)
+            # A whole generation: not in the handler, which would hold up getUpdates.
+            task = asyncio.create_task(self.regenerate(query, message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         elif query.data == FIX:
             await self.ask_for_fix(query, message)
         else:

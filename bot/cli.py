@@ -9,11 +9,10 @@ import logging
 import signal
 import sys
 
-from bot.config import BACKENDS, Config, config_path, load_config, read_token
+from bot.config import Config, config_path, load_config, read_token
 from bot.errors import CharbotError
 from storage.errors import StorageError
 from training import commands as data_commands
-from training import commands_train as lora_commands
 
 log = logging.getLogger("charbot")
 
@@ -29,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=("transformers", "echo"),
         default=argparse.SUPPRESS,
         help="override [model] backend for this run",
     )
@@ -48,11 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.add_argument("--character", help="the character to talk to")
     data_commands.add_parsers(commands, common)  # export, import-corrections, data
-    stats = commands.add_parser(
+    commands.add_parser(
         "stats", parents=[common], help="messages, replies, ratings and errors per character"
     )
-    stats.add_argument("--by-version", action="store_true", help="per LoRA version instead")
-    lora_commands.add_commands(commands, common)  # train, eval, adapters
     return parser
 
 
@@ -76,13 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(level)
     try:
         config = load_config(config_path(args.config), backend=args.backend)
-        command = {
-            "run": _run,
-            "chat": _chat,
-            "stats": _stats,
-            **data_commands.commands(),
-            **lora_commands.COMMANDS,
-        }[args.command]
+        command = {"run": _run, "chat": _chat, "stats": _stats, **data_commands.commands()}[
+            args.command
+        ]
         return asyncio.run(command(config, args))
     except (CharbotError, StorageError) as exc:
         print(f"charbot: error: {exc}", file=sys.stderr)
@@ -158,8 +151,6 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _stats(config: Config, args: argparse.Namespace) -> int:
-    if args.by_version:
-        return await lora_commands.stats_by_version_command(config, args)
     from bot.app import open_store
     from storage.feedback import character_stats
 

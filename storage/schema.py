@@ -17,6 +17,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
+from sqlalchemy import text as sql  # `text` is a column name in Message
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -66,15 +67,49 @@ class Message(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="ok")  # "ok" | "error"
+    # "ok" | "error" | "busy" | "interrupted" (cut off by a crash, finished at the next start)
+    status: Mapped[str] = mapped_column(String(16), default="ok")
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
+    # A user message asking for an answer (migration 2): "pending", then "answered" or
+    # "skipped" (too old after a restart). What picks its character is kept with it.
+    progress: Mapped[str | None] = mapped_column(String(16))
+    wanted_character: Mapped[str | None] = mapped_column(String(128))
+    default_character: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (
         Index("ix_messages_conversation", "conversation_id", "id"),
         Index("ix_messages_platform_id", "platform", "chat_id", "platform_message_id"),
         Index("ix_messages_character", "character"),
+        # A redelivered platform event is never stored twice.
+        Index(
+            "uq_messages_inbound",
+            "platform",
+            "chat_id",
+            "platform_message_id",
+            unique=True,
+            sqlite_where=sql("role = 'user'"),
+            postgresql_where=sql("role = 'user'"),
+        ),
+        Index("ix_messages_progress", "progress"),
     )
+
+
+class StreamingReply(Base):
+    """A reply being shown on the platform, from its first message until it is stored in
+    ``messages``. One left behind by a crash is finished at the next start."""
+
+    __tablename__ = "streaming_replies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String(64))
+    reply_to_id: Mapped[int] = mapped_column(ForeignKey("messages.id"))
+    character: Mapped[str] = mapped_column(String(128))
+    text: Mapped[str] = mapped_column(Text)  # shown so far, as last saved
+    platform_message_ids: Mapped[str] = mapped_column(Text)  # a JSON list, in order
+    started_at: Mapped[float] = mapped_column(Float)
 
 
 class MessagePart(Base):
@@ -151,19 +186,3 @@ class ChatState(Base):
     chat_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     character: Mapped[str | None] = mapped_column(String(128))
     updated_at: Mapped[float] = mapped_column(Float)
-
-
-class LoraChoice(Base):
-    """One choice of a character's LoRA version; the newest not rolled back is current."""
-
-    __tablename__ = "lora_choices"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    character: Mapped[str] = mapped_column(String(128))
-    version: Mapped[str | None] = mapped_column(String(128))  # None: the bare base model
-    path: Mapped[str | None] = mapped_column(Text)
-    chosen_by: Mapped[str] = mapped_column(String(128))
-    chosen_at: Mapped[float] = mapped_column(Float)
-    rolled_back_at: Mapped[float | None] = mapped_column(Float)
-
-    __table_args__ = (Index("ix_lora_choices_character", "character", "id"),)

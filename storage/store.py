@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -25,7 +27,6 @@ from sqlalchemy import (
     Row,
     and_,
     bindparam,
-    create_engine,
     delete,
     event,
     func,
@@ -36,13 +37,41 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from storage import migrations
-from storage.schema import ChatState, Conversation, Correction, Message, MessagePart, Rating
+from storage.errors import StorageError
+from storage.opening import explain, open_engine
+from storage.schema import (
+    ChatState,
+    Conversation,
+    Correction,
+    Message,
+    MessagePart,
+    Rating,
+    StreamingReply,
+)
 
 T = TypeVar("T")
 MessageRow = Row[Any]  # a row of `messages`; attributes are the column names
+log = logging.getLogger(__name__)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class StorageUnavailable(StorageError):
+    """The database stayed locked or busy for longer than ``[storage] max_wait_s``."""
+
+
+def clean_text(text: str) -> str:
+    """``text`` with lone UTF-16 surrogates (which no database encoding accepts) replaced
+    by U+FFFD, so a message carrying one is stored rather than dropped."""
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    """SQLite's "database is locked" / "database is busy": another writer holds the lock."""
+    message = str(exc.orig).lower()
+    return "locked" in message or "busy" in message
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +95,7 @@ class StoredInbound:
     linked: bool  # False: :meth:`Store.settle` must link it once its turn comes
     replied: MessageRow | None  # the stored message it explicitly replies to
     chat_character: str | None  # the chat's current character, read in the same transaction
+    duplicate: bool = False  # already stored (a redelivered event): nothing was written
 
 
 _SYNC_DRIVERS = {
@@ -79,6 +109,7 @@ _P = MessagePart.__table__
 _R = Rating.__table__
 _X = Correction.__table__
 _S = ChatState.__table__
+_SR = StreamingReply.__table__
 
 
 # Statements on the per-message path are built once: building a SQLAlchemy statement costs
@@ -118,6 +149,12 @@ _LATEST_OK = (
     .scalar_subquery()
 )
 _INSERT_MESSAGE = insert(_M).returning(_M.c.id, _M.c.reply_to_id)
+_SAME_INBOUND = (
+    # A redelivered event: the user message with this platform id in this chat.
+    select(_M.c.id, _M.c.conversation_id, _M.c.reply_to_id)
+    .where(_M.c.platform == bindparam("platform"), _M.c.chat_id == bindparam("chat_id"))
+    .where(_M.c.platform_message_id == bindparam("pid"), _M.c.role == "user")
+)
 _INSERT_LINKED = insert(_M).values(reply_to_id=_LATEST_OK).returning(_M.c.id, _M.c.reply_to_id)
 _SETTLE = (
     update(_M)
@@ -126,6 +163,11 @@ _SETTLE = (
     .returning(_M.c.reply_to_id)
 )
 _INSERT_PARTS = insert(_P)
+_ANSWERED = (
+    update(_M)
+    .where(_M.c.id == bindparam("me"), _M.c.progress == "pending")
+    .values(progress="answered")
+)
 _TURN_COLUMNS = (_M.c.id, _M.c.role, _M.c.text, _M.c.character, _M.c.author_name)
 
 
@@ -151,44 +193,66 @@ def _history_query(limit: int) -> Any:
     )
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    # WAL lets readers run beside the writer; the busy timeout makes a second process wait
-    # for the lock instead of failing; NORMAL sync is safe in WAL (no corruption) and fast.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        # WAL lets readers run beside the writer; the busy timeout makes a second process
+        # wait for the lock instead of failing at once (the store then retries, up to
+        # max_wait_s); NORMAL sync is safe in WAL (no corruption) and fast.
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return on_connect
 
 
 class Store:
-    """Conversations, messages, reply parts, ratings, corrections and per-chat state."""
+    """Conversations, messages, reply parts, ratings, corrections and per-chat state.
 
-    def __init__(self, engine: Engine, executor: ThreadPoolExecutor) -> None:
+    A database that is locked or busy (another process writing, a backup) is retried with
+    backoff for up to ``max_wait_s`` before :class:`StorageUnavailable` is raised.
+    """
+
+    def __init__(
+        self, engine: Engine, executor: ThreadPoolExecutor, max_wait_s: float = 60.0
+    ) -> None:
         self.engine = engine
         self._executor = executor
+        self.max_wait_s = max_wait_s
         self._history_queries: dict[int, Any] = {}
 
     @classmethod
-    async def open(cls, url: str) -> Store:
-        """Connect, apply pending migrations, and return a ready store."""
-        parsed = make_url(url)
-        # An async driver in the URL (sqlite+aiosqlite, postgresql+asyncpg) names the same
-        # database; the store runs the matching blocking driver in its own thread (below).
-        driver = _SYNC_DRIVERS.get(parsed.drivername, parsed.drivername)
-        parsed = parsed.set(drivername=driver)
-        sqlite = parsed.get_backend_name() == "sqlite"
-        if sqlite and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed)
+    async def open(
+        cls, url: str, *, max_wait_s: float = 60.0, busy_timeout_s: float = 5.0
+    ) -> Store:
+        """Connect, apply pending migrations, and return a ready store. Whatever stops that
+        (a bad URL, a missing driver, an unusable file or server) is one StorageError line."""
+        try:
+            parsed = make_url(url) if "://" in url else None
+        except (ArgumentError, ValueError):  # e.g. a port that is not a number
+            parsed = None
+        if parsed is not None:
+            # An async driver in the URL (sqlite+aiosqlite, postgresql+asyncpg) names the same
+            # database; the store runs the matching blocking driver in its own thread (below).
+            driver = _SYNC_DRIVERS.get(parsed.drivername, parsed.drivername)
+            parsed = parsed.set(drivername=driver)
+        engine, sqlite = open_engine(url, parsed)
         if sqlite:
-            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "connect", _sqlite_pragmas(int(busy_timeout_s * 1000)))
         # One thread owns the database connection. For SQLite it is also the one writer,
-        # so writes never wait on the file lock.
+        # so writes never wait on the file lock held by this process.
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charbot-db")
-        store = cls(engine, executor)
-        await store._run(lambda: migrations.migrate_locked(engine))
+        store = cls(engine, executor, max_wait_s)
+        try:
+            await store._run(lambda: store._retrying(lambda: migrations.migrate_locked(engine)))
+        except StorageError:
+            await store.close()
+            raise
+        except Exception as exc:
+            await store.close()
+            raise explain(url, exc) from None
         return store
 
     async def close(self) -> None:
@@ -198,14 +262,48 @@ class Store:
     async def _run(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
-    async def write(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` in one transaction on the database thread (one thread hop in all)."""
+    def _retrying(self, work: Callable[[], T], on_wait: Callable[[], None] | None = None) -> T:
+        """Run ``work`` (on the database thread); while the database is locked or busy, retry
+        with growing pauses until ``max_wait_s`` has passed. ``on_wait`` is called once, at
+        the first failure (from this thread)."""
+        deadline = time.monotonic() + self.max_wait_s
+        pause = 0.05
+        while True:
+            try:
+                return work()
+            except OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    raise StorageUnavailable(
+                        f"the database stayed locked for over {self.max_wait_s:g} s "
+                        "([storage] max_wait_s); is another process holding it?"
+                    ) from None
+                log.warning("database busy; retrying in %.2f s", pause)
+                if on_wait is not None:
+                    on_wait()
+                    on_wait = None
+                # Not asyncio: this is the database thread, and nothing else can use the
+                # database until the lock is released anyway.
+                threading.Event().wait(pause)
+                pause = min(pause * 2, 2.0)
+
+    async def write(
+        self, work: Callable[[Connection], T], on_wait: Callable[[], None] | None = None
+    ) -> T:
+        """Run ``work`` in one transaction on the database thread (one thread hop in all),
+        retried whole while the database is busy. ``on_wait`` runs on the event loop if the
+        first attempt found the database busy."""
+        if on_wait is not None:
+            loop = asyncio.get_running_loop()
+            callback = on_wait
+            on_wait = lambda: loop.call_soon_threadsafe(callback)  # noqa: E731
 
         def transaction() -> T:
             with self.engine.begin() as conn:
                 return work(conn)
 
-        return await self._run(transaction)
+        return await self._run(lambda: self._retrying(transaction, on_wait))
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` on a connection on the database thread, outside a write transaction."""
@@ -214,7 +312,7 @@ class Store:
             with self.engine.connect() as conn:
                 return work(conn)
 
-        return await self._run(read)
+        return await self._run(lambda: self._retrying(read))
 
     # -- conversations -------------------------------------------------------------------
 
@@ -246,6 +344,10 @@ class Store:
         reply_to_platform_id: str | None,
         created_at: float,
         link_now: bool,
+        wants_answer: bool = False,
+        wanted_character: str | None = None,
+        default_character: str | None = None,
+        on_wait: Callable[[], None] | None = None,
     ) -> StoredInbound:
         """Store an inbound message at once, in one transaction.
 
@@ -253,10 +355,28 @@ class Store:
         stored message, that is its parent. Otherwise, with ``link_now`` (nothing in its
         chat is waiting to be answered ahead of it) it follows the conversation's latest
         message; without, :meth:`settle` links it when its turn comes.
+
+        Idempotent: a message already stored under the same (platform, chat, platform
+        message id) is not stored again; the result says ``duplicate``. With
+        ``wants_answer`` it is stored ``pending`` until a reply marks it answered.
         """
         keys = {"platform": platform, "chat_id": chat_id, "thread_id": thread_id or ""}
+        text, author_name = clean_text(text), clean_text(author_name)
 
         def work(conn: Connection) -> Any:
+            if platform_message_id is not None:
+                same = {"platform": platform, "chat_id": chat_id, "pid": platform_message_id}
+                found = conn.execute(_SAME_INBOUND, same).first()
+                if found is not None:
+                    return StoredInbound(
+                        conversation_id=found.conversation_id,
+                        message_id=found.id,
+                        parent_id=found.reply_to_id,
+                        linked=True,
+                        replied=None,
+                        chat_character=None,
+                        duplicate=True,
+                    )
             conversation, who = (conn.execute(_CHAT_LOOKUP, keys)).one()
             if conversation is None:
                 started = conn.execute(
@@ -277,6 +397,9 @@ class Store:
                 "text": text,
                 "status": "ok",
                 "created_at": created_at,
+                "progress": "pending" if wants_answer else None,
+                "wanted_character": wanted_character,
+                "default_character": default_character,
             }
             if replied is None and link_now:
                 statement = _INSERT_LINKED
@@ -294,7 +417,12 @@ class Store:
                 chat_character=who,
             )
 
-        return await self.write(work)
+        try:
+            return await self.write(work, on_wait)
+        except IntegrityError:
+            # Another process stored the same event between our check and insert: the
+            # retry finds its row.
+            return await self.write(work, on_wait)
 
     async def settle(self, message_id: int, conversation_id: int) -> int | None:
         """Link a user message stored while others waited ahead of it to the message before
@@ -327,8 +455,14 @@ class Store:
         error: str | None = None,
         regenerated_from_id: int | None = None,
         author_id: str = "bot",
+        streaming_id: int | None = None,
+        answers: int | None = None,
     ) -> int:
-        """Store a character's reply (or an error row) and the platform messages showing it."""
+        """Store a character's reply (or an error row) and the platform messages showing it.
+
+        ``streaming_id``: the :meth:`begin_reply` row of this reply, removed in the same
+        transaction. ``answers``: the user message this reply answers, marked answered.
+        """
         values = {
             "conversation_id": conversation_id,
             "platform": platform,
@@ -355,6 +489,10 @@ class Store:
 
         def work(conn: Connection) -> Any:
             message_id = (conn.execute(_INSERT_MESSAGE, values)).one()[0]
+            if streaming_id is not None:
+                conn.execute(delete(_SR).where(_SR.c.id == streaming_id))
+            if answers is not None:
+                conn.execute(_ANSWERED, {"me": answers})
             if platform_message_ids:
                 conn.execute(
                     _INSERT_PARTS,
@@ -372,6 +510,56 @@ class Store:
             return message_id
 
         return await self.write(work)
+
+    async def begin_reply(
+        self,
+        *,
+        conversation_id: int,
+        platform: str,
+        chat_id: str,
+        reply_to_id: int,
+        character: str,
+        text: str,
+        platform_message_id: str,
+    ) -> int:
+        """Record a reply whose first message is now on the platform: a crash before
+        :meth:`add_reply` stores it leaves this row, which the next start finishes."""
+        values = {
+            "conversation_id": conversation_id,
+            "platform": platform,
+            "chat_id": chat_id,
+            "reply_to_id": reply_to_id,
+            "character": character,
+            "text": text,
+            "platform_message_ids": json.dumps([platform_message_id]),
+            "started_at": time.time(),
+        }
+
+        def work(conn: Connection) -> Any:
+            return conn.execute(insert(_SR).values(values).returning(_SR.c.id)).scalar_one()
+
+        return await self.write(work)
+
+    async def save_progress(
+        self, streaming_id: int, text: str, platform_message_ids: Sequence[str]
+    ) -> None:
+        """The text shown so far of a streaming reply, and every message showing it."""
+        values = {"text": text, "platform_message_ids": json.dumps(list(platform_message_ids))}
+
+        def work(conn: Connection) -> None:
+            conn.execute(update(_SR).where(_SR.c.id == streaming_id).values(values))
+
+        await self.write(work)
+
+    async def set_progress(self, message_ids: Sequence[int], progress: str | None) -> None:
+        """Mark messages ``answered``, ``skipped``, ... (see ``Message.progress``)."""
+        if not message_ids:
+            return
+
+        def work(conn: Connection) -> None:
+            conn.execute(update(_M).where(_M.c.id.in_(list(message_ids))).values(progress=progress))
+
+        await self.write(work)
 
     async def get_message(self, message_id: int) -> MessageRow | None:
         def work(conn: Connection) -> Any:

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from bot.characters import Character
-from bot.config import BACKENDS, ModelSettings
+from bot.config import ModelSettings
 from bot.errors import ConfigError
 from bot.models.base import ChatModel
 
-__all__ = ["BACKENDS", "create_model"]
+BACKENDS = ("transformers", "echo")
 
 
-def create_model(settings: ModelSettings, characters: Sequence[Character] = ()) -> ChatModel:
-    """Build (not yet start) the configured backend. Heavy imports happen only here.
-
-    ``characters`` lets a remote backend route each character to its own served LoRA.
-    """
+def create_model(settings: ModelSettings) -> ChatModel:
+    """Build (not yet start) the configured backend. Heavy imports happen only here."""
     if settings.backend == "echo":
         from bot.models.echo import EchoModel
 
@@ -25,10 +19,6 @@ def create_model(settings: ModelSettings, characters: Sequence[Character] = ()) 
         from bot.models.transformers_backend import TransformersModel
 
         return TransformersModel(settings)
-    if settings.backend == "openai":
-        from bot.models.openai_backend import OpenAIModel
-
-        return OpenAIModel(settings, characters)
     raise ConfigError(
         f"[model] backend = {settings.backend!r} is not a backend; use one of {', '.join(BACKENDS)}"
     )
