@@ -13,22 +13,25 @@ from typing import Any
 
 from bot.characters import Character
 from bot.config import ModelSettings
-from bot.errors import Busy, UnknownCharacter
+from bot.errors import Busy, CharbotError, UnknownCharacter
 from bot.greeting import show_greeting
 from bot.history import Chain, ChainCache
 from bot.knowledge import Knowledge
 from bot.messages import Inbound
 from bot.models.base import AdapterSpec, ChatModel, GenerationRequest, Sampling, Usage
+from bot.progress import INTERRUPTED, ShownReply
 from bot.prompt import build_prompt
+from bot.recovery import Recovered, TargetFor, recover
 from bot.reply import ReplyTarget, StreamRenderer
-from bot.sequencer import ChatLines
+from bot.sequencer import ChatLines, Turn
 from bot.turns import TurnFilter, cut_short_usage, scene_filter
-from storage.store import Store, StoredInbound, StoredTurn
+from storage.store import StorageUnavailable, Store, StoredInbound, StoredTurn, clean_text
 
 log = logging.getLogger(__name__)
 
 APOLOGY = "Sorry — I couldn't come up with a reply just now. Please try again."
 BUSY = "I'm busy with other conversations — please try again shortly."
+STORE_BUSY = "I'm having trouble saving messages right now — I'll answer as soon as I can."
 HISTORY_LIMIT = 200  # messages walked up the reply tree before the token budget trims
 
 
@@ -40,16 +43,17 @@ class ReplyResult:
     character: str
     text: str
     message_ids: list[str]  # platform ids of the messages that show the reply
-    status: str  # "ok" | "error" | "busy" | "cancelled"
+    status: str  # "ok" | "error" | "busy" | "cancelled" | "interrupted"
 
 
 class _Run:
-    """A reply being generated, so that /reset can stop it."""
+    """A reply being generated, so that /reset (cancelled) or a stop (interrupted) can end it."""
 
-    __slots__ = ("cancelled",)
+    __slots__ = ("cancelled", "interrupted")
 
     def __init__(self) -> None:
         self.cancelled = False
+        self.interrupted = False
 
 
 class Core:
@@ -67,6 +71,7 @@ class Core:
         characters: Sequence[Character],
         settings: ModelSettings,
         default_character: str | None = None,
+        answer_backlog_minutes: float = 10.0,
     ) -> None:
         if not characters:
             raise ValueError("at least one character is needed")
@@ -81,9 +86,10 @@ class Core:
         self._chains = ChainCache(max_length=HISTORY_LIMIT)
         self.knowledge = Knowledge(settings.cache_dir / "knowledge", settings.knowledge_tokens)
         self._runs: dict[tuple[str, str, str], set[_Run]] = {}
-        # The persisted LoRA choices (bot.loras.LoraSwitcher), set by bot.app; None in a
-        # core without versions (tests, benchmarks).
-        self.loras: Any = None
+        self._answering: set[asyncio.Task[ReplyResult | None]] = set()  # see receive()
+        self._background: set[asyncio.Task[Any]] = set()  # notices sent on the side
+        self._stopping = False
+        self.answer_backlog_minutes = answer_backlog_minutes
         # The persisted LoRA choices (bot.loras.LoraSwitcher), set by bot.app; None in a
         # core without versions (tests, benchmarks).
         self.loras: Any = None
@@ -100,9 +106,8 @@ class Core:
         await asyncio.to_thread(self.knowledge.prepare, self.characters)  # indexes, once
 
     async def close(self) -> None:
-        for runs in self._runs.values():
-            for run in runs:
-                run.cancelled = True
+        if not self._stopping:
+            await self.stop(grace_s=0.0)
         await self.model.close()
 
     # -- characters ----------------------------------------------------------------------
@@ -159,21 +164,85 @@ class Core:
     # -- messages ------------------------------------------------------------------------
 
     async def handle(self, msg: Inbound, target: ReplyTarget) -> ReplyResult | None:
-        """Store ``msg`` at once, then answer it through ``target`` if it is addressed.
+        """Store ``msg``, then answer it through ``target`` if it is addressed; return once
+        answered. Raises UnknownCharacter when ``msg.character`` names no character (the
+        message is stored). Adapters call :meth:`receive` instead, which does not wait."""
+        task = await self.receive(msg, target, report_errors=False)
+        return None if task is None else await task
 
-        Messages in one chat are answered in arrival order; chats run concurrently. Raises
-        UnknownCharacter when ``msg.character`` names no character (the message is stored).
+    async def receive(
+        self, msg: Inbound, target: ReplyTarget, *, report_errors: bool = True
+    ) -> asyncio.Task[ReplyResult | None] | None:
+        """Intake: store ``msg`` (one short transaction) and return at once. Answering runs
+        in the core's own per-chat line, as the task returned (None when there is nothing to
+        answer: empty text, or a redelivered message already stored).
+
+        Messages in one chat are stored and answered in arrival order (the order is fixed
+        synchronously here, before any await); chats run concurrently. While the database is
+        busy the user gets one notice and storing is retried until it succeeds; only a stop
+        ends that (StorageUnavailable). With ``report_errors`` our own errors (an unknown
+        character) become a notice to the user instead of the task's exception.
         """
         if not msg.text.strip():
             return None
+        msg = dataclasses.replace(
+            msg, text=clean_text(msg.text), author_name=clean_text(msg.author_name)
+        )
         key = (msg.platform, msg.chat_id, msg.thread_id or "")
-        # Two lines per chat, both entered synchronously so arrival order is fixed here: a
-        # short one for storing (row ids follow arrival), a long one for answering.
+        # Two lines per chat: a short one for storing (row ids follow arrival), a long one
+        # for answering.
         storing, turn = self._store_lines.enter(key), self._lines.enter(key)
+        stored: StoredInbound | None = None
         try:
+            await storing.wait()
+            # With nothing ahead of it in this chat, its place is known now.
+            stored = await self._store_inbound(msg, target, link_now=turn.first)
+        finally:
+            storing.done()
+            # The answering line is entered; it must be left in order even when nothing is
+            # answered (a duplicate, a failure), so that is a task too.
+            answer = stored if stored is not None and not stored.duplicate else None
+            task = asyncio.create_task(
+                self._answer_turn(turn, key, msg, answer, target, report_errors)
+            )
+            self._answering.add(task)
+            task.add_done_callback(self._answered)
+        return task if stored is not None and not stored.duplicate else None
+
+    async def recover(self, platform: str, target_for: TargetFor) -> Recovered:
+        """At start-up: finish ``platform``'s replies cut off by the last run (edited to end
+        with "[interrupted]", with their buttons), answer its unanswered messages younger
+        than ``answer_backlog_minutes`` in order per chat, and mark older ones skipped.
+        ``target_for(chat_id, thread_id, reply_to_id)`` makes the adapter's reply target."""
+        return await recover(self, platform, target_for, self.answer_backlog_minutes)
+
+    def resume(
+        self, msg: Inbound, stored: StoredInbound, target: ReplyTarget
+    ) -> asyncio.Task[ReplyResult | None]:
+        """Answer a message stored earlier (by a run that stopped before answering it) in
+        its chat's line, after whatever is already waiting there."""
+        key = (msg.platform, msg.chat_id, msg.thread_id or "")
+        task = asyncio.create_task(
+            self._answer_turn(self._lines.enter(key), key, msg, stored, target, True)
+        )
+        self._answering.add(task)
+        task.add_done_callback(self._answered)
+        return task
+
+    async def _store_inbound(
+        self, msg: Inbound, target: ReplyTarget, *, link_now: bool
+    ) -> StoredInbound:
+        noticed = False
+
+        def waiting() -> None:  # the database is busy: tell the user once, then keep trying
+            nonlocal noticed
+            if not noticed and msg.addressed:
+                noticed = True
+                self._spawn(self._notice(target, STORE_BUSY))
+
+        while True:
             try:
-                await storing.wait()
-                stored = await self.store.store_inbound(
+                return await self.store.store_inbound(
                     platform=msg.platform,
                     chat_id=msg.chat_id,
                     thread_id=msg.thread_id,
@@ -183,12 +252,34 @@ class Core:
                     text=msg.text,
                     reply_to_platform_id=msg.reply_to_id,
                     created_at=msg.sent_at,
-                    # With nothing ahead of it in this chat, its place is known now.
-                    link_now=turn.first,
+                    link_now=link_now,
+                    wants_answer=msg.addressed,
+                    wanted_character=msg.character,
+                    default_character=msg.default_character,
+                    on_wait=waiting,
                 )
-            finally:
-                storing.done()
+            except StorageUnavailable:
+                if self._stopping:
+                    raise
+                log.error("database unavailable; still holding message %s", msg.message_id)
+                waiting()
+
+    async def _answer_turn(
+        self,
+        turn: Turn,
+        key: tuple[str, str, str],
+        msg: Inbound,
+        stored: StoredInbound | None,
+        target: ReplyTarget,
+        report_errors: bool,
+    ) -> ReplyResult | None:
+        """Wait for this message's turn in its chat, link it into the conversation, and
+        answer it if it is addressed, unless the core is stopping (then it stays pending and
+        the next start answers it)."""
+        try:
             await turn.wait()
+            if stored is None:
+                return None
             parent = stored.parent_id
             if not stored.linked:
                 parent = await self.store.settle(stored.message_id, stored.conversation_id)
@@ -196,9 +287,17 @@ class Core:
             chain = self._chains.extend(parent, me)
             if chain is None:
                 chain = self._chains.put(tuple(await self.store.history(me.id, HISTORY_LIMIT)))
-            if not msg.addressed:
+            if not msg.addressed or self._stopping:
                 return None
-            character = self._choose(msg, stored)
+            try:
+                character = self._choose(msg, stored)
+            except CharbotError as exc:
+                # Told to the user; answered in that sense, so a restart does not repeat it.
+                await self.store.set_progress([stored.message_id], "answered")
+                if not report_errors:
+                    raise
+                await self._notice(target, str(exc))
+                return None
             return await self._answer(
                 key=key,
                 conversation=stored.conversation_id,
@@ -206,9 +305,41 @@ class Core:
                 character=character,
                 user_name=msg.author_name,
                 target=target,
+                answers=stored.message_id,
             )
         finally:
             turn.done()
+
+    def _answered(self, task: asyncio.Task[ReplyResult | None]) -> None:
+        self._answering.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            log.error("answering failed: %s", error, exc_info=error)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop answering. Replies being generated get ``grace_s`` seconds to finish; then
+        they are cut short and shown with an [interrupted] marker and their buttons.
+        Messages still waiting for their turn stay pending: the next start answers them."""
+        self._stopping = True
+        tasks = list(self._answering)
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=grace_s)
+        if not late:
+            return
+        for runs in self._runs.values():
+            for run in runs:
+                run.cancelled = run.interrupted = True
+        # The final edits and the reply rows still need a moment.
+        _, late = await asyncio.wait(late, timeout=5.0)
+        for task in late:  # a platform or model that does not respond: give up on it
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
     def _choose(self, msg: Inbound, stored: StoredInbound) -> Character:
         """An explicit choice, a name at the start or @-mentioned, the character replied to,
@@ -247,7 +378,10 @@ class Core:
         user_name: str,
         target: ReplyTarget,
         regenerated_from: int | None = None,
+        answers: int | None = None,
     ) -> ReplyResult:
+        """Generate and show a reply to the end of ``chain``; store it. ``answers``: the user
+        message it answers (marked answered with it)."""
         platform, chat_id, _thread = key
         parent = chain[-1].id
         notes = await self.knowledge.notes(character, [t.text for t in chain], self._text_tokens)
@@ -256,23 +390,34 @@ class Core:
         )
         sampling = self.sampling_for(character)
         adapter = AdapterSpec(character.name, character.adapter) if character.adapter else None
-        request = GenerationRequest(
-            messages=prompt, sampling=sampling, adapter=adapter, character=character.name
-        )
+        request = GenerationRequest(messages=prompt, sampling=sampling, adapter=adapter)
 
         run = _Run()
         self._runs.setdefault(key, set()).add(run)
         started = time.perf_counter()
         text, usage, status, error = "", Usage(), "ok", None
         message_ids: list[str] = []
+        # Records the reply as "streaming" once it is on the platform, so a crash mid-stream
+        # leaves a row that the next start can finish.
+        shown = ShownReply(
+            target,
+            self.store,
+            conversation_id=conversation,
+            platform=platform,
+            chat_id=chat_id,
+            reply_to_id=parent,
+            character=character.name,
+        )
         try:
-            async with StreamRenderer(target, character) as renderer:
+            async with StreamRenderer(shown, character) as renderer:
                 try:
                     turns = scene_filter(self.characters, chain, user_name)
                     text, usage = await self._generate(request, renderer, run, turns)
                     if run.cancelled:
-                        status = "cancelled"
+                        status = "interrupted" if run.interrupted else "cancelled"
                     text = text or "…"  # a model that says nothing still gets a visible reply
+                    if status == "interrupted":  # cut short by a stop: say so on the platform
+                        text = f"{text} {INTERRUPTED}"
                     message_ids = await renderer.close(text)
                 except Busy:
                     status, error = "busy", "generation queue full"
@@ -287,6 +432,7 @@ class Core:
             if not self._runs[key]:
                 del self._runs[key]
         latency_ms = (time.perf_counter() - started) * 1000
+        await shown.settled()
         reply_id = await self.store.add_reply(
             conversation_id=conversation,
             platform=platform,
@@ -305,6 +451,8 @@ class Core:
             status="ok" if status == "cancelled" else status,
             error=error if status != "cancelled" else "cancelled",
             regenerated_from_id=regenerated_from,
+            streaming_id=shown.streaming_id,
+            answers=answers,
         )
         if status in ("ok", "cancelled"):
             self._chains.put((*chain, StoredTurn(reply_id, "assistant", text, character.name, "")))
