@@ -55,7 +55,9 @@ from storage.schema import (
 T = TypeVar("T")
 MessageRow = Row[Any]  # a row of `messages`; attributes are the column names
 log = logging.getLogger(__name__)
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# Lone UTF-16 surrogates (no database encoding accepts them) and NUL (PostgreSQL's text
+# refuses it).
+_SURROGATE = re.compile("[\ud800-\udfff\x00]")
 
 
 class StorageUnavailable(StorageError):
@@ -63,8 +65,8 @@ class StorageUnavailable(StorageError):
 
 
 def clean_text(text: str) -> str:
-    """``text`` with lone UTF-16 surrogates (which no database encoding accepts) replaced
-    by U+FFFD, so a message carrying one is stored rather than dropped."""
+    """``text`` with lone UTF-16 surrogates and NUL characters replaced by U+FFFD, so a
+    message carrying one is stored (alike on every database) rather than dropped."""
     return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
 
 

@@ -15,6 +15,7 @@ from bot.core import Core
 from bot.models.base import ChatModel
 from storage.store import Store
 from tests.fakes import FakeModel
+from tests.postgres import pg_server, pg_url  # noqa: F401 - fixtures for every test module
 
 # The fake platform servers listen on 127.0.0.1; a proxy in the environment must not
 # intercept those requests.

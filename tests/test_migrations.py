@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from storage import schema
 from storage.migrations import LATEST, MIGRATIONS, migrate_locked
+from tests.postgres import PgServer
 
 
 def _shape(engine) -> dict[str, tuple[set, set, set]]:  # type: ignore[no-untyped-def]
@@ -49,7 +50,9 @@ def test_every_past_version_migrates_forward_to_the_models(tmp_path: Path, start
 
 
 def _start(url: str, barrier, results) -> None:  # type: ignore[no-untyped-def]
-    engine = create_engine(url, connect_args={"timeout": 30})
+    # SQLite waits up to 30 s for the file lock; PostgreSQL for the advisory lock, unbounded.
+    connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
+    engine = create_engine(url, connect_args=connect_args)
     barrier.wait()
     try:
         results.put(("ok", migrate_locked(engine)))
@@ -58,7 +61,38 @@ def _start(url: str, barrier, results) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_concurrent_first_starts_migrate_once(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'race.db'}"
+    _race(f"sqlite:///{tmp_path / 'race.db'}")
+
+
+def test_concurrent_first_starts_migrate_once_on_postgresql(pg_url: str) -> None:
+    """Three bot processes starting together on an empty PostgreSQL database used to crash
+    one of them; the advisory lock makes one migrate while the others wait."""
+    _race(pg_url)
+
+
+@pytest.fixture(scope="module")
+def pg_models_shape(pg_server: PgServer) -> dict[str, tuple[set, set, set]]:
+    engine = create_engine(pg_server.create_database())
+    schema.Base.metadata.create_all(engine)
+    shape = _shape(engine)
+    engine.dispose()
+    return shape
+
+
+@pytest.mark.parametrize("start", range(0, LATEST + 1))
+def test_every_past_version_migrates_forward_on_postgresql(
+    pg_server: PgServer, pg_models_shape: dict, start: int
+) -> None:
+    """The frozen DDL of every step runs on PostgreSQL too, to exactly the models' shape."""
+    engine = create_engine(pg_server.create_database())
+    if start:
+        migrate_locked(engine, target=start)
+    assert migrate_locked(engine) == list(range(start + 1, LATEST + 1))
+    assert _shape(engine) == pg_models_shape
+    engine.dispose()
+
+
+def _race(url: str) -> None:
     ctx = multiprocessing.get_context("spawn")
     count = 4
     barrier, results = ctx.Barrier(count), ctx.Queue()

@@ -1,12 +1,23 @@
-"""The store on a real SQLite file: migrations, round trips, vote semantics."""
+"""The store on a real SQLite file and a real PostgreSQL server: migrations, round trips,
+vote semantics."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from storage.migrations import MIGRATIONS, SchemaTooNew
 from storage.store import Store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every store test runs on a SQLite file and on PostgreSQL (see tests/postgres.py)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'charbot.db'}"
+    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture
@@ -62,8 +73,12 @@ async def test_migrations_apply_once_and_wal_is_on(db_url: str) -> None:
     await first.close()
     again = await Store.open(db_url)  # a restart: nothing is applied twice
 
+    sqlite = db_url.startswith("sqlite")
+
     def read(conn):  # type: ignore[no-untyped-def]
         versions = conn.execute(text("SELECT version FROM schema_migrations")).all()
+        if not sqlite:  # the pragmas below are SQLite's own
+            return versions, "wal", 5000
         journal = conn.execute(text("PRAGMA journal_mode")).scalar()
         timeout = conn.execute(text("PRAGMA busy_timeout")).scalar()
         return versions, journal, timeout
@@ -92,7 +107,7 @@ async def test_messages_round_trip_exactly(store: Store) -> None:
     user, reply = await add_exchange(store, odd)
     big_user, _ = await add_exchange(store, huge, chat="c2")
     rows = {row.id: row for row in await store.list_messages()}
-    assert rows[user].text == odd
+    assert rows[user].text == odd.replace("\x00", "\ufffd")  # PostgreSQL's text has no NUL
     assert rows[big_user].text == huge
     assert rows[reply].reply_to_id == user and rows[reply].character == "Aria"
     assert await store.platform_ids(reply) == [f"r1-{user}", f"r2-{user}"]
