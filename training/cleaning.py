@@ -22,6 +22,14 @@ SCRUBBERS: dict[str, tuple[re.Pattern[str], str]] = {
     "mention": (re.compile(r"(?<![\w@])@\w{2,}"), "[mention]"),
     "phone": (re.compile(r"(?<![\w+])\+?\d(?:[\d ().-]{6,}\d)(?!\w)"), "[phone]"),
 }
+_DIGIT = re.compile(r"\d")
+_MAY_HOLD = {
+    "email": lambda text: "@" in text,
+    "mention": lambda text: "@" in text,
+    "url": lambda text: "://" in text or "www." in text.lower(),
+    "phone": lambda text: _DIGIT.search(text) is not None,
+}
+_SCRUB_CACHE = 4096
 _MESSAGE_LISTS = ("prompt", "completion", "chosen", "rejected", "messages")
 _ANSWER_LISTS = ("completion", "chosen", "rejected")
 
@@ -69,6 +77,7 @@ class Cleaner:
         self.min_chars, self.max_chars = 0, 0
         self.scrubbers: list[tuple[str, re.Pattern[str], str]] = []
         self._word_re: re.Pattern[str] | None = None
+        self._scrubbed: dict[str, tuple[str, tuple[str, ...]]] = {}
         if rules is None:
             return
         self.words = {w.casefold(): w for w in rules.exclude_words}
@@ -107,14 +116,29 @@ class Cleaner:
         for key in _MESSAGE_LISTS:
             for message in record.get(key) or ():
                 text = message.get("content")
-                if not isinstance(text, str):
-                    continue
-                for name, pattern, token in self.scrubbers:
-                    text, count = pattern.subn(token, text)
-                    if count:
-                        found.add(name)
-                message["content"] = text
+                if isinstance(text, str):
+                    message["content"], kinds = self._scrub_text(text)
+                    found.update(kinds)
         return found
+
+    def _scrub_text(self, text: str) -> tuple[str, tuple[str, ...]]:
+        # Every record of a character repeats its persona: remember recent texts' results.
+        cached = self._scrubbed.get(text)
+        if cached is not None:
+            return cached
+        original, kinds = text, []
+        for name, pattern, token in self.scrubbers:
+            if not _MAY_HOLD[name](text):  # a cheap test first: most texts hold none
+                continue
+            text_after, count = pattern.subn(token, text)
+            if count:
+                kinds.append(name)
+                text = text_after
+        result = (text, tuple(kinds))
+        if len(self._scrubbed) >= _SCRUB_CACHE:
+            self._scrubbed.clear()
+        self._scrubbed[original] = result
+        return result
 
     def apply(self, record: dict[str, Any], report: Report) -> dict[str, Any] | None:
         """``record`` cleaned (changed in place), or None when a rule removes it."""
