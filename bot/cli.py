@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 
+from bot import card_import
 from bot.config import Config, config_path, load_config, read_token
 from bot.errors import CharbotError
 from storage.errors import StorageError
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "chat", parents=[common], help="chat in the terminal (reads piped stdin too)"
     )
     chat.add_argument("--character", help="the character to talk to")
+    card_import.add_parser(commands, common)  # characters import
     data_commands.add_parsers(commands, common)  # export, import-corrections, data
     commands.add_parser(
         "stats", parents=[common], help="messages, replies, ratings and errors per character"
@@ -73,9 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(level)
     try:
         config = load_config(config_path(args.config), backend=args.backend)
-        command = {"run": _run, "chat": _chat, "stats": _stats, **data_commands.commands()}[
-            args.command
-        ]
+        command = {
+            "run": _run,
+            "chat": _chat,
+            "stats": _stats,
+            "characters": card_import.import_command,
+            **data_commands.commands(),
+        }[args.command]
         return asyncio.run(command(config, args))
     except (CharbotError, StorageError) as exc:
         print(f"charbot: error: {exc}", file=sys.stderr)
