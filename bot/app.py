@@ -27,7 +27,7 @@ async def open_core(config: Config) -> AsyncIterator[Core]:
     async with open_store(config) as store:
         core = Core(
             store=store,
-            model=create_model(config.model),
+            model=create_model(config.model, config.characters),
             characters=config.characters,
             settings=config.model,
             default_character=config.default_character,

@@ -25,6 +25,10 @@ class Character:
     alternate_greetings: tuple[str, ...] = ()
     avatar_url: str | None = None
     adapter: str | None = None
+    # backend = "openai": the served model name to ask for (a vLLM LoRA module, e.g. "bram"),
+    # or the llama-server adapter id (its place in --lora-scaled) applied per request.
+    model: str | None = None
+    lora: int | None = None
     # Generation overrides; None means "use [model]".
     max_new_tokens: int | None = None
     temperature: float | None = None

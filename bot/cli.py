@@ -10,7 +10,7 @@ import signal
 import sys
 
 from bot import card_import
-from bot.config import Config, config_path, load_config, read_token
+from bot.config import BACKENDS, Config, config_path, load_config, read_token
 from bot.errors import CharbotError
 from storage.errors import StorageError
 from training import commands as data_commands
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--backend",
-        choices=("transformers", "echo"),
+        choices=BACKENDS,
         default=argparse.SUPPRESS,
         help="override [model] backend for this run",
     )

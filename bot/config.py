@@ -22,7 +22,7 @@ from bot.errors import ConfigError
 class ModelSettings:
     """[model]: which backend and base model, and the default sampling settings."""
 
-    backend: str = "transformers"  # "transformers" | "echo"
+    backend: str = "transformers"  # one of BACKENDS
     base: str = "smollm2"  # alias of the bundled SmolLM2-135M-Instruct, an HF id or a directory
     dtype: str = "auto"  # "auto" (bf16 where the CPU supports it) | "float32" | "bfloat16"
     max_new_tokens: int = 256
@@ -35,6 +35,16 @@ class ModelSettings:
     batch_wait_ms: float = 5.0  # serving: how long a request waits for others to join
     max_queue: int = 64  # serving: waiting requests before "busy"
     cache_dir: Path = Path("data/models")  # converted model cache (relative to the config file)
+    # backend = "openai": an OpenAI-compatible server (vLLM, llama-server, Ollama, LM Studio).
+    base_url: str | None = None  # the API root, e.g. "http://127.0.0.1:8000/v1"
+    api_key_env: str | None = None  # environment variable holding the API key (never the file)
+    model: str | None = None  # the served base model's name (per character: `model`, `lora`)
+    tokenizer: str | None = None  # HF id or directory to count prompt tokens exactly
+    timeout_s: float = 60.0  # connect, and the longest wait for the next streamed token
+    max_concurrency: int = 16  # requests in flight to the server at once
+
+
+BACKENDS = ("transformers", "openai", "echo")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,16 +165,25 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
     model: ModelSettings = sections["model"]
     if backend is not None:
         model = dataclasses.replace(model, backend=backend)
-    if model.backend not in ("transformers", "echo"):
+    if model.backend not in BACKENDS:
         where.fail(
-            "[model] backend", f"{model.backend!r} is not a backend; use transformers or echo"
+            "[model] backend",
+            f"{model.backend!r} is not a backend; use one of {', '.join(BACKENDS)}",
         )
+    if model.backend == "openai":
+        _check_openai(where, model)
     for name in ("temperature", "top_p"):
         if getattr(model, name) < 0:
             where.fail(f"[model] {name}", "must not be negative")
     if model.repetition_penalty <= 0:
         where.fail("[model] repetition_penalty", "must be above 0 (1.0 turns it off)")
-    for name in ("max_new_tokens", "context_tokens", "max_batch_size", "max_queue"):
+    for name in (
+        "max_new_tokens",
+        "context_tokens",
+        "max_batch_size",
+        "max_queue",
+        "max_concurrency",
+    ):
         if getattr(model, name) < 1:
             where.fail(f"[model] {name}", "must be at least 1")
     base_dir = path.resolve().parent
@@ -203,6 +222,23 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         discord=sections["discord"],
         telegram=sections["telegram"],
     )
+
+
+def _check_openai(where: _Where, model: ModelSettings) -> None:
+    """The openai backend needs a server address and the name the server gives the model."""
+    if not model.base_url or not model.base_url.startswith(("http://", "https://")):
+        where.fail(
+            "[model] base_url",
+            'backend "openai" needs the server\'s API root, e.g. "http://127.0.0.1:8000/v1"',
+        )
+    if not model.model:
+        where.fail(
+            "[model] model",
+            'backend "openai" needs the served base model\'s name, e.g. model = "smollm2" '
+            "(GET <base_url>/models lists them)",
+        )
+    if model.timeout_s <= 0:
+        where.fail("[model] timeout_s", "must be above 0 seconds")
 
 
 def read_token(section: str, token_env: str) -> str:

@@ -390,7 +390,9 @@ class Core:
         )
         sampling = self.sampling_for(character)
         adapter = AdapterSpec(character.name, character.adapter) if character.adapter else None
-        request = GenerationRequest(messages=prompt, sampling=sampling, adapter=adapter)
+        request = GenerationRequest(
+            messages=prompt, sampling=sampling, adapter=adapter, character=character.name
+        )
 
         run = _Run()
         self._runs.setdefault(key, set()).add(run)

@@ -83,7 +83,7 @@ def test_wrong_type_names_field(tmp_path: Path) -> None:
 
 def test_unknown_backend(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, MINIMAL.replace('"echo"', '"gpt"')))
-    assert "[model] backend" in message and "transformers or echo" in message
+    assert "[model] backend" in message and "transformers, openai, echo" in message
 
 
 def test_token_in_file_is_refused(tmp_path: Path) -> None:

@@ -51,6 +51,8 @@ class GenerationRequest:
     messages: ChatMessages
     sampling: Sampling = field(default_factory=Sampling)
     adapter: AdapterSpec | None = None
+    # Who speaks: a remote backend routes each character to its own served LoRA.
+    character: str | None = None
 
 
 @dataclass(slots=True)
