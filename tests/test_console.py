@@ -91,7 +91,8 @@ def test_piped_chat_then_export_contains_the_correction(tmp_path: Path) -> None:
     )
     assert chat.returncode == 0, chat.stderr
     assert "Bram: You said: Hello! 안녕 🌊" in chat.stdout
-    export = charbot(config, "export", "--format", "sft", "--out", str(tmp_path / "sft.jsonl"))
+    out = str(tmp_path / "sft.jsonl")
+    export = charbot(config, "export", "--format", "sft-messages", "--out", out)
     assert export.returncode == 0, export.stderr
     (record,) = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
     messages = record["messages"]
