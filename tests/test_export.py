@@ -361,3 +361,16 @@ def test_nothing_to_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     assert "nothing to export: no dpo records match" in capsys.readouterr().err
     assert main(["--config", str(config), "export", "--since", "yesterday"]) == 2
     assert "--since 'yesterday': not a date" in capsys.readouterr().err
+
+
+async def test_iter_records_reads_a_store_directly(make_core: MakeCore) -> None:
+    """What a trainer calls: records straight from the store, no file in between."""
+    import asyncio
+
+    from training.export import iter_records
+
+    core, ids, prompts = await _scene(make_core)
+    report = Report()
+    found = await asyncio.to_thread(lambda: list(iter_records(core.store, "sft", report=report)))
+    assert [r["meta"]["reply_id"] for r in found] == [ids["bad"], ids["sibling"], ids["liked"]]
+    assert found[0]["prompt"] == prompts[0] and report.kept == 3

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from itertools import groupby
 from typing import Any, TextIO
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from tqdm import tqdm
 
 from storage.feedback import Selection, count_feedback, iter_feedback
@@ -40,7 +40,7 @@ def fingerprint(record: dict[str, Any]) -> bytes:
 
 
 def iter_records(
-    conn: Connection,
+    source: Connection | Engine | Any,
     fmt: str,
     selection: Selection = Selection(),  # noqa: B008 - frozen
     *,
@@ -50,9 +50,24 @@ def iter_records(
     progress: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """The ``fmt`` records of the selected feedback, cleaned and de-duplicated, in a stable
-    order. ``cleaners`` maps a lower-case character name to its rules ("" for everyone
-    else). Use a connection of the store's engine: ``with store.engine.connect() as conn``.
+    order. ``source`` is a connection, an engine or a :class:`~storage.store.Store` (read
+    through its engine on the calling thread). ``cleaners`` maps a lower-case character
+    name to its rules ("" for everyone else); ``report`` collects what each rule removed.
     """
+    if not isinstance(source, Connection):
+        engine = getattr(source, "engine", source)
+        with engine.connect() as conn:
+            yield from iter_records(
+                conn,
+                fmt,
+                selection,
+                votes=votes,
+                cleaners=cleaners,
+                report=report,
+                progress=progress,
+            )
+        return
+    conn = source
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     report = report if report is not None else Report()

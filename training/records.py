@@ -53,7 +53,7 @@ class VoteRule:
 
 @dataclass(frozen=True, slots=True)
 class Built:
-    """A record and the reply ids it was made from (a reviewer's exclusion of any drops it)."""
+    """A record, and whether a reviewer excluded the reply it was made from."""
 
     record: dict[str, Any]
     excluded: bool
