@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from bot.config import Config
 from bot.core import Core
+from bot.loras import LoraSwitcher, base_identity
 from bot.models import create_model
 from storage.store import Store
 
@@ -33,6 +34,14 @@ async def open_core(config: Config) -> AsyncIterator[Core]:
             default_character=config.default_character,
         )
         await core.start()
+        core.loras = LoraSwitcher(
+            core,
+            store,
+            config.training.loras_dir,
+            base_identity(config.model, getattr(core.model, "source_path", None)),
+            poll_seconds=config.training.poll_seconds,
+        )
+        await core.loras.start()  # the persisted LoRA choices, then polling for new ones
         # Everything allocated so far (the model, its tokenizer, imported modules) lives for
         # the whole run: move it out of the garbage collector's sight, so the full
         # collections that now and then pause the event loop do not rescan it.
@@ -40,4 +49,5 @@ async def open_core(config: Config) -> AsyncIterator[Core]:
         try:
             yield core
         finally:
+            await core.loras.close()
             await core.close()

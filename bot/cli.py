@@ -14,6 +14,7 @@ from bot.config import BACKENDS, Config, config_path, load_config, read_token
 from bot.errors import CharbotError
 from storage.errors import StorageError
 from training import commands as data_commands
+from training import commands_train as lora_commands
 
 log = logging.getLogger("charbot")
 
@@ -49,9 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--character", help="the character to talk to")
     card_import.add_parser(commands, common)  # characters import
     data_commands.add_parsers(commands, common)  # export, import-corrections, data
-    commands.add_parser(
+    stats = commands.add_parser(
         "stats", parents=[common], help="messages, replies, ratings and errors per character"
     )
+    stats.add_argument("--by-version", action="store_true", help="per LoRA version instead")
+    lora_commands.add_commands(commands, common)  # train, eval, adapters
     return parser
 
 
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             "stats": _stats,
             "characters": card_import.import_command,
             **data_commands.commands(),
+            **lora_commands.COMMANDS,
         }[args.command]
         return asyncio.run(command(config, args))
     except (CharbotError, StorageError) as exc:
@@ -157,6 +161,8 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _stats(config: Config, args: argparse.Namespace) -> int:
+    if args.by_version:
+        return await lora_commands.stats_by_version_command(config, args)
     from bot.app import open_store
     from storage.feedback import character_stats
 

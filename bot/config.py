@@ -105,6 +105,36 @@ class CleanSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TrainingSettings:
+    """[training] (and [training.characters.NAME] overrides): LoRA fine-tuning of a character.
+
+    The defaults train a few hundred pairs in minutes on a 2-core CPU and were checked with
+    benchmarks/feedback_loop.py: small models need all linear layers and enough steps.
+    """
+
+    method: str = "sft"  # "sft" | "dpo" | "kto"
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("all-linear",)
+    epochs: int = 6
+    learning_rate: float = 1e-3
+    batch_size: int = 4
+    gradient_accumulation: int = 1
+    weight_decay: float = 0.0
+    max_length: int = 512  # tokens per example; longer ones are cut
+    seed: int = 0
+    val_fraction: float = 0.1  # held out when the dataset has no val.jsonl
+    early_stopping: int = 2  # epochs without a lower validation loss before stopping
+    min_examples: int = 4  # fewer training examples are refused
+    bf16: str = "auto"  # "auto" (where the CPU has bf16) | "true" | "false"
+    loras_dir: Path = Path("data/loras")  # versions: loras_dir/<character>/vNNNN-<hash>/
+    datasets_dir: Path = Path("data/datasets")  # a character's base dataset
+    reports_dir: Path = Path("data/reports")
+    poll_seconds: float = 2.0  # how often a running bot looks for a switched version
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -124,6 +154,14 @@ class Config:
         """The cleaning rules of ``character``: [clean] with its own additions."""
         return self.clean_overrides.get(character.lower(), self.clean)
 
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    # Per-character [training.characters.NAME] settings, by lower-case name; see training_for.
+    training_overrides: dict[str, TrainingSettings] = field(default_factory=dict)
+
+    def training_for(self, character: str) -> TrainingSettings:
+        """The training settings of ``character``: its overrides over [training]."""
+        return self.training_overrides.get(character.lower(), self.training)
+
 
 CONFIG_ENV = "CHARBOT_CONFIG"
 DEFAULT_CONFIG = Path("config.toml")
@@ -134,7 +172,7 @@ _SECTIONS = {
     "discord": DiscordSettings,
     "telegram": TelegramSettings,
 }
-_TOP_LEVEL = {*_SECTIONS, "characters", "default_character", "clean"}
+_TOP_LEVEL = {*_SECTIONS, "characters", "default_character", "clean", "training"}
 _CHARACTER_KEYS = {f.name for f in dataclasses.fields(Character)} - {"extensions", "lorebook"}
 _CHARACTER_KEYS |= {"card"}
 
@@ -209,11 +247,14 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         for name in mapped:
             if name.lower() not in names:
                 where.fail(f"[{section}]", f"character {name!r} is not configured")
+    training, overrides = _training(where, raw.get("training", {}), base_dir, names)
     clean, clean_overrides = _clean(where, raw.get("clean", {}), names)
     return Config(
         path=path,
         clean=clean,
         clean_overrides=clean_overrides,
+        training=training,
+        training_overrides=overrides,
         model=model,
         storage=storage,
         characters=tuple(characters),
@@ -389,6 +430,59 @@ def _characters(where: _Where, entries: Any, base: Path) -> list[Character]:
             values["knowledge"] = _knowledge_files(where, label, base, values["knowledge"])
         characters.append(Character(**values))
     return characters
+
+
+_SCRUB_KINDS = ("email", "phone", "url", "mention")
+
+
+def _training(
+    where: _Where, table: Any, base: Path, names: list[str]
+) -> tuple[TrainingSettings, dict[str, TrainingSettings]]:
+    """[training] and its [training.characters.NAME] tables, each over the one before."""
+    if not isinstance(table, dict):
+        where.fail("[training]", "must be a table, e.g. [training] on its own line")
+    table = dict(table)
+    per_character = table.pop("characters", {})
+    settings = _training_table(where, "training", table, TrainingSettings(), base)
+    if not isinstance(per_character, dict):
+        where.fail("[training.characters]", "must hold tables, e.g. [training.characters.Bram]")
+    overrides = {}
+    for name, values in per_character.items():
+        if name.lower() not in names:
+            where.fail(f"[training.characters.{name}]", f"character {name!r} is not configured")
+        label = f"training.characters.{name}"
+        overrides[name.lower()] = _training_table(where, label, values, settings, base)
+    return settings, overrides
+
+
+def _training_table(
+    where: _Where, label: str, table: Any, over: TrainingSettings, base: Path
+) -> TrainingSettings:
+    if not isinstance(table, dict):
+        where.fail(f"[{label}]", "must be a table of settings")
+    fields = {f.name: f for f in dataclasses.fields(TrainingSettings)}
+    _reject_unknown(where, label, table, set(fields))
+    values = {
+        key: _coerce(where, f"[{label}] {key}", value, str(fields[key].type))
+        for key, value in table.items()
+    }
+    settings = dataclasses.replace(over, **values)
+    if settings.method not in ("sft", "dpo", "kto"):
+        where.fail(f"[{label}] method", f"{settings.method!r} is not a method; use sft, dpo or kto")
+    if settings.bf16 not in ("auto", "true", "false"):
+        where.fail(f"[{label}] bf16", 'use "auto", "true" or "false"')
+    for name in ("rank", "alpha", "epochs", "batch_size", "gradient_accumulation", "max_length"):
+        if getattr(settings, name) < 1:
+            where.fail(f"[{label}] {name}", "must be at least 1")
+    if not 0 <= settings.val_fraction < 1:
+        where.fail(f"[{label}] val_fraction", "must be at least 0 and below 1")
+    if settings.learning_rate <= 0:
+        where.fail(f"[{label}] learning_rate", "must be above 0")
+    paths = {
+        name: _resolve(base, getattr(settings, name))
+        for name in ("loras_dir", "datasets_dir", "reports_dir")
+    }
+    return dataclasses.replace(settings, **paths)
 
 
 _SCRUB_KINDS = ("email", "phone", "url", "mention")

@@ -186,3 +186,19 @@ class ChatState(Base):
     chat_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     character: Mapped[str | None] = mapped_column(String(128))
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class LoraChoice(Base):
+    """One choice of a character's LoRA version; the newest not rolled back is current."""
+
+    __tablename__ = "lora_choices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    character: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str | None] = mapped_column(String(128))  # None: the bare base model
+    path: Mapped[str | None] = mapped_column(Text)
+    chosen_by: Mapped[str] = mapped_column(String(128))
+    chosen_at: Mapped[float] = mapped_column(Float)
+    rolled_back_at: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_lora_choices_character", "character", "id"),)

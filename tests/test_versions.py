@@ -1,0 +1,159 @@
+"""LoRA versions: never overwritten, full metadata, interrupted runs never selectable; the
+choice of version persists, survives a restart, reaches a running bot, and rolls back."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from bot.core import Core
+from bot.loras import BaseIdentity, LoraError, LoraSwitcher, find_version, list_versions
+from storage import lora_choices
+from storage.store import Store
+from tests.fakes import FakeModel, RecordingTarget
+from training.versions import new_run, publish
+
+
+def fake_run(loras: Path, character: str = "Aria", weights: bytes = b"w1"):  # type: ignore[no-untyped-def]
+    """A run whose "training" wrote an adapter (the file contents stand in for weights)."""
+    run = new_run(loras, character)
+    run.adapter_dir.mkdir()
+    (run.adapter_dir / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    (run.adapter_dir / "adapter_model.safetensors").write_bytes(weights)
+    return run
+
+
+def metadata(base: str = "tiny", fingerprint: str = "abc") -> dict:  # type: ignore[type-arg]
+    return {
+        "method": "sft",
+        "parent": None,
+        "base_model": {"name": base, "fingerprint": fingerprint},
+        "hyperparameters": {"rank": 4},
+        "stages": [{"name": "feedback", "files": [{"path": "x", "sha256": "y", "records": 3}]}],
+    }
+
+
+def test_versions_never_overwrite_and_carry_their_metadata(tmp_path: Path) -> None:
+    loras = tmp_path / "loras"
+    first = publish(fake_run(loras), loras, metadata())
+    # The same weights and metadata again: still a new version, the first one untouched.
+    second = publish(fake_run(loras), loras, metadata())
+    assert (first.number, second.number) == (1, 2)
+    assert first.id.startswith("v0001-") and second.id.startswith("v0002-")
+    assert first.id != second.id
+    assert [v.id for v in list_versions(loras, "Aria")] == [first.id, second.id]
+    stored = json.loads((first.path / "metadata.json").read_text())
+    assert stored["id"] == first.id
+    assert stored["base_model"] == {"name": "tiny", "fingerprint": "abc"}
+    assert stored["stages"][0]["files"][0]["records"] == 3
+    assert len(stored["content_sha256"]) == 64
+    assert (first.path / "adapter_model.safetensors").read_bytes() == b"w1"
+    assert not list((loras / "Aria").glob(".run-*"))  # the run directories are gone
+
+
+def test_an_interrupted_run_leaves_nothing_selectable(tmp_path: Path) -> None:
+    loras = tmp_path / "loras"
+    fake_run(loras)  # trained, never published: as if killed before the rename
+    assert list_versions(loras, "Aria") == []
+    with pytest.raises(LoraError, match="no LoRA version"):
+        find_version(loras, "Aria", "v1")
+    version = publish(fake_run(loras), loras, metadata())
+    assert find_version(loras, "Aria", "1") == version
+    assert find_version(loras, "Aria", "v0001") == version
+    assert find_version(loras, "Aria", version.id[:9]) == version
+
+
+_ids = itertools.count(1)
+
+
+async def _reply(core: Core) -> None:
+    from bot.messages import Inbound
+
+    msg = Inbound(
+        platform="test",
+        chat_id="c1",
+        message_id=f"u{next(_ids)}",
+        author_id="u1",
+        author_name="Ann",
+        text="Aria, hello",
+        addressed=True,
+    )
+    await core.handle(msg, RecordingTarget())
+
+
+async def _switcher(core: Core, store: Store, loras: Path, poll: float = 0.0) -> LoraSwitcher:
+    switcher = LoraSwitcher(core, store, loras, BaseIdentity("tiny", "abc"), poll_seconds=poll)
+    await switcher.start()
+    core.loras = switcher
+    return switcher
+
+
+async def test_use_and_rollback_change_what_the_core_generates_with_and_survive_a_restart(
+    make_core, tmp_path: Path
+) -> None:
+    loras = tmp_path / "loras"
+    v1 = publish(fake_run(loras, weights=b"1"), loras, metadata())
+    v2 = publish(fake_run(loras, weights=b"2"), loras, metadata())
+    model = FakeModel()
+    core = await make_core(model=model)
+    switcher = await _switcher(core, core.store, loras)
+    assert await switcher.use("aria", "v1", "admin") == v1.id
+    assert await switcher.use("Aria", v2.id, "admin") == v2.id
+    await _reply(core)
+    assert model.requests[-1].adapter.path == str(v2.path)
+
+    # A restart: a new core on the same database speaks with v2 from its first reply.
+    model2 = FakeModel()
+    core2 = await make_core(model=model2)
+    switcher2 = await _switcher(core2, core2.store, loras)
+    await _reply(core2)
+    assert model2.requests[-1].adapter.path == str(v2.path)
+    assert switcher2.current("Aria") == v2.id
+
+    assert await switcher2.rollback("Aria") == v1.id
+    await _reply(core2)
+    assert model2.requests[-1].adapter.path == str(v1.path)
+    assert await switcher2.rollback("Aria") is None  # back to the configured (no LoRA)
+    await _reply(core2)
+    assert model2.requests[-1].adapter is None
+    with pytest.raises(Exception, match="nothing to roll back"):
+        await switcher2.rollback("Aria")
+
+
+async def test_a_running_bot_notices_a_choice_made_by_another_process(
+    make_core, db_url: str, tmp_path: Path
+) -> None:
+    loras = tmp_path / "loras"
+    v1 = publish(fake_run(loras), loras, metadata())
+    model = FakeModel()
+    core = await make_core(model=model)
+    switcher = await _switcher(core, core.store, loras, poll=0.05)
+    try:
+        other = await Store.open(db_url)  # `charbot adapters use` in another process
+        await lora_choices.record_choice(other, "Aria", v1.id, str(v1.path), "cli")
+        await other.close()
+        for _ in range(100):
+            if model.adapters.get("Aria") == str(v1.path):
+                break
+            await asyncio.sleep(0.02)
+        assert model.adapters.get("Aria") == str(v1.path)
+        await _reply(core)
+        rows = await core.store.list_messages("test", "c1")
+        assert [r.adapter_version for r in rows if r.role == "assistant"] == [None]  # fake
+    finally:
+        await switcher.close()
+
+
+async def test_a_version_for_another_base_model_is_refused(make_core, tmp_path: Path) -> None:
+    loras = tmp_path / "loras"
+    publish(fake_run(loras), loras, metadata(base="other", fingerprint="f00"))
+    core = await make_core(model=FakeModel())
+    switcher = await _switcher(core, core.store, loras)
+    with pytest.raises(LoraError, match="another base model"):
+        await switcher.use("Aria", "v1", "admin")
+    assert await lora_choices.current_choices(core.store) == {}
+    assert switcher.current("Aria") is None

@@ -1,0 +1,255 @@
+"""``charbot train``, ``charbot eval``, ``charbot adapters list|use|rollback`` and
+``charbot stats --by-version``: the CLI side of versioned LoRAs.
+
+bot/cli.py registers these with :func:`add_commands` and runs them through :data:`COMMANDS`;
+everything else lives here. Bad input is one line and exit code 2 (a CharbotError), checked
+before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bot.config import Config
+from bot.errors import CharbotError
+from bot.loras import (
+    BASE,
+    LoraError,
+    base_identity,
+    check_base,
+    find_version,
+    list_versions,
+)
+from training.train_data import METHODS, DataError
+
+
+def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add train, eval and adapters to the ``charbot`` sub-command parser."""
+    train = commands.add_parser(
+        "train", parents=[common], help="fine-tune a character's next LoRA version"
+    )
+    train.add_argument("--character", required=True, help="whose LoRA to train")
+    train.add_argument(
+        "--data",
+        nargs="+",
+        type=Path,
+        help="JSONL files to train on (default: the character's dataset and new feedback)",
+    )
+    train.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        metavar="NAME=FILE[,FILE][:EPOCHS]",
+        help="a curriculum stage, trained in the order given (repeat the option)",
+    )
+    train.add_argument("--method", choices=METHODS, help="default: [training] method")
+    train.add_argument("--epochs", type=int, help="override [training] epochs")
+    train.add_argument("--resume", action="store_true", help="continue the last unfinished run")
+    train.add_argument("--eval", action="store_true", help="evaluate the new version at the end")
+    train.add_argument("--use", action="store_true", help="switch the character to it at the end")
+    train.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    evaluate = commands.add_parser(
+        "eval", parents=[common], help="score a LoRA version against held-out references"
+    )
+    evaluate.add_argument("--character", required=True)
+    evaluate.add_argument("--version", help="default: the version in use (or the newest)")
+    evaluate.add_argument("--against", help="another version to compare with (or 'base')")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress output")
+
+    adapters = commands.add_parser(
+        "adapters", parents=[common], help="list, use or roll back LoRA versions"
+    )
+    actions = adapters.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", parents=[common], help="versions per character")
+    listing.add_argument("name", nargs="?", help="one character (default: all)")
+    use = actions.add_parser("use", parents=[common], help="switch a character to a version")
+    use.add_argument("name")
+    use.add_argument("version", help=f"a version id, its number (v3), or '{BASE}'")
+    rollback = actions.add_parser(
+        "rollback", parents=[common], help="go back to the previous choice"
+    )
+    rollback.add_argument("name")
+
+
+# -- adapters --------------------------------------------------------------------------------
+
+
+async def adapters_command(config: Config, args: argparse.Namespace) -> int:
+    from bot.app import open_store
+    from storage import lora_choices
+
+    names = [c.name for c in config.characters]
+    wanted = getattr(args, "name", None)
+    if wanted is not None:
+        names = [_character(config, wanted)]
+    loras_dir = config.training.loras_dir
+    async with open_store(config) as store:
+        if args.action == "list":
+            choices = await lora_choices.current_choices(store)
+            for name in names:
+                print(_version_table(config, name, choices.get(name.lower())))
+            return 0
+        name = names[0]
+        if args.action == "use":
+            if args.version.strip().lower() in (BASE, "none"):
+                version_id, path = None, None
+            else:
+                version = find_version(loras_dir, name, args.version)
+                check_base(version, base_identity(config.model))
+                version_id, path = version.id, str(version.path)
+            await lora_choices.record_choice(store, name, version_id, path, "cli")
+            now = version_id or "the bare base model"
+        else:
+            choice = await lora_choices.roll_back(store, name)
+            if choice is not None:
+                now = choice.version or "the bare base model"
+            else:
+                now = f"its configured adapter ({_configured_adapter(config, name)})"
+    print(
+        f"{name} now speaks with {now}; a running bot switches within "
+        f"{config.training.poll_seconds:g} s"
+    )
+    return 0
+
+
+def _configured_adapter(config: Config, name: str) -> str | None:
+    for character in config.characters:
+        if character.name == name:
+            return Path(character.adapter).name if character.adapter else BASE
+    return None
+
+
+def _character(config: Config, name: str) -> str:
+    for character in config.characters:
+        if character.name.lower() == name.strip().lower():
+            return character.name
+    from bot.errors import UnknownCharacter
+
+    raise UnknownCharacter(name, [c.name for c in config.characters])
+
+
+def _version_table(config: Config, name: str, choice: Any) -> str:
+    versions = list_versions(config.training.loras_dir, name)
+    current = choice.version if choice is not None else _configured_adapter(config, name)
+    lines = [f"{name} (in use: {current or BASE})"]
+    if not versions:
+        lines.append(f"  no versions yet; train one with `charbot train --character {name}`")
+    for v in versions:
+        meta = v.metadata
+        loss = meta.get("validation", {}).get("best_loss")
+        summary = meta.get("evaluation") or {}
+        sim = summary.get("heldout_similarity")
+        lines.append(
+            f"  {'▶' if v.id == current else ' '} {v.id}  {v.created[:19]}  "
+            f"parent {v.parent or '-'}  {meta.get('method', '?')}  "
+            f"examples {meta.get('examples', '?')}  val loss {_num(loss)}  held-out sim {_num(sim)}"
+        )
+    return "\n".join(lines)
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+
+# -- stats --by-version ----------------------------------------------------------------------
+
+
+async def stats_by_version_command(config: Config, args: argparse.Namespace) -> int:
+    from bot.app import open_store
+    from storage.version_stats import stats_by_version
+
+    async with open_store(config) as store:
+        rows = await stats_by_version(store)
+    headers = ("character", "version", "replies", "👍 rate", "👎 rate", "corrections")
+    print(f"{headers[0]:<12} {headers[1]:<16} " + " ".join(f"{h:>11}" for h in headers[2:]))
+    for row in rows:
+        up = f"{row.up_rate:.0%}" if row.up_rate is not None else "-"
+        down = f"{row.down_rate:.0%}" if row.down_rate is not None else "-"
+        print(
+            f"{row.character:<12} {row.version or BASE:<16} {row.replies:>11} {up:>11} "
+            f"{down:>11} {row.corrections:>11}"
+        )
+    return 0
+
+
+# -- train -----------------------------------------------------------------------------------
+
+
+def parse_stage(text: str, default_epochs: int) -> tuple[str, list[Path], int]:
+    """``NAME=FILE[,FILE][:EPOCHS]`` → (name, files, epochs)."""
+    name, sep, rest = text.partition("=")
+    epochs = default_epochs
+    if rest.rsplit(":", 1)[-1].isdigit() and ":" in rest:
+        rest, count = rest.rsplit(":", 1)
+        epochs = int(count)
+    files = [Path(f) for f in rest.split(",") if f]
+    if not sep or not name or not files or epochs < 1:
+        raise DataError(
+            f"--stage {text!r}: write NAME=FILE[,FILE][:EPOCHS], e.g. general=data/qa.jsonl:1"
+        )
+    return name, files, epochs
+
+
+async def train_command(config: Config, args: argparse.Namespace) -> int:
+    from training.train_plan import build_plan, run_training
+
+    name = _character(config, args.character)
+    if args.device != "cpu":
+        _check_device(args.device)
+    plan, since_note = await build_plan(config, name, args)
+    version = await run_training(config, plan, args)
+    print(f"{name}: trained {version.id} ({since_note}) in {version.path}")
+    if args.use:
+        from bot.app import open_store
+        from storage import lora_choices
+
+        async with open_store(config) as store:
+            await lora_choices.record_choice(store, name, version.id, str(version.path), "train")
+        print(f"{name} now speaks with {version.id}")
+    else:
+        print(f"switch to it with: charbot adapters use {name} {version.id}")
+    return 0
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CharbotError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+    if not device.startswith("cuda"):
+        raise CharbotError(f"--device {device}: use cpu or cuda")
+
+
+# -- eval ------------------------------------------------------------------------------------
+
+
+async def eval_command(config: Config, args: argparse.Namespace) -> int:
+    from training.eval_run import run_eval
+
+    name = _character(config, args.character)
+    started = time.perf_counter()
+    report, evals = await run_eval(config, name, args.version, args.against, not args.quiet)
+    for e in evals:
+        s = e.summary()
+        print(
+            f"{name} {e.label}: held-out similarity {_num(s['heldout_similarity'])} "
+            f"({s['heldout_questions']}), corrected {_num(s['corrected_similarity'])} "
+            f"({s['corrected_questions']}), held-out loss {_num(s['heldout_loss'])}"
+        )
+    print(f"report: {report} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {
+    "train": train_command,
+    "eval": eval_command,
+    "adapters": adapters_command,
+}
+
+__all__ = ["COMMANDS", "LoraError", "add_commands", "stats_by_version_command"]

@@ -1,0 +1,279 @@
+"""From ``charbot train``'s arguments to a published version: the plan, the run, the metadata.
+
+The plan is fixed and written into the run directory before the model loads (each stage's
+records, the validation records, the parent), so ``--resume`` trains exactly the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from bot.config import Config, TrainingSettings
+from bot.errors import CharbotError
+from bot.loras import LoraVersion, base_identity, character_dir, find_version, fingerprint
+from training.train import StopFlag, TrainPlan, lora_bytes, train
+from training.train_data import (
+    DataError,
+    DataFile,
+    Stage,
+    check_fits,
+    normalise,
+    read_records,
+    split_validation,
+    write_records,
+)
+from training.versions import RunDir, check_disk, last_run, new_run, publish
+
+HELDOUT = "heldout.jsonl"
+
+
+@dataclass
+class Prepared:
+    """A plan and the run directory it will train in."""
+
+    plan: TrainPlan
+    run: RunDir
+    parent: str | None  # the parent version's id
+    since: float | None  # feedback from replies made at or after this time
+    sources: list[list[DataFile]]  # per stage: where its records came from
+    resume: bool = False
+
+
+async def current_version(config: Config, name: str) -> LoraVersion | None:
+    """The version ``name`` speaks with now, by the persisted choice."""
+    from bot.app import open_store
+    from storage import lora_choices
+
+    async with open_store(config) as store:
+        choice = (await lora_choices.current_choices(store)).get(name.lower())
+    if choice is None or choice.version is None:
+        return None
+    try:
+        return find_version(config.training.loras_dir, name, choice.version)
+    except CharbotError:
+        return None
+
+
+async def build_plan(config: Config, name: str, args: argparse.Namespace) -> tuple[Prepared, str]:
+    """Read and check the data (one-line errors, before any model loads); make the run."""
+    settings = config.training_for(name)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise DataError("--epochs must be at least 1")
+        settings = dataclasses.replace(settings, epochs=args.epochs)
+    method = args.method or settings.method
+    if args.resume:
+        return _resumed(config, name, settings, args), "resumed"
+    parent = await current_version(config, name)
+    base = base_identity(config.model)
+    if parent is not None:
+        trained_on = parent.metadata.get("base_model", {})
+        if trained_on.get("fingerprint") not in (None, base.fingerprint):
+            parent = None  # made for another base: start a fresh LoRA
+    since = parent.metadata.get("created_ts") if parent is not None else None
+    stages, validation = await _stages(config, name, settings, method, args, since)
+    if validation is None:
+        stages, validation = split_validation(stages, settings.val_fraction, settings.seed)
+    check_fits(stages, method, settings.min_examples)
+    run = new_run(settings.loras_dir, name)
+    data = run.path / "data"
+    for index, stage in enumerate(stages, start=1):
+        write_records(data / f"stage-{index}-{stage.name}.jsonl", stage.records)
+    write_records(data / HELDOUT, validation)
+    plan = TrainPlan(
+        name,
+        method,
+        stages,
+        validation,
+        settings,
+        config.model,
+        str(parent.path) if parent else None,
+        args.device,
+    )
+    sources = [stage.files for stage in stages]
+    run.save_state(
+        {
+            "plan": {
+                "method": method,
+                "stages": [[s.name, s.epochs] for s in stages],
+                "parent": parent.id if parent else None,
+                "parent_path": plan.parent_path,
+                "since": since,
+                "sources": [[dataclasses.asdict(f) for f in files] for files in sources],
+                "device": args.device,
+            }
+        }
+    )
+    note = f"from {parent.id}" if parent else "a fresh LoRA"
+    prepared = Prepared(plan, run, parent.id if parent else None, since, sources)
+    return prepared, note
+
+
+async def _stages(
+    config: Config,
+    name: str,
+    settings: TrainingSettings,
+    method: str,
+    args: argparse.Namespace,
+    since: float | None,
+) -> tuple[list[Stage], list[dict[str, Any]] | None]:
+    """The curriculum: --stage options, else --data files, else the dataset then feedback."""
+    from training.commands_train import parse_stage
+
+    if args.stage or args.data:
+        specs = [parse_stage(text, settings.epochs) for text in args.stage]
+        if args.data:
+            specs.append(("data", list(args.data), settings.epochs))
+        stages = []
+        for stage_name, files, epochs in specs:
+            stage = Stage(stage_name, [], epochs)
+            for file in files:
+                records, identity = read_records(file, method)
+                stage.records += records
+                stage.files.append(identity)
+            stages.append(stage)
+        return stages, None
+    stages, validation = [], None
+    folder = settings.datasets_dir / name
+    if (folder / "train.jsonl").is_file():
+        records, identity = read_records(folder / "train.jsonl", method)
+        stages.append(Stage("dataset", records, settings.epochs, [identity]))
+    if (folder / "val.jsonl").is_file():
+        validation, _identity = read_records(folder / "val.jsonl", method)
+    from bot.app import open_store
+    from training.feedback_source import fresh_feedback
+
+    async with open_store(config) as store:
+        feedback = await fresh_feedback(store, name, method, since)
+    feedback = [normalise(r, method, "feedback") for r in feedback]
+    identity = DataFile(f"feedback since {since or 'the beginning'}", "", len(feedback))
+    stages.append(Stage("feedback", feedback, settings.epochs, [identity]))
+    return stages, validation  # None: the caller holds out part of each stage
+
+
+def _resumed(config: Config, name: str, settings: TrainingSettings, args: Any) -> Prepared:
+    run = last_run(settings.loras_dir, name)
+    if run is None:
+        raise DataError(
+            f"{name} has no unfinished run to resume under "
+            f"{character_dir(settings.loras_dir, name)}; start one without --resume"
+        )
+    state = run.state()["plan"]
+    method = state["method"]
+    stages = []
+    for index, (stage_name, epochs) in enumerate(state["stages"], start=1):
+        records, _ = read_records(run.path / "data" / f"stage-{index}-{stage_name}.jsonl", method)
+        files = [DataFile(**f) for f in state["sources"][index - 1]]
+        stages.append(Stage(stage_name, records, epochs, files))
+    validation, _ = read_records(run.path / "data" / HELDOUT, method)
+    plan = TrainPlan(
+        name,
+        method,
+        stages,
+        validation,
+        settings,
+        config.model,
+        state.get("parent_path"),
+        state.get("device", "cpu"),
+    )
+    sources = [s.files for s in stages]
+    return Prepared(plan, run, state.get("parent"), state.get("since"), sources, resume=True)
+
+
+def _libraries() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "peft", "trl", "datasets"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+async def run_training(
+    config: Config, prepared: Prepared, args: argparse.Namespace, *, loaded: Any = None
+) -> LoraVersion:
+    """Train, optionally evaluate, and publish the version (with its metadata)."""
+    plan, run = prepared.plan, prepared.run
+    progress = not getattr(args, "quiet", False)
+
+    def disk(peft_model: Any) -> None:
+        # The version, a checkpoint with optimizer state per stage, and some slack.
+        check_disk(plan.settings.loras_dir, lora_bytes(peft_model) * 6 + 20_000_000)
+
+    stop = StopFlag()
+
+    def work() -> Any:
+        return train(
+            plan,
+            run,
+            resume=prepared.resume,
+            progress=progress,
+            stop=stop,
+            loaded=loaded,
+            before_training=disk,
+        )
+
+    # Signal handlers belong to the main thread: installed here, around the training thread.
+    with stop.on_sigint():
+        result = await asyncio.to_thread(work) if loaded is None else work()
+    # The version carries the data it was trained and validated on, for `charbot eval`.
+    shutil.copytree(run.path / "data", run.adapter_dir / "data", dirs_exist_ok=True)
+    evaluation = None
+    if getattr(args, "eval", False):
+        from training.eval_run import evaluate_directory
+
+        found = await evaluate_directory(
+            config, plan.character, "new", str(run.adapter_dir), run.adapter_dir, progress
+        )
+        evaluation = found.summary()
+    base_path = Path(result.base_path)
+    base = base_identity(config.model, str(base_path) if base_path.is_dir() else None)
+    if base.fingerprint is None and base_path.is_dir():
+        base = dataclasses.replace(base, fingerprint=fingerprint(base_path))
+    val_losses = [loss for s in result.stages for loss in s.val_losses]
+    metadata = {
+        "character": plan.character,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created_ts": time.time(),
+        "method": plan.method,
+        "parent": prepared.parent,
+        "base_model": base.as_dict(),
+        "hyperparameters": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in dataclasses.asdict(plan.settings).items()
+        },
+        "examples": sum(len(s.records) for s in plan.stages),
+        "feedback_since": prepared.since,
+        "stages": [
+            {
+                **dataclasses.asdict(r),
+                "files": [dataclasses.asdict(f) for f in files],
+            }
+            for r, files in zip(result.stages, prepared.sources, strict=True)
+        ],
+        "validation": {
+            "examples": len(plan.validation),
+            "best_loss": min(val_losses) if val_losses else None,
+            "final_loss": val_losses[-1] if val_losses else None,
+        },
+        "timing": {
+            "seconds": round(result.seconds, 2),
+            "train_seconds": round(sum(s.seconds for s in result.stages), 2),
+            "tokens": result.tokens,
+            "tokens_per_second": round(result.tokens_per_second, 1),
+        },
+        "device": plan.device,
+        "libraries": _libraries(),
+        "evaluation": evaluation,
+    }
+    return publish(run, plan.settings.loras_dir, metadata)
