@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -59,6 +60,8 @@ class StageResult:
     stopped_early: bool = False
     seconds: float = 0.0
     tokens: int = 0
+    steps: int = 0  # optimizer steps of the whole stage
+    resumed_from: int = 0  # the checkpoint's step when --resume continued this stage
 
 
 @dataclass
@@ -97,6 +100,9 @@ class StopFlag:
             self.requested = True
             print("\nstopping after this step (Ctrl-C again to abort)…", flush=True)
 
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # only the main thread may set handlers (e.g. called from a test)
+            return
         previous = signal.signal(signal.SIGINT, handler)
         try:
             yield self
@@ -352,6 +358,8 @@ def train(
                 stopped_early=bool(best.get("stopped_early")),
                 seconds=seconds,
                 tokens=int(trainer.state.num_input_tokens_seen or 0),
+                steps=int(trainer.state.global_step),
+                resumed_from=int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else 0,
             )
         )
         peft_model.save_pretrained(run.path / f"after-stage-{index}")

@@ -1,0 +1,120 @@
+"""The loop, proven on the tiny model: a conversation, 👎 and corrections on K questions,
+export, `charbot train`, `charbot adapters use` — and the running bot's answers to those
+questions come out measurably closer to the corrections, each reply recording its version."""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import itertools
+from pathlib import Path
+
+from bot.characters import Character
+from bot.cli import main
+from bot.config import ModelSettings
+from bot.core import Core
+from bot.loras import LoraSwitcher, base_identity, list_versions
+from bot.messages import Inbound
+from bot.models.transformers_backend import TransformersModel
+from tests.fakes import RecordingTarget
+from tests.tiny_model import build_tiny_model
+
+CORRECTIONS = {
+    "When is the lamp lit?": "The lamp is lit at dusk.",
+    "Who is Fathom?": "Fathom is my grey cat.",
+    "How long have you been here?": "Forty winters on the rock.",
+    "Anything warm?": "Tea is on the stove.",
+}
+_chats = itertools.count(1)
+
+
+async def ask(core: Core, question: str) -> tuple[str, str, str]:
+    """Ask in a fresh chat (the same prompt every time); (chat, reply's message id, text)."""
+    chat = f"chat{next(_chats)}"
+    inbound = Inbound(
+        platform="test",
+        chat_id=chat,
+        message_id=f"{chat}-q",
+        author_id="ann",
+        author_name="Ann",
+        text=question,
+        addressed=True,
+    )
+    result = await core.handle(inbound, RecordingTarget())
+    assert result is not None and result.status == "ok"
+    return chat, result.message_ids[0], result.text
+
+
+def closeness(answers: list[str]) -> float:
+    return sum(
+        difflib.SequenceMatcher(None, a, ref).ratio()
+        for a, ref in zip(answers, CORRECTIONS.values(), strict=True)
+    ) / len(answers)
+
+
+async def test_feedback_trains_a_version_that_the_running_bot_switches_to(
+    make_core, db_url: str, tmp_path: Path
+) -> None:
+    tiny = build_tiny_model(tmp_path / "tiny")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[model]
+base = "{tiny}"
+dtype = "float32"
+[storage]
+url = "{db_url}"
+[training]
+rank = 8
+alpha = 16
+epochs = 20
+learning_rate = 0.02
+max_length = 96
+val_fraction = 0.0
+bf16 = "false"
+[[characters]]
+name = "Bram"
+system_prompt = "You are Bram."
+"""
+    )
+    settings = ModelSettings(base=str(tiny), dtype="float32", max_new_tokens=30)
+    model = TransformersModel(settings, progress=False, worker="thread")
+    bram = Character(name="Bram", system_prompt="You are Bram.")
+    core = await make_core(
+        model=model, characters=[bram], temperature=0.0, max_new_tokens=30, repetition_penalty=1.0
+    )
+    loras = tmp_path / "data" / "loras"
+    switcher = LoraSwitcher(core, core.store, loras, base_identity(settings), poll_seconds=0.05)
+    await switcher.start()
+    try:
+        before = []
+        for question, better in CORRECTIONS.items():
+            chat, reply, text = await ask(core, question)
+            before.append(text)
+            assert await core.rate("test", chat, reply, "ann", -1)
+            assert await core.correct("test", chat, reply, "ann", better)
+
+        # Export and train (`charbot train`, a separate command), then choose the version.
+        code = await asyncio.to_thread(
+            main, ["train", "--config", str(config), "--character", "Bram", "--quiet"]
+        )
+        assert code == 0
+        (version,) = list_versions(loras, "Bram")
+        assert version.metadata["examples"] == len(CORRECTIONS)
+        assert version.metadata["stages"][-1]["name"] == "feedback"
+        code = await asyncio.to_thread(
+            main, ["adapters", "use", "Bram", "v1", "--config", str(config)]
+        )
+        assert code == 0
+        for _ in range(200):  # the running bot polls the database and switches by itself
+            if switcher.current("Bram") == version.id:
+                break
+            await asyncio.sleep(0.05)
+        assert switcher.current("Bram") == version.id
+
+        after = [(await ask(core, q))[2] for q in CORRECTIONS]
+        assert closeness(after) > closeness(before) + 0.3, (before, after)
+        replies = [r for r in await core.store.list_messages() if r.role == "assistant"]
+        assert [r.adapter_version for r in replies] == [None] * 4 + [version.id] * 4
+    finally:
+        await switcher.close()
