@@ -13,6 +13,7 @@ from adapters.base import PlatformAdapter
 from bot.characters import Character
 from bot.core import Core
 from bot.errors import CharbotError
+from bot.lora_admin import adapter_command
 from bot.messages import Inbound
 from bot.reply import ReplyTarget
 
@@ -23,7 +24,8 @@ HELP = """Commands:
   /good, /bad        rate the last reply 👍 or 👎
   /fix TEXT          give a better answer for the last reply
   /regen             a new version of the last reply
-  /adapter PATH      give the current character this LoRA adapter (none: the base model)
+  /adapter [VERSION] list the current character's LoRA versions, or switch (base: none;
+                     rollback: the previous one); /adapter PATH loads a directory for now
   /help              this list
   /quit              leave (end of input does too)"""
 
@@ -203,6 +205,10 @@ class ConsoleAdapter(PlatformAdapter):
             await core.reset(platform, chat)
             self.last_reply = None
             self.say("[conversation reset]")
+        elif command == "/adapter" and core.loras is not None and "/" not in argument:
+            # Versions by name: list, switch, roll back (persisted; see bot/lora_admin.py).
+            current = await core.current_character(platform, chat)
+            self.say(f"[{await adapter_command(core, current.name, argument, 'console')}]")
         elif command == "/adapter":
             if not argument:
                 self.say("[usage: /adapter PATH, or /adapter none]")

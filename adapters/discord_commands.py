@@ -18,6 +18,7 @@ from discord import app_commands
 from adapters.discord_access import place_of
 from adapters.discord_reply import NO_PINGS, Quote, visible_text
 from bot.errors import CharbotError
+from bot.lora_admin import adapter_command
 from bot.messages import Inbound
 
 if TYPE_CHECKING:
@@ -153,6 +154,51 @@ def register_commands(tree: app_commands.CommandTree, adapter: DiscordAdapter) -
         thread_id = chat_id if isinstance(interaction.channel, discord.Thread) else None
         await core.reset(PLATFORM, chat_id, thread_id)
         await say(interaction, "Started a fresh conversation.", ephemeral=False)
+
+    async def complete_version(
+        interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        if core.loras is None or not adapter.access.is_admin(str(interaction.user.id)):
+            return []
+        name = getattr(interaction.namespace, "character", None)
+        if not name:
+            default = adapter.channel_character(interaction.channel)
+            chat_id = str(interaction.channel_id)
+            name = (await core.current_character(PLATFORM, chat_id, default)).name
+        try:
+            ids = [v.id for v in reversed(core.loras.versions(name))]
+        except CharbotError:
+            ids = []
+        options = [i for i in [*ids, "base", "rollback"] if current.lower() in i.lower()]
+        return [app_commands.Choice(name=o, value=o) for o in options[:25]]
+
+    @tree.command(name="adapter", description="Bot admins: list or switch LoRA versions")
+    @app_commands.describe(
+        version="A version (v3), base for none, or rollback; leave empty to list them",
+        character="Whose LoRA (default: who speaks in this channel)",
+    )
+    @app_commands.autocomplete(character=complete_character, version=complete_version)
+    async def adapter_(
+        interaction: discord.Interaction, version: str | None = None, character: str | None = None
+    ) -> None:
+        """List a character's LoRA versions, switch to one, or roll back (admins only: the
+        switch changes the character everywhere, not only in this channel)."""
+        if not allowed(interaction):
+            await say(interaction, NOT_HERE)
+            return
+        user = str(interaction.user.id)
+        if not adapter.access.is_admin(user):
+            await say(interaction, "Only the bot's admins ([discord] admins) can switch versions.")
+            return
+        default = adapter.channel_character(interaction.channel)
+        current = await core.current_character(PLATFORM, str(interaction.channel_id), default)
+        words = (
+            ["rollback", character or ""]
+            if version == "rollback"
+            else [character or "", version or ""]
+        )
+        text = await adapter_command(core, current.name, " ".join(words), f"discord:{user}")
+        await say(interaction, text)
 
     @tree.command(name="fix", description="Suggest a better text for a character's reply")
     @app_commands.describe(

@@ -18,6 +18,7 @@ from telegram.ext import Application, CommandHandler, ContextTypes, filters
 
 from adapters.telegram_reply import escape
 from bot.errors import CharbotError
+from bot.lora_admin import adapter_command
 
 if TYPE_CHECKING:
     from adapters.telegram_adapter import TelegramAdapter
@@ -32,10 +33,11 @@ HELP = (
     "/character NAME — choose who speaks in this chat (admins, in groups)\n"
     "/reset — start a fresh conversation (admins, in groups)\n"
     "/fix TEXT — reply to one of my messages with a better answer\n"
+    "/adapter [VERSION] — list or switch the character's LoRA versions (bot admins)\n"
     "Buttons under a reply: 👍 👎 rate it, 🔁 asks for another, ✏️ suggests a better one. "
     "👍 and 👎 reactions rate too."
 )
-COMMANDS = ("start", "help", "characters", "character", "reset", "ask", "fix")
+COMMANDS = ("start", "help", "characters", "character", "reset", "ask", "fix", "adapter")
 COMMAND_MENU = {
     "ask": "Say something to the character",
     "characters": "List the characters",
@@ -153,7 +155,17 @@ def register_commands(app: Application, adapter: TelegramAdapter) -> None:  # ty
             return
         await adapter.save_correction(message, replied.message_id, text)
 
-    for name, handler in zip(
-        COMMANDS, (start, help_, characters, character, reset, ask, fix), strict=True
-    ):
+    async def adapter_(message: Message, argument: str) -> None:
+        """Bot admins only: the LoRA versions of this chat's character; switch or roll back."""
+        assert message.from_user is not None
+        user = str(message.from_user.id)
+        if not adapter.access.is_admin(user):  # a switch changes the character everywhere
+            await say(message, "Only the bot's admins ([telegram] admins) can switch versions.")
+            return
+        current = await core.current_character(PLATFORM, str(message.chat.id), default)
+        text = await adapter_command(core, current.name, argument, f"telegram:{user}")
+        await say(message, escape(text))
+
+    handlers = (start, help_, characters, character, reset, ask, fix, adapter_)
+    for name, handler in zip(COMMANDS, handlers, strict=True):
         command(name, handler)
