@@ -20,6 +20,10 @@ class PlatformAdapter(ABC):
     async def start(self) -> None:
         """Connect and begin handling events in the background."""
 
+    async def stop_intake(self) -> None:  # noqa: B027 - optional hook
+        """Stop taking new events and store every one already received; replies in
+        progress keep going (the core finishes them, then ``stop`` is called)."""
+
     @abstractmethod
     async def stop(self) -> None:
         """Disconnect; in-flight replies are cancelled or finished."""

@@ -26,6 +26,7 @@ from bot.config import DiscordSettings
 from bot.core import Core
 from bot.errors import CharbotError
 from bot.messages import Inbound
+from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,8 @@ class DiscordAdapter(PlatformAdapter):
         )
         if self._connected.is_set():
             log.info("discord: connected as %s", self.client.user)
+            # What a previous run stored but did not answer (answered in the background).
+            await self.core.recover(PLATFORM, self.reply_target)
             return
         connected.cancel()
         error = self._runner.exception() if self._runner.done() else None
@@ -193,13 +196,21 @@ class DiscordAdapter(PlatformAdapter):
         return DiscordReplyTarget(channel, self.webhooks, quote)
 
     async def answer(self, inbound: Inbound, target: DiscordReplyTarget) -> None:
-        """Hand a message to the core; our own errors become a one-line notice."""
+        """Hand a message to the core, which stores it and returns; it answers in its own
+        per-chat line (our own errors, like an unknown character, become a notice there)."""
         try:
-            await self.core.handle(inbound, target)
-        except CharbotError as exc:  # e.g. UnknownCharacter: its message is meant for users
-            await target.notice(str(exc))
-        except discord.HTTPException as exc:
-            log.warning("discord: could not answer message %s: %s", inbound.message_id, exc)
+            await self.core.receive(inbound, target)
+        except StorageError as exc:  # only while stopping with the database unavailable
+            log.error("discord: message %s could not be stored: %s", inbound.message_id, exc)
+
+    def reply_target(
+        self, chat_id: str, thread_id: str | None, reply_to: str | None
+    ) -> DiscordReplyTarget:
+        """A target from stored ids, for answering after a restart (no quote header)."""
+        channel = self.client.get_channel(int(chat_id)) or self.client.get_partial_messageable(
+            int(chat_id)
+        )
+        return self.target(channel, None)  # type: ignore[arg-type]
 
     async def _fix_by_reply(
         self, message: discord.Message, reply_to: str | None, text: str

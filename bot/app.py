@@ -15,7 +15,11 @@ from storage.store import Store
 
 @contextlib.asynccontextmanager
 async def open_store(config: Config) -> AsyncIterator[Store]:
-    store = await Store.open(config.storage.url)
+    store = await Store.open(
+        config.storage.url,
+        max_wait_s=config.storage.max_wait_s,
+        busy_timeout_s=config.storage.busy_timeout_s,
+    )
     try:
         yield store
     finally:
@@ -32,6 +36,7 @@ async def open_core(config: Config) -> AsyncIterator[Core]:
             characters=config.characters,
             settings=config.model,
             default_character=config.default_character,
+            answer_backlog_minutes=config.bot.answer_backlog_minutes,
         )
         await core.start()
         core.loras = LoraSwitcher(

@@ -155,6 +155,11 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
             for waiter in waiters:
                 waiter.cancel()
         finally:
+            # Intake first (everything received is stored), then answering (replies get
+            # [bot] shutdown_grace_s to finish), then the connections the replies used.
+            for adapter in reversed(started):
+                await adapter.stop_intake()
+            await core.stop(config.bot.shutdown_grace_s)
             for adapter in reversed(started):
                 await adapter.stop()
     return 0
@@ -165,15 +170,23 @@ async def _stats(config: Config, args: argparse.Namespace) -> int:
         return await lora_commands.stats_by_version_command(config, args)
     from bot.app import open_store
     from storage.feedback import character_stats
+    from storage.intake import intake_counts
 
     async with open_store(config) as store:
         stats = await character_stats(store)
+        intake = await intake_counts(store)
     columns = ("messages", "replies", "up", "down", "corrections", "errors")
     headers = ("character", "messages", "replies", "👍", "👎", "corrections", "errors")
     width = max([len(h) for h in headers[:1]] + [len(str(n)) for n in stats])
     print(f"{headers[0]:<{width}}  " + "  ".join(f"{h:>11}" for h in headers[1:]))
     for name, row in stats.items():
         print(f"{name!s:<{width}}  " + "  ".join(f"{row[c]:>11}" for c in columns))
+    # Messages not answered because they waited too long across a restart, and replies cut
+    # off by a stop, are counted rather than forgotten.
+    print(
+        f"unanswered: {intake['skipped']} skipped (older than [bot] answer_backlog_minutes "
+        f"at a restart), {intake['pending']} pending; {intake['interrupted']} replies interrupted"
+    )
     return 0
 
 

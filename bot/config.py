@@ -52,6 +52,16 @@ class StorageSettings:
     """[storage]: where conversations, ratings and corrections live."""
 
     url: str = "sqlite:///data/charbot.db"
+    max_wait_s: float = 60.0  # a locked/busy database is retried this long before giving up
+    busy_timeout_s: float = 5.0  # SQLite: how long one attempt waits for another's lock
+
+
+@dataclass(frozen=True, slots=True)
+class BotSettings:
+    """[bot]: running and stopping (`charbot run`)."""
+
+    shutdown_grace_s: float = 10.0  # on SIGTERM/Ctrl-C: how long replies may finish
+    answer_backlog_minutes: float = 10.0  # after a restart: older unanswered messages skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +156,7 @@ class Config:
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     telegram: TelegramSettings = field(default_factory=TelegramSettings)
+    bot: BotSettings = field(default_factory=BotSettings)
     clean: CleanSettings = field(default_factory=CleanSettings)
     # Per-character [clean.characters.NAME] rules, by lower-case name; see clean_for.
     clean_overrides: dict[str, CleanSettings] = field(default_factory=dict)
@@ -168,6 +179,7 @@ DEFAULT_CONFIG = Path("config.toml")
 _SECTIONS = {
     "model": ModelSettings,
     "storage": StorageSettings,
+    "bot": BotSettings,
     "console": ConsoleSettings,
     "discord": DiscordSettings,
     "telegram": TelegramSettings,
@@ -229,6 +241,14 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
     storage = dataclasses.replace(
         sections["storage"], url=_storage_url(base_dir, sections["storage"].url)
     )
+    for section, name in (
+        ("storage", "max_wait_s"),
+        ("storage", "busy_timeout_s"),
+        ("bot", "shutdown_grace_s"),
+        ("bot", "answer_backlog_minutes"),
+    ):
+        if getattr(sections[section], name) < 0:
+            where.fail(f"[{section}] {name}", "must not be negative")
 
     characters = _characters(where, raw.get("characters"), base_dir)
     names = [c.name.lower() for c in characters]
@@ -257,6 +277,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         training_overrides=overrides,
         model=model,
         storage=storage,
+        bot=sections["bot"],
         characters=tuple(characters),
         default_character=default,
         console=sections["console"],
@@ -407,6 +428,13 @@ def _characters(where: _Where, entries: Any, base: Path) -> list[Character]:
     fields = {f.name: f for f in dataclasses.fields(Character)}
     for index, entry in enumerate(entries, start=1):
         label = f"[[characters]] #{index}"
+        if not isinstance(entry, dict):
+            # characters = ["Mara"] or [1, 2]: a list of names is not how characters are made.
+            where.fail(
+                "characters",
+                f"entry #{index} is {entry!r}, not a table; each character is its own "
+                '[[characters]] table with name = "..." (see the example config.toml)',
+            )
         _reject_unknown(where, f"characters #{index}", entry, _CHARACTER_KEYS)
         values: dict[str, Any] = {}
         if "card" in entry:
