@@ -46,6 +46,7 @@ from adapters.telegram_reply import (
     TelegramReplyTarget,
     escape,
 )
+from adapters.telegram_swipes import SWIPE_STEPS, swipe_page, swipe_target
 from adapters.telegram_updates import (
     IntakeLedger,
     StoreThenConfirm,
@@ -341,6 +342,8 @@ class TelegramAdapter(PlatformAdapter):
             task.add_done_callback(self._tasks.discard)
         elif query.data == FIX:
             await self.ask_for_fix(query, message)
+        elif query.data in SWIPE_STEPS:
+            await swipe_page(self, query, message, SWIPE_STEPS[query.data])
         else:
             log.debug("telegram: ignoring button %r", (query.data or "")[:40])
             await query.answer()
@@ -351,11 +354,13 @@ class TelegramAdapter(PlatformAdapter):
             await query.answer(NOT_STORED)
             return
         await query.answer("🔁 Writing another reply…")
-        target = self.target(message.chat.id, topic_of(message), message.message_id)
+        # Written into the same message, which then pages through the siblings with ◀ ▶.
+        target = await swipe_target(self, message, topic_of(message))
         try:
             await self.core.regenerate(PLATFORM, chat_id, message_id, target)
         except CharbotError as exc:
             await target.notice(str(exc))
+        await self.core.swipes.regenerated(PLATFORM, chat_id, message_id)
 
     async def ask_for_fix(self, query: CallbackQuery, message: Message) -> None:
         """Telegram has no forms: a ForceReply prompt asks for the better answer, and a reply

@@ -41,14 +41,30 @@ FLOOD_ATTEMPTS = 5
 THUMBS_UP, THUMBS_DOWN, REGENERATE, CORRECT = "👍", "👎", "🔁", "✏️"
 # callback_data of the keyboard buttons (the message they sit on says which reply).
 VOTE_UP, VOTE_DOWN, REGEN, FIX = "vote:+1", "vote:-1", "regen", "fix"
+SWIPE_BACK, SWIPE_ON, SWIPE_AT = "swipe:-1", "swipe:+1", "swipe:0"  # ◀ ▶ and the "2/3" label
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
 T = TypeVar("T")
 
 
-def rating_keyboard() -> InlineKeyboardMarkup:
-    """👍 👎 🔁 ✏️ under a reply."""
-    return InlineKeyboardMarkup(
+def rating_keyboard(swipe: tuple[int, int] | None = None) -> InlineKeyboardMarkup:
+    """👍 👎 🔁 ✏️ under a reply; with ``swipe`` (sibling shown, of how many; from 1) a
+    ◀ n/N ▶ row above them pages through the reply's siblings."""
+    rows = rating_rows()
+    if swipe is not None and swipe[1] > 1:
+        rows.insert(
+            0,
+            [
+                InlineKeyboardButton("◀", callback_data=SWIPE_BACK),
+                InlineKeyboardButton(f"{swipe[0]}/{swipe[1]}", callback_data=SWIPE_AT),
+                InlineKeyboardButton("▶", callback_data=SWIPE_ON),
+            ],
+        )
+    return InlineKeyboardMarkup(rows)
+
+
+def rating_rows() -> list[list[InlineKeyboardButton]]:
+    return list(
         [
             [
                 InlineKeyboardButton(THUMBS_UP, callback_data=VOTE_UP),
@@ -136,6 +152,7 @@ class TelegramReplyTarget(ReplyTarget):
         self.reply_to = reply_to
         self.gate = gate or FloodGate()
         self.keyboard = keyboard
+        self.swipe: tuple[int, int] | None = None  # (sibling shown, of how many) for ◀ ▶
         self._pending: dict[str, tuple[str, Character]] = {}  # message id -> text to show
 
     async def typing(self) -> None:
@@ -212,7 +229,7 @@ class TelegramReplyTarget(ReplyTarget):
         if not message_ids:
             return
         last = message_ids[-1]
-        markup = rating_keyboard() if self.keyboard else None
+        markup = rating_keyboard(self.swipe) if self.keyboard else None
         for message_id in [m for m in message_ids if m in self._pending and m != last]:
             shown, who = self._pending[message_id]
             await self._flood_safe(lambda m=message_id, s=shown, w=who: self._edit(m, s, w))

@@ -24,6 +24,7 @@ from bot.prompt import build_prompt
 from bot.recovery import Recovered, TargetFor, recover
 from bot.reply import ReplyTarget, StreamRenderer
 from bot.sequencer import ChatLines, Turn
+from bot.swipes import Swipes
 from bot.turns import TurnFilter, cut_short_usage, scene_filter
 from storage.store import StorageUnavailable, Store, StoredInbound, StoredTurn, clean_text
 
@@ -84,6 +85,7 @@ class Core:
         self._lines = ChatLines()
         self._store_lines = ChatLines()
         self._chains = ChainCache(max_length=HISTORY_LIMIT)
+        self.swipes = Swipes(store)
         self.knowledge = Knowledge(settings.cache_dir / "knowledge", settings.knowledge_tokens)
         self._runs: dict[tuple[str, str, str], set[_Run]] = {}
         self._answering: set[asyncio.Task[ReplyResult | None]] = set()  # see receive()
@@ -283,6 +285,10 @@ class Core:
             parent = stored.parent_id
             if not stored.linked:
                 parent = await self.store.settle(stored.message_id, stored.conversation_id)
+            # After swipes, the conversation goes on from the sibling shown (choice stored).
+            parent = await self.swipes.continue_from(
+                stored.message_id, parent, msg.author_id, explicit=stored.replied is not None
+            )
             me = StoredTurn(stored.message_id, "user", msg.text, None, msg.author_name)
             chain = self._chains.extend(parent, me)
             if chain is None:

@@ -177,6 +177,21 @@ class Exclusion(Base):
     __table_args__ = (UniqueConstraint("message_id", name="uq_exclusion_message"),)
 
 
+class SwipeChoice(Base):
+    """Which sibling reply (swipe) a person kept: the conversation continued from
+    ``kept_id``; the other replies to ``parent_id`` were swiped away."""
+
+    __tablename__ = "swipe_choices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kept_id: Mapped[int] = mapped_column(ForeignKey("messages.id"))
+    parent_id: Mapped[int] = mapped_column(ForeignKey("messages.id"))
+    user_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_swipe_choices_parent", "parent_id"),)
+
+
 class ChatState(Base):
     """Per-chat settings that must survive restarts: the chat's current character."""
 
