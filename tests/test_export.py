@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from datasets import load_dataset
-from trl.data_utils import is_conversational
+from datasets import Dataset, load_dataset
+from trl.data_utils import apply_chat_template, is_conversational, unpair_preference_dataset
 
 from bot.core import Core
 from bot.messages import Inbound
@@ -17,6 +17,7 @@ from storage.feedback import Selection
 from storage.review import add_correction, exclude, list_exclusions, set_accepted, unexclude
 from tests.conftest import MakeCore
 from tests.fakes import FakeModel, RecordingTarget
+from tests.tiny_model import build_tokenizer
 from training.cleaning import Cleaner, Report
 from training.export import EXCLUDED, VoteRule, write_export
 
@@ -113,6 +114,21 @@ async def test_every_format_matches_the_stored_rows(make_core: MakeCore, tmp_pat
     loaded_kto = _load(tmp_path, "kto", kto)
     assert all(is_conversational(r) and isinstance(r["label"], bool) for r in loaded_kto)
     assert all("chosen" not in r for r in loaded_kto)  # unpaired: one completion, a label
+
+    # TRL sorts examples into dataset types by their keys; each format lands in its own.
+    tokenizer = build_tokenizer()
+    rendered = apply_chat_template(loaded[0], tokenizer)
+    assert set(rendered) == {"prompt", "completion"}  # prompt-completion
+    assert rendered["completion"] == "corrected answer<|im_end|>\n"
+    assert set(apply_chat_template(loaded_dpo, tokenizer)) == {"prompt", "chosen", "rejected"}
+    unpaired = apply_chat_template(loaded_kto[0], tokenizer)
+    assert set(unpaired) == {"prompt", "completion", "label"} and unpaired["label"] is False
+
+    as_kto = unpair_preference_dataset(Dataset.from_list([loaded_dpo]).remove_columns("meta"))
+    assert [(r["completion"], r["label"]) for r in as_kto] == [
+        (a("corrected answer"), True),
+        (a("bad answer"), False),
+    ]
 
     review, _ = await exported(core, "review")
     first = review[0]
