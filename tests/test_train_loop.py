@@ -96,12 +96,13 @@ system_prompt = "You are Bram."
 
         # Export and train (`charbot train`, a separate command), then choose the version.
         code = await asyncio.to_thread(
-            main, ["train", "--config", str(config), "--character", "Bram", "--quiet"]
+            main, ["train", "--config", str(config), "--character", "Bram", "--quiet", "--eval"]
         )
         assert code == 0
         (version,) = list_versions(loras, "Bram")
         assert version.metadata["examples"] == len(CORRECTIONS)
         assert version.metadata["stages"][-1]["name"] == "feedback"
+        assert version.metadata["evaluation"]["corrected_questions"] == len(CORRECTIONS)
         code = await asyncio.to_thread(
             main, ["adapters", "use", "Bram", "v1", "--config", str(config)]
         )
@@ -116,5 +117,18 @@ system_prompt = "You are Bram."
         assert closeness(after) > closeness(before) + 0.3, (before, after)
         replies = [r for r in await core.store.list_messages() if r.role == "assistant"]
         assert [r.adapter_version for r in replies] == [None] * 4 + [version.id] * 4
+
+        # charbot eval: the corrected prompts, answered by the version and by the bare base.
+        argv = ["eval", "--config", str(config), "--character", "Bram", "--against", "base"]
+        code = await asyncio.to_thread(main, [*argv, "--quiet"])
+        assert code == 0
+        (report,) = (tmp_path / "data" / "reports").glob("Bram-*/report.md")
+        text = report.read_text()
+        assert (report.parent / "similarity.png").is_file()
+        rows = [line for line in text.splitlines() if line.startswith(f"| {version.id} |")]
+        base_rows = [line for line in text.splitlines() if line.startswith("| base |")]
+        corrected = float(rows[0].split("|")[3])
+        assert corrected > float(base_rows[0].split("|")[3])
+        assert "0.00 of 4" in base_rows[0]  # live 👍 rate of the base: 0 of its 4 replies
     finally:
         await switcher.close()

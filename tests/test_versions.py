@@ -157,3 +157,84 @@ async def test_a_version_for_another_base_model_is_refused(make_core, tmp_path: 
         await switcher.use("Aria", "v1", "admin")
     assert await lora_choices.current_choices(core.store) == {}
     assert switcher.current("Aria") is None
+
+
+class VersionedFake(FakeModel):
+    """A FakeModel that reports the adapter version it used, as the real backend does."""
+
+    async def stream(self, request):  # type: ignore[no-untyped-def, override]
+        async for chunk in super().stream(request):
+            if chunk.usage is not None and request.adapter is not None:
+                chunk.usage.adapter_version = Path(request.adapter.path).name
+            yield chunk
+
+
+def _config(tmp_path: Path, db_url: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""
+[model]
+backend = "echo"
+[storage]
+url = "{db_url}"
+[training]
+loras_dir = "{tmp_path / "loras"}"
+[[characters]]
+name = "Aria"
+[[characters]]
+name = "Bram"
+"""
+    )
+    return path
+
+
+async def test_cli_lists_uses_rolls_back_and_counts_feedback_per_version(
+    make_core, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.cli import main
+
+    loras = tmp_path / "loras"
+    v1 = publish(fake_run(loras), loras, metadata(base="smollm2", fingerprint=""))
+    v2 = publish(fake_run(loras), loras, metadata(base="smollm2", fingerprint=""))
+    other = publish(fake_run(loras), loras, metadata(base="other", fingerprint="f00"))
+    core = await make_core(model=VersionedFake())
+    switcher = await _switcher(core, core.store, loras)
+    switcher.base = BaseIdentity("smollm2")
+    for version, vote in ((None, 1), ("v1", -1), ("v2", 1), (None, 1)):  # None: no switch
+        if version:
+            await switcher.use("Aria", version, "test")
+        await _reply(core)
+        (row,) = [r for r in await core.store.list_messages() if r.role == "assistant"][-1:]
+        await core.store.set_rating(row.id, "ann", vote)
+        if vote < 0:
+            await core.store.add_correction(row.id, "ann", "Better.")
+    config = str(_config(tmp_path, db_url))
+    capsys.readouterr()
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main([*argv, "--config", config])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = await asyncio.to_thread(run, "stats", "--by-version")
+    assert code == 0
+    lines = {tuple(line.split()[:2]): line.split()[2:] for line in out.splitlines()[1:]}
+    assert lines[("Aria", "base")] == ["1", "100%", "0%", "0"]
+    assert lines[("Aria", v1.id)] == ["1", "0%", "100%", "1"]
+    assert lines[("Aria", v2.id)] == ["2", "100%", "0%", "0"]
+
+    code, out, _ = await asyncio.to_thread(run, "adapters", "list", "aria")
+    assert code == 0 and f"▶ {v2.id}" in out and f"  {v1.id}" in out
+
+    code, out, _ = await asyncio.to_thread(run, "adapters", "rollback", "Aria")
+    assert code == 0 and f"Aria now speaks with {v1.id}" in out
+    await switcher.apply()  # what the running bot's next poll does
+    assert switcher.current("Aria") == v1.id
+
+    code, _, err = await asyncio.to_thread(run, "adapters", "use", "Aria", "v9")
+    assert code == 2 and "no LoRA version 'v9'" in err and len(err.splitlines()) == 1
+    code, _, err = await asyncio.to_thread(run, "adapters", "use", "Aria", other.id)
+    assert code == 2 and "another base model" in err and len(err.splitlines()) == 1
+    code, _, err = await asyncio.to_thread(run, "adapters", "use", "Nobody", "v1")
+    assert code == 2 and "unknown character" in err
+    assert (await lora_choices.current_choices(core.store))["aria"].version == v1.id

@@ -295,6 +295,10 @@ def train(
     import torch
 
     stop = stop or StopFlag()
+    if not progress:
+        from transformers.utils.logging import disable_progress_bar
+
+        disable_progress_bar()  # loading and saving bars
     started = time.perf_counter()
     torch.manual_seed(plan.settings.seed)
     model, tokenizer, base_path = loaded or load_for_training(plan.model, progress=progress)

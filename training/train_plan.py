@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import platform
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -232,10 +233,18 @@ async def run_training(
     if getattr(args, "eval", False):
         from training.eval_run import evaluate_directory
 
-        found = await evaluate_directory(
-            config, plan.character, "new", str(run.adapter_dir), run.adapter_dir, progress
-        )
-        evaluation = found.summary()
+        try:
+            found = await evaluate_directory(
+                config,
+                plan.character,
+                "new",
+                str(run.adapter_dir),
+                run.adapter_dir / "data",
+                progress,
+            )
+            evaluation = found.summary()
+        except CharbotError as exc:  # the trained weights are worth keeping without it
+            print(f"charbot: warning: evaluation skipped: {exc}", file=sys.stderr)
     base_path = Path(result.base_path)
     base = base_identity(config.model, str(base_path) if base_path.is_dir() else None)
     if base.fingerprint is None and base_path.is_dir():
