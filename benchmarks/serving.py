@@ -250,8 +250,22 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--worker", default="process", choices=["process", "thread"])
     parser.add_argument("--skip-cold", action="store_true", help="skip the cold-start runs")
+    # The same workload against an OpenAI-compatible server: see benchmarks/serving_openai.py.
+    parser.add_argument("--backend", default="transformers", choices=["transformers", "openai"])
+    parser.add_argument("--base-url", help="openai: the server's API root, e.g. .../v1")
+    parser.add_argument("--model", default="smollm2", help="openai: the served base model")
+    parser.add_argument(
+        "--loras", default="0,1,2,3", help="openai: 4 LoRA module names, or llama-server ids"
+    )
+    parser.add_argument("--llama-server", help="openai: start this llama-server binary")
+    parser.add_argument("--threads", type=int, default=1, help="openai: llama-server threads")
     args = parser.parse_args()
-    result = asyncio.run(run(args))
+    if args.backend == "openai":
+        from benchmarks.serving_openai import run_openai
+
+        result = asyncio.run(run_openai(args))
+    else:
+        result = asyncio.run(run(args))
     print_table(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,133 @@
+"""The serving workload of benchmarks/serving.py against an OpenAI-compatible server.
+
+    # a server you started (vLLM: LoRA modules char0..char3; llama-server: adapter ids 0..3)
+    .venv/bin/python benchmarks/serving.py --backend openai --base-url http://127.0.0.1:8000/v1 \
+        --model smollm2 --loras char0,char1,char2,char3
+    .venv/bin/python benchmarks/serving.py --backend openai --base-url ... --loras 0,1,2,3
+    # or let the benchmark start llama-server with the same four adapters as the local run
+    .venv/bin/python benchmarks/serving.py --backend openai --llama-server PATH --threads 1
+
+The same requests as the local engine's run: one stream (greedy, ``--tokens`` new tokens)
+without and with an adapter, then 1/4/16/32 conversations over 4 characters, each with its
+own LoRA, against the same requests one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.serving import QUESTIONS, make_adapters, one_stream, timed_reply  # noqa: E402
+from bot.characters import Character  # noqa: E402
+from bot.config import ModelSettings  # noqa: E402
+from bot.models.base import GenerationRequest, Sampling  # noqa: E402
+
+
+def characters(loras: list[str]) -> list[Character]:
+    """char0..charN, each on its LoRA: an integer is a llama-server adapter id, else a
+    served model name (a vLLM LoRA module)."""
+    return [
+        Character(name=f"char{i}", lora=int(lora))
+        if lora.isdigit()
+        else Character(name=f"char{i}", model=lora)
+        for i, lora in enumerate(loras)
+    ]
+
+
+def start_llama_server(binary: str, threads: int, root: Path):  # type: ignore[no-untyped-def]
+    """llama-server on the bundled GGUF with the local run's four adapters, converted."""
+    from bot.models.gguf_lora import convert
+    from bot.models.local_files import convert_bundled, find_bundled_gguf
+    from tests.llama_server import LlamaServer
+
+    base_dir = convert_bundled(ROOT / "data" / "models", progress=False)
+    files = []
+    for path in make_adapters(str(base_dir), root, 4, distinct=4):
+        files.append(root / f"{path.parent.name}.gguf")
+        convert(path, base_dir, files[-1])
+    log = root / "server.log"
+    server = LlamaServer(Path(binary), find_bundled_gguf(), files, log, parallel=32)
+    server.threads = threads
+    server.start()
+    print(f"llama-server healthy {server.started_in:.1f} s after start")
+    return server
+
+
+async def run_openai(args) -> dict:  # type: ignore[no-untyped-def]
+    from bot.models.openai_backend import OpenAIModel
+
+    tmp = Path(tempfile.mkdtemp(prefix="charbot-bench-openai-"))
+    server = None
+    try:
+        base_url, loras = args.base_url, args.loras.split(",")
+        if args.llama_server:
+            server = start_llama_server(args.llama_server, args.threads, tmp)
+            base_url, loras = server.base_url, ["0", "1", "2", "3"]
+        if not base_url:
+            raise SystemExit("--backend openai needs --base-url URL or --llama-server BINARY")
+        result: dict = {"backend": "openai", "base_url": base_url}
+        if server is not None:
+            result["server_start_s"] = round(server.started_in, 2)
+        settings = ModelSettings(
+            backend="openai",
+            base_url=base_url,
+            model=args.model,
+            timeout_s=300.0,
+            max_concurrency=64,
+            max_queue=256,
+        )
+        model = OpenAIModel(settings, characters(loras))
+        await model.start()
+        greedy = Sampling(max_new_tokens=args.tokens, temperature=0, repetition_penalty=1.0)
+        warm = GenerationRequest([{"role": "user", "content": "Hi"}], greedy)
+        await timed_reply(model, warm)
+        one = [{"role": "user", "content": QUESTIONS[2]}]
+        rate, ttft, _ = await one_stream(model, GenerationRequest(one, greedy))
+        result["one_stream_tok_s"], result["one_stream_ttft_s"] = rate, ttft
+        adapter = GenerationRequest(one, greedy, character="char0")
+        result["one_stream_adapter_tok_s"], _, _ = await one_stream(model, adapter)
+        print(
+            f"one stream: {rate} tok/s, ttft {ttft * 1e3:.0f} ms; with an adapter: "
+            f"{result['one_stream_adapter_tok_s']} tok/s"
+        )
+        requests = [
+            GenerationRequest(
+                [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                greedy,
+                character=f"char{i % len(loras)}",
+            )
+            for i in range(max(args.concurrency))
+        ]
+        sequential = [await timed_reply(model, r) for r in requests]
+        result["concurrency"] = []
+        for n in args.concurrency:
+            start = time.perf_counter()
+            done = await asyncio.gather(*(timed_reply(model, r) for r in requests[:n]))
+            wall = time.perf_counter() - start
+            latencies = sorted(s for _, _, s in done)
+            row = {
+                "conversations": n,
+                "aggregate_tok_s": round(sum(t for t, _, _ in done) / wall, 1),
+                "sequential_tok_s": round(
+                    sum(t for t, _, _ in sequential[:n]) / sum(s for _, _, s in sequential[:n]),
+                    1,
+                ),
+                "p50_s": round(statistics.median(latencies), 2),
+                "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2),
+            }
+            result["concurrency"].append(row)
+            print(row)
+        await model.close()
+    finally:
+        if server is not None:
+            server.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
