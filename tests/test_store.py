@@ -3,6 +3,7 @@ vote semantics."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,24 @@ async def test_one_vote_per_user_change_and_removal(store: Store) -> None:
     assert [(r.user_id, r.value) for r in await store.list_ratings()] == [("u2", -1)]
     with pytest.raises(ValueError):
         await store.set_rating(reply, "u1", 5)
+
+
+async def test_two_processes_voting_at_once_keep_one_vote_per_user(
+    store: Store, db_url: str
+) -> None:
+    """Two bot processes on one database (each store has its own connection and thread):
+    the same user's votes racing in from both still end as one vote per user per reply."""
+    _, reply = await add_exchange(store)
+    other = await Store.open(db_url)
+    try:
+        votes = [
+            (s, user, value) for user in ("u1", "u2") for value in (1, -1) for s in (store, other)
+        ]
+        await asyncio.gather(*(s.set_rating(reply, user, value) for s, user, value in votes * 5))
+    finally:
+        await other.close()
+    rows = await store.list_ratings()
+    assert sorted(r.user_id for r in rows) == ["u1", "u2"]
 
 
 async def test_corrections_and_chat_state_survive_reopen(db_url: str) -> None:
