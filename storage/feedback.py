@@ -10,13 +10,14 @@ from typing import Any
 
 from sqlalchemy import Connection, case, func, select, union
 
-from storage.schema import Correction, Exclusion, Message, Rating
+from storage.schema import Correction, Exclusion, Message, Rating, SwipeChoice
 from storage.store import Store
 
 _M = Message.__table__
 _R = Rating.__table__
 _X = Correction.__table__
 _E = Exclusion.__table__
+_W = SwipeChoice.__table__
 
 # Rows fetched per round trip: bounded memory with server-side cursors (PostgreSQL) and
 # few round trips; SQLite's cursor is lazy anyway.
@@ -64,6 +65,9 @@ class FeedbackRow:
     down: int
     excluded: str | None  # the reviewer's reason, when excluded
     corrections: tuple[CorrectionRow, ...]
+    # The sibling a person kept when the conversation went on (swipes): the newest choice
+    # for this reply's parent. None when no choice was made among these siblings.
+    kept_id: int | None = None
 
     @property
     def score(self) -> int:
@@ -92,11 +96,23 @@ def _filters(selection: Selection) -> list[Any]:
     return where
 
 
-def _replies_query(selection: Selection) -> Any:
+def _replies_query(selection: Selection, swipes: bool) -> Any:
     # Candidates come from the feedback tables (small) and reach messages by primary key, so
-    # a million unrated messages are never scanned. A later source of preferences (the kept
-    # swipe of issue 11) joins this union.
-    with_feedback = union(select(_R.c.message_id), select(_X.c.message_id)).subquery()
+    # a million unrated messages are never scanned. With swipe choices stored, every sibling
+    # of a kept reply is a candidate too (one pass over messages: reply_to_id has no index).
+    sources = [select(_R.c.message_id), select(_X.c.message_id)]
+    if swipes:
+        sibling = _M.alias("sibling")
+        sources.append(
+            select(sibling.c.id).where(sibling.c.reply_to_id.in_(select(_W.c.parent_id)))
+        )
+    with_feedback = union(*sources).subquery()
+    latest = (
+        select(_W.c.parent_id, func.max(_W.c.id).label("choice"))
+        .group_by(_W.c.parent_id)
+        .subquery()
+    )
+    kept = select(_W.c.parent_id, _W.c.kept_id).join(latest, latest.c.choice == _W.c.id).subquery()
     votes = (
         select(
             _R.c.message_id,
@@ -118,13 +134,15 @@ def _replies_query(selection: Selection) -> Any:
             _M.c.text,
             _M.c.prompt_json,
             _M.c.created_at,
-            func.coalesce(votes.c.up, 0),
-            func.coalesce(votes.c.down, 0),
+            func.coalesce(votes.c.up, 0).label("up"),
+            func.coalesce(votes.c.down, 0).label("down"),
             _E.c.reason,
+            kept.c.kept_id,
         )
         .join(with_feedback, with_feedback.c.message_id == _M.c.id)
         .outerjoin(votes, votes.c.message_id == _M.c.id)
         .outerjoin(_E, _E.c.message_id == _M.c.id)
+        .outerjoin(kept, kept.c.parent_id == _M.c.reply_to_id)
         .where(*_filters(selection))
         # Siblings (replies to one message) come together, so preference pairs are found
         # while streaming; ids make the order total, so every export is the same.
@@ -151,9 +169,14 @@ def _corrections_query(selection: Selection) -> Any:
     )
 
 
+def _has_swipes(conn: Connection) -> bool:
+    return conn.execute(select(_W.c.id).limit(1)).first() is not None
+
+
 def count_feedback(conn: Connection, selection: Selection = Selection()) -> int:
     """How many replies :func:`iter_feedback` will yield (for a progress bar's total)."""
-    query = _replies_query(selection).with_only_columns(func.count()).order_by(None)
+    query = _replies_query(selection, _has_swipes(conn))
+    query = query.with_only_columns(func.count()).order_by(None)
     return int(conn.execute(query.execution_options(yield_per=None)).scalar_one())
 
 
@@ -165,7 +188,7 @@ def iter_feedback(conn: Connection, selection: Selection = Selection()) -> Itera
     """
     fixes = iter(conn.execute(_corrections_query(selection)))
     fix = next(fixes, None)
-    for row in conn.execute(_replies_query(selection)):
+    for row in conn.execute(_replies_query(selection, _has_swipes(conn))):
         key = (row.reply_to_id, row.id)
         found: list[CorrectionRow] = []
         while fix is not None and (fix.reply_to_id, fix.message_id) <= key:
@@ -187,10 +210,11 @@ def iter_feedback(conn: Connection, selection: Selection = Selection()) -> Itera
             text=row.text,
             prompt_json=row.prompt_json,
             created_at=row.created_at,
-            up=int(row[10]),
-            down=int(row[11]),
+            up=int(row.up),
+            down=int(row.down),
             excluded=row.reason,
             corrections=tuple(found),
+            kept_id=row.kept_id,
         )
 
 

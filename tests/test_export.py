@@ -396,6 +396,7 @@ async def test_postgresql_exports_what_sqlite_exports(tmp_path: Path, pg_url: st
     """The migration and the streamed queries (server-side cursors there) on PostgreSQL."""
     from bot.config import ModelSettings
     from storage.store import Store
+    from storage.swipes import keep
     from tests.conftest import DEFAULT_CHARACTERS
 
     outputs = []
@@ -416,6 +417,7 @@ async def test_postgresql_exports_what_sqlite_exports(tmp_path: Path, pg_url: st
 
         core, ids, _ = await _scene(factory)
         await exclude(core.store, ids["liked"], "test", "rita")
+        await keep(core.store, kept_id=ids["sibling"], relink_id=None, user_id="u1")
         found = {}
         for fmt in ("sft", "dpo", "kto", "review"):
             records, report = await exported(core, fmt)
@@ -430,3 +432,37 @@ async def test_postgresql_exports_what_sqlite_exports(tmp_path: Path, pg_url: st
         await store.close()
     assert outputs[0] == outputs[1]
     assert outputs[1]["sft"][1]["removed"] == {EXCLUDED: 1}
+    assert outputs[1]["dpo"][0][0]["meta"]["swipe"] == "away"
+
+
+async def test_dpo_pairs_the_kept_swipe_against_the_swiped_away(make_core: MakeCore) -> None:
+    from storage.feedback import count_feedback, iter_feedback
+    from storage.swipes import keep
+
+    core = await make_core(model=FakeModel(["take one", "take two", "take three", "fourth"]))
+    first = await core.handle(msg("Tell me a story", 1), RecordingTarget())
+    second = await core.regenerate("test", "c1", first.message_ids[0], RecordingTarget())
+    third = await core.regenerate("test", "c1", first.message_ids[0], RecordingTarget())
+    await core.handle(msg("unrelated, unrated", 2), RecordingTarget())
+    await keep(core.store, kept_id=third.reply_id, relink_id=None, user_id="u1")
+    await keep(core.store, kept_id=second.reply_id, relink_id=None, user_id="u1")  # newest
+    await core.rate("test", "c1", third.message_ids[0], "u2", 1)  # liked, though swiped away
+    dpo, _ = await exported(core, "dpo")
+    assert [(r["chosen"], r["rejected"], r["meta"]["chosen_from"]) for r in dpo] == [
+        (a("take two"), a("take one"), "kept swipe")
+    ]
+    assert dpo[0]["meta"]["chosen_reply_id"] == second.reply_id
+    assert dpo[0]["meta"]["swipe"] == "away"
+    # Only the 👍 sibling is voted or corrected: the other formats see nothing else.
+    assert [r["id"] for r in (await exported(core, "review"))[0]] == [third.reply_id]
+    assert len((await exported(core, "kto"))[0]) == 1
+    await core.rate("test", "c1", first.message_ids[0], "u2", -1)
+    await core.correct("test", "c1", first.message_ids[0], "u2", "A better story.")
+    (record,), _ = await exported(core, "dpo")
+    assert (record["chosen"], record["meta"]["chosen_from"]) == (a("A better story."), "correction")
+
+    def counted(conn) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+        return count_feedback(conn), len(list(iter_feedback(conn)))
+
+    total, rows = await core.store.read(counted)
+    assert total == rows == 3

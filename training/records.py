@@ -6,7 +6,8 @@ from. The formats are TRL's dataset types:
 
 - ``sft``: conversational prompt–completion, so the loss falls on the answer only;
 - ``sft-messages``: the same as one ``messages`` list, for tools that want that form;
-- ``dpo``: preference (``prompt``/``chosen``/``rejected``);
+- ``dpo``: preference (``prompt``/``chosen``/``rejected``): chosen is a correction, the
+  sibling a person kept (swipes) or a liked sibling; rejected is a 👎 or swiped-away reply;
 - ``kto``: unpaired preference (``prompt``/``completion``/``label``);
 - ``review``: an editable record for a person, read back by ``charbot import-corrections``.
 
@@ -87,6 +88,7 @@ def meta(row: FeedbackRow) -> dict[str, Any]:
         "correction_authors": [c.author for c in row.corrections],
         "correction_sources": [c.source for c in row.corrections],
         "corrected_at": row.corrections[-1].created_at if row.corrections else None,
+        "swipe": None if row.kept_id is None else ("kept" if row.kept_id == row.id else "away"),
     }
 
 
@@ -120,18 +122,23 @@ def _sft(group: Sequence[FeedbackRow], votes: VoteRule, *, messages: bool) -> It
 
 
 def _dpo(group: Sequence[FeedbackRow], votes: VoteRule) -> Iterator[Built]:
-    # The best liked sibling that a reviewer did not exclude: highest score, then oldest.
+    # The sibling a person kept (swipes), and the best liked sibling — highest score, then
+    # oldest — that a reviewer did not exclude.
+    kept = next((r for r in group if r.kept_id == r.id and r.excluded is None), None)
     liked = sorted(
         (r for r in group if votes.good(r) and r.excluded is None), key=lambda r: (-r.score, r.id)
     )
     for row in group:
-        if not votes.bad(row):
+        swiped_away = kept is not None and row.kept_id not in (None, row.id)
+        # Rejected: a 👎 reply, or one swiped away (unless people liked it after all).
+        if not (votes.bad(row) or (swiped_away and not votes.good(row))):
             continue
         fix = better(row)
-        # A later kept swipe (issue 11) slots in between the correction and a liked sibling.
         sibling = next((r for r in liked if r.text != row.text), None)
         if fix is not None and fix.text != row.text:
             chosen, source, chosen_id = fix.text, "correction", None
+        elif kept is not None and kept.id != row.id and kept.text != row.text:
+            chosen, source, chosen_id = kept.text, "kept swipe", kept.id
         elif sibling is not None:
             chosen, source, chosen_id = sibling.text, "sibling", sibling.id
         else:
@@ -161,6 +168,8 @@ def _kto(group: Sequence[FeedbackRow], votes: VoteRule) -> Iterator[Built]:
 
 def _review(group: Sequence[FeedbackRow]) -> Iterator[Built]:
     for row in group:
+        if not (row.up or row.down or row.corrections):
+            continue  # a sibling here only because a swipe chose another
         record = {
             "id": row.id,
             "conversation_id": row.conversation_id,
