@@ -183,3 +183,32 @@ def test_bad_training_input_is_one_line_and_exit_code_2(
     assert expected in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not list((tmp_path / "data" / "loras").glob("*/v*"))  # nothing was published
+
+
+def test_training_settings_per_character_override_the_defaults(tmp_path: Path) -> None:
+    from bot.config import load_config
+    from bot.errors import ConfigError
+
+    path = tmp_path / "config.toml"
+    path.write_text(
+        """
+[training]
+epochs = 4
+rank = 8
+[training.characters.Bram]
+epochs = 2
+target_modules = ["q_proj", "v_proj"]
+[[characters]]
+name = "Bram"
+[[characters]]
+name = "Mara"
+"""
+    )
+    config = load_config(path)
+    bram, mara = config.training_for("bram"), config.training_for("Mara")
+    assert (bram.epochs, bram.rank, bram.target_modules) == (2, 8, ("q_proj", "v_proj"))
+    assert (mara.epochs, mara.rank, mara.target_modules) == (4, 8, ("all-linear",))
+    assert bram.loras_dir == tmp_path / "data" / "loras"
+    path.write_text(path.read_text().replace("epochs = 2", "epoch = 2"))
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        load_config(path)

@@ -238,3 +238,12 @@ async def test_cli_lists_uses_rolls_back_and_counts_feedback_per_version(
     code, _, err = await asyncio.to_thread(run, "adapters", "use", "Nobody", "v1")
     assert code == 2 and "unknown character" in err
     assert (await lora_choices.current_choices(core.store))["aria"].version == v1.id
+
+
+def test_not_enough_disk_is_one_line_before_training(tmp_path: Path) -> None:
+    from training.versions import VersionError, check_disk
+
+    check_disk(tmp_path / "loras", 1)
+    with pytest.raises(VersionError, match=r"not enough disk space in .* MB free") as caught:
+        check_disk(tmp_path / "loras", 10**18)
+    assert "\n" not in str(caught.value)

@@ -88,7 +88,10 @@ async def build_plan(config: Config, name: str, args: argparse.Namespace) -> tup
     run = new_run(settings.loras_dir, name)
     data = run.path / "data"
     for index, stage in enumerate(stages, start=1):
-        write_records(data / f"stage-{index}-{stage.name}.jsonl", stage.records)
+        written = write_records(data / f"stage-{index}-{stage.name}.jsonl", stage.records)
+        if not stage.files or not stage.files[0].sha256:  # a fresh export: hash its records
+            label = stage.files[0].path if stage.files else stage.name
+            stage.files = [DataFile(label, written.sha256, written.records)]
     write_records(data / HELDOUT, validation)
     plan = TrainPlan(
         name,
