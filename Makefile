@@ -20,7 +20,7 @@ $(VENV)/.torch: $(BIN)/python
 	touch $@
 
 $(VENV)/.project: $(VENV)/.torch pyproject.toml
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev,web]"
 	touch $@
 
 $(VENV)/.models: $(VENV)/.project

@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 
-from bot import card_import
+from bot import card_import, web_command
 from bot.config import BACKENDS, Config, config_path, load_config, read_token
 from bot.errors import CharbotError
 from storage.errors import StorageError
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--by-version", action="store_true", help="per LoRA version instead")
     lora_commands.add_commands(commands, common)  # train, eval, adapters
+    web_command.add_parser(commands, common)  # web (the studio)
     return parser
 
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             "characters": card_import.import_command,
             **data_commands.commands(),
             **lora_commands.COMMANDS,
+            "web": web_command.web_command,
         }[args.command]
         return asyncio.run(command(config, args))
     except (CharbotError, StorageError) as exc:
@@ -117,6 +119,10 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
         tokens["discord"] = read_token("discord", config.discord.token_env)
     if config.telegram.enabled:
         tokens["telegram"] = read_token("telegram", config.telegram.token_env)
+    if config.web.enabled:  # refused before the model loads: another host needs a password
+        from adapters.web.security import admin_password
+
+        admin_password(config.web.host, config.web.password_env)
 
     async with open_core(config) as core:
         adapters: list[PlatformAdapter] = []
@@ -128,6 +134,10 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
             from adapters.telegram_adapter import TelegramAdapter
 
             adapters.append(TelegramAdapter(config.telegram, core, tokens["telegram"]))
+        if config.web.enabled:  # the studio, served in this same loop
+            from adapters.web.app import WebAdapter
+
+            adapters.append(WebAdapter(core, config))
         console = None
         if not adapters and config.console.enabled:
             console = ConsoleAdapter(core, user_name=config.console.user_name)

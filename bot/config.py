@@ -115,6 +115,18 @@ class CleanSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSettings:
+    """[web]: the studio, a local web app (adapters/web). Any host but 127.0.0.1 needs the
+    admin password in the environment variable named by password_env."""
+
+    enabled: bool = False  # also serve it inside `charbot run`
+    host: str = "127.0.0.1"
+    port: int = 8765
+    password_env: str | None = None  # the admin password's environment variable (never a value)
+    user_name: str = "User"  # the name web chat messages are stored under
+
+
+@dataclass(frozen=True, slots=True)
 class TrainingSettings:
     """[training] (and [training.characters.NAME] overrides): LoRA fine-tuning of a character.
 
@@ -156,6 +168,7 @@ class Config:
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     telegram: TelegramSettings = field(default_factory=TelegramSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     bot: BotSettings = field(default_factory=BotSettings)
     clean: CleanSettings = field(default_factory=CleanSettings)
     # Per-character [clean.characters.NAME] rules, by lower-case name; see clean_for.
@@ -183,6 +196,7 @@ _SECTIONS = {
     "console": ConsoleSettings,
     "discord": DiscordSettings,
     "telegram": TelegramSettings,
+    "web": WebSettings,
 }
 _TOP_LEVEL = {*_SECTIONS, "characters", "default_character", "clean", "training"}
 _CHARACTER_KEYS = {f.name for f in dataclasses.fields(Character)} - {"extensions", "lorebook"}
@@ -283,6 +297,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         console=sections["console"],
         discord=sections["discord"],
         telegram=sections["telegram"],
+        web=sections["web"],
     )
 
 

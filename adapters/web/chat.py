@@ -1,0 +1,191 @@
+"""The chat page and its API: send (streamed), rate, correct, regenerate, reset, choose a
+character. The web chat is a platform like the others: every message goes through the same
+core methods as Telegram's, with ``platform = "web"`` and the browser session as the chat."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from adapters.web.context import PLATFORM, guarded, problem, render, studio_of
+from adapters.web.security import viewer_id
+from adapters.web.target import WebTarget, new_message_id, stream_events
+from bot.core import ReplyResult
+from bot.errors import CharbotError
+from bot.messages import Inbound
+from storage.studio import current_conversation
+
+MAX_TEXT = 8000  # characters in one message or correction
+
+
+async def chat_page(request: Request) -> Response:
+    studio = studio_of(request)
+    viewer = viewer_id(request)
+    current = await studio.core.current_character(PLATFORM, viewer)
+    lines = await current_conversation(studio.core.store, PLATFORM, viewer, viewer)
+    return render(
+        request,
+        "chat.html",
+        characters=studio.core.characters,
+        current=current,
+        lines=lines,
+    )
+
+
+async def _json(request: Request) -> dict[str, Any] | Response:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        return problem("the request body is not JSON; send a JSON object")
+    if not isinstance(body, dict):
+        return problem("the request body must be a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any], key: str) -> str | Response:
+    value = body.get(key)
+    if not isinstance(value, str) or not value.strip():
+        return problem(f"{key}: write some text first")
+    if len(value) > MAX_TEXT:
+        return problem(f"{key}: {len(value)} characters is too long; keep it under {MAX_TEXT}")
+    return value
+
+
+def _message_id(body: dict[str, Any], key: str = "message_id") -> str | Response:
+    value = body.get(key)
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        return problem(f"{key}: expected the id of a message shown in this chat")
+    return value
+
+
+def _sse(target: WebTarget, work: Any) -> StreamingResponse:
+    return StreamingResponse(
+        stream_events(target, work),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+    )
+
+
+async def send(request: Request) -> Response:
+    body = await _json(request)
+    if isinstance(body, Response):
+        return body
+    text = _text(body, "text")
+    if isinstance(text, Response):
+        return text
+    reply_to = body.get("reply_to")
+    if reply_to is not None:
+        reply_to = _message_id(body, "reply_to")
+        if isinstance(reply_to, Response):
+            return reply_to
+    studio, viewer = studio_of(request), viewer_id(request)
+    inbound = Inbound(
+        platform=PLATFORM,
+        chat_id=viewer,
+        message_id=new_message_id("u"),
+        author_id=viewer,
+        author_name=studio.user_name,
+        text=text,
+        # The sibling shown (after 🔁 and ◀ ▶) is what the conversation continues from.
+        reply_to_id=reply_to,
+    )
+    target = WebTarget()
+
+    async def work() -> ReplyResult | None:
+        task = await studio.core.receive(inbound, target)
+        return None if task is None else await task
+
+    return _sse(target, work())
+
+
+async def regenerate(request: Request) -> Response:
+    body = await _json(request)
+    if isinstance(body, Response):
+        return body
+    message_id = _message_id(body)
+    if isinstance(message_id, Response):
+        return message_id
+    studio, viewer = studio_of(request), viewer_id(request)
+    if await studio.core.reply_character(PLATFORM, viewer, message_id) is None:
+        return problem("message_id: not a reply in this chat", 404)
+    target = WebTarget()
+    return _sse(target, studio.core.regenerate(PLATFORM, viewer, message_id, target))
+
+
+async def rate(request: Request) -> Response:
+    body = await _json(request)
+    if isinstance(body, Response):
+        return body
+    message_id = _message_id(body)
+    if isinstance(message_id, Response):
+        return message_id
+    value = body.get("value")
+    if value not in (1, -1, 0) or isinstance(value, bool):
+        return problem("value: use 1 (👍), -1 (👎) or 0 (remove your vote)")
+    studio, viewer = studio_of(request), viewer_id(request)
+    if not await studio.core.rate(PLATFORM, viewer, message_id, viewer, value):
+        return problem("message_id: not a reply in this chat", 404)
+    return JSONResponse({"ok": True, "value": value})
+
+
+async def correct(request: Request) -> Response:
+    body = await _json(request)
+    if isinstance(body, Response):
+        return body
+    message_id = _message_id(body)
+    text = _text(body, "text")
+    for checked in (message_id, text):
+        if isinstance(checked, Response):
+            return checked
+    studio, viewer = studio_of(request), viewer_id(request)
+    if not await studio.core.correct(PLATFORM, viewer, str(message_id), viewer, str(text)):
+        return problem("message_id: not a reply in this chat", 404)
+    return JSONResponse({"ok": True})
+
+
+async def reset(request: Request) -> Response:
+    studio, viewer = studio_of(request), viewer_id(request)
+    await studio.core.reset(PLATFORM, viewer)
+    return JSONResponse({"ok": True})
+
+
+async def choose_character(request: Request) -> Response:
+    body = await _json(request)
+    if isinstance(body, Response):
+        return body
+    name = body.get("name")
+    if not isinstance(name, str):
+        return problem("name: expected a character's name")
+    studio, viewer = studio_of(request), viewer_id(request)
+    try:
+        character = await studio.core.set_character(PLATFORM, viewer, name)
+    except CharbotError as exc:
+        return problem(str(exc))
+    greeting = None
+    if character.greeting:
+        target = WebTarget()
+        await studio.core.greet(PLATFORM, viewer, None, studio.user_name, target)
+        shown = [data for event, data in _drain(target) if event == "text"]
+        greeting = shown[-1] if shown else None
+    return JSONResponse({"character": character.name, "greeting": greeting})
+
+
+def _drain(target: WebTarget) -> list[tuple[str, Any]]:
+    found = []
+    while not target.events.empty():
+        found.append(target.events.get_nowait())
+    return found
+
+
+ROUTES = [
+    ("/", guarded(chat_page), ["GET"]),
+    ("/api/chat/send", guarded(send), ["POST"]),
+    ("/api/chat/regenerate", guarded(regenerate), ["POST"]),
+    ("/api/chat/rate", guarded(rate), ["POST"]),
+    ("/api/chat/correct", guarded(correct), ["POST"]),
+    ("/api/chat/reset", guarded(reset), ["POST"]),
+    ("/api/chat/character", guarded(choose_character), ["POST"]),
+]

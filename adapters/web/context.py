@@ -1,0 +1,102 @@
+"""What every studio route shares: the running core and settings, page rendering, the
+session's checks (CSRF, admin) and one-line errors."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from adapters.web import security
+from bot.config import Config
+from bot.core import Core
+
+TEMPLATES = Path(__file__).parent / "templates"
+PLATFORM = "web"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass
+class Studio:
+    """The studio's dependencies, passed to every route through ``request.app.state``."""
+
+    core: Core
+    config: Config
+    password: str | None  # the admin password; None: everyone is admin (loopback only)
+
+    @property
+    def user_name(self) -> str:
+        return self.config.web.user_name
+
+
+def make_templates() -> Jinja2Templates:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,  # every page: user and model text is always escaped
+        undefined=jinja2.StrictUndefined,
+    )
+    return Jinja2Templates(env=env)
+
+
+def studio_of(request: Request) -> Studio:
+    return request.app.state.studio  # type: ignore[no-any-return]
+
+
+def is_admin(request: Request) -> bool:
+    return studio_of(request).password is None or request.session.get("admin") is True
+
+
+def render(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
+    studio = studio_of(request)
+    context.update(
+        csrf=security.csrf_token(request),
+        admin=is_admin(request),
+        locked=studio.password is not None,
+        flash=request.session.pop("flash", None),
+        path=request.url.path,
+    )
+    templates: Jinja2Templates = request.app.state.templates
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def problem(text: str, status_code: int = 400) -> JSONResponse:
+    """One line saying what is wrong and how to fix it."""
+    return JSONResponse({"error": text}, status_code=status_code)
+
+
+def flash(request: Request, text: str) -> None:
+    request.session["flash"] = text
+
+
+async def form_csrf(request: Request) -> Any:
+    """The posted form, or None when its CSRF token does not match the session's."""
+    form = await request.form()
+    given = form.get(security.CSRF_FIELD) or request.headers.get(security.CSRF_HEADER)
+    return form if security.csrf_ok(request, str(given) if given else None) else None
+
+
+def guarded(handler: Handler, *, admin: bool = False) -> Handler:
+    """Wrap a route: admin-only pages need the login when a password is set, and every
+    state-changing request needs the session's CSRF token (header or form field)."""
+
+    async def route(request: Request) -> Response:
+        changing = request.method not in ("GET", "HEAD")
+        if admin and not is_admin(request):
+            if changing:
+                return problem("log in first: this page is for the studio's admin", 403)
+            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        if changing and request.headers.get("content-type", "").startswith("application/json"):
+            if not security.csrf_ok(request, request.headers.get(security.CSRF_HEADER)):
+                return problem("missing or wrong CSRF token; reload the page and try again", 403)
+        elif changing and await form_csrf(request) is None:
+            return problem("missing or wrong CSRF token; reload the page and try again", 403)
+        return await handler(request)
+
+    return route

@@ -1,0 +1,5 @@
+"""reports pages of the studio."""
+
+from __future__ import annotations
+
+ROUTES: list = []

@@ -1,0 +1,5 @@
+"""review pages of the studio."""
+
+from __future__ import annotations
+
+ROUTES: list = []

@@ -1,0 +1,326 @@
+// charbot studio: a little progressive enhancement over server-rendered pages.
+// Every piece of user or model text is put in the page with textContent, never as HTML.
+"use strict";
+
+const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
+
+async function postJSON(url, body) {
+  const response = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-csrf-token": csrf() },
+    body: JSON.stringify(body || {}),
+    credentials: "same-origin",
+  });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.error || response.statusText);
+  return data;
+}
+
+// Reads a POST response of server-sent events (event:/data: frames) and calls onEvent.
+async function postStream(url, body, onEvent) {
+  const response = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-csrf-token": csrf() },
+    body: JSON.stringify(body),
+    credentials: "same-origin",
+  });
+  if (!response.ok) {
+    const data = await response.json().catch(() => ({}));
+    throw new Error(data.error || response.statusText);
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = "message";
+      let data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) event = line.slice(7);
+        else if (line.startsWith("data: ")) data += line.slice(6);
+      }
+      onEvent(event, data ? JSON.parse(data) : {});
+    }
+  }
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// -- chat ------------------------------------------------------------------------------------
+
+function setupChat() {
+  const log = document.getElementById("log");
+  const form = document.getElementById("send");
+  const input = document.getElementById("text");
+  const status = document.getElementById("status");
+  const say = (text) => { status.textContent = text; };
+  let busy = false;
+
+  // A reply bubble holds its siblings (🔁 makes another, ◀ ▶ page through them).
+  function makeGroup(li, first) {
+    li.siblings = [first];
+    li.index = 0;
+    addControls(li);
+    show(li);
+  }
+
+  function show(li) {
+    const s = li.siblings[li.index];
+    li.dataset.id = s.id || "";
+    li.querySelector(".text").textContent = s.text;
+    li.querySelector(".who").textContent = s.character || li.querySelector(".who").textContent;
+    const pager = li.querySelector(".pager");
+    pager.hidden = li.siblings.length < 2;
+    pager.querySelector(".count").textContent = `${li.index + 1}/${li.siblings.length}`;
+    li.querySelector(".up").classList.toggle("on", s.vote === 1);
+    li.querySelector(".down").classList.toggle("on", s.vote === -1);
+  }
+
+  function addControls(li) {
+    const bar = el("div", "controls");
+    const button = (cls, label, title, action) => {
+      const b = el("button", cls, label);
+      b.type = "button";
+      b.title = title;
+      b.addEventListener("click", () => action().catch((e) => say(e.message)));
+      bar.append(b);
+      return b;
+    };
+    button("up", "👍", "good reply", () => vote(li, 1));
+    button("down", "👎", "bad reply", () => vote(li, -1));
+    button("fix", "✏️", "write a better reply", async () => openFix(li));
+    button("regen", "🔁", "another take", () => regenerate(li));
+    const pager = el("span", "pager");
+    const prev = el("button", "prev", "◀");
+    const count = el("span", "count");
+    const next = el("button", "next", "▶");
+    prev.type = next.type = "button";
+    prev.addEventListener("click", () => { li.index = Math.max(0, li.index - 1); show(li); });
+    next.addEventListener("click", () => {
+      li.index = Math.min(li.siblings.length - 1, li.index + 1); show(li);
+    });
+    pager.append(prev, count, next);
+    bar.append(pager);
+    li.append(bar);
+  }
+
+  async function vote(li, value) {
+    const s = li.siblings[li.index];
+    const wanted = s.vote === value ? 0 : value; // a second click takes the vote back
+    await postJSON("/api/chat/rate", { message_id: s.id, value: wanted });
+    s.vote = wanted;
+    show(li);
+    say(wanted === 0 ? "vote removed" : wanted > 0 ? "rated 👍" : "rated 👎");
+  }
+
+  function openFix(li) {
+    if (li.querySelector(".fix-form")) return;
+    const box = el("form", "fix-form");
+    const area = el("textarea");
+    area.rows = 3;
+    area.placeholder = "A better reply…";
+    area.value = li.siblings[li.index].text;
+    const save = el("button", "", "Save correction");
+    save.type = "submit";
+    box.append(area, save);
+    box.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const s = li.siblings[li.index];
+      postJSON("/api/chat/correct", { message_id: s.id, text: area.value })
+        .then(() => { box.remove(); say("correction saved"); })
+        .catch((e) => say(e.message));
+    });
+    li.append(box);
+    area.focus();
+  }
+
+  function streamInto(li, url, body, onDone) {
+    const textNode = li.querySelector(".text");
+    li.classList.add("streaming");
+    return postStream(url, body, (event, data) => {
+      if (event === "text") {
+        textNode.textContent = data.text;
+        li.querySelector(".who").textContent = data.character;
+      } else if (event === "notice") {
+        log.append(el("li", "msg notice", data.text));
+      } else if (event === "done") {
+        li.classList.remove("streaming");
+        onDone(data);
+      } else if (event === "error") {
+        say(data.text);
+      }
+    }).finally(() => li.classList.remove("streaming"));
+  }
+
+  async function regenerate(li) {
+    if (busy) return;
+    busy = true;
+    const s = li.siblings[li.index];
+    try {
+      await streamInto(li, "/api/chat/regenerate", { message_id: s.id }, (data) => {
+        if (data.status !== "ok" || !data.id) return;
+        li.siblings.push({ id: data.id, text: data.text, character: data.character, vote: 0 });
+        li.index = li.siblings.length - 1;
+      });
+    } finally {
+      busy = false;
+      show(li);
+    }
+  }
+
+  // What the next message continues from: the sibling shown in the last reply.
+  function replyTo() {
+    const groups = log.querySelectorAll("li.assistant");
+    const last = groups[groups.length - 1];
+    if (!last || !last.siblings || last.siblings.length < 2) return null;
+    return last.siblings[last.index].id || null;
+  }
+
+  async function send(text) {
+    if (busy) return;
+    busy = true;
+    const body = { text };
+    const to = replyTo();
+    if (to) body.reply_to = to;
+    const mine = el("li", "msg user");
+    mine.append(el("span", "who", "You"), el("span", "text", text));
+    log.append(mine);
+    const li = el("li", "msg assistant");
+    li.append(el("span", "who", ""), el("span", "text", ""));
+    log.append(li);
+    try {
+      await streamInto(li, "/api/chat/send", body, (data) => {
+        if (data.status === "ok" && data.id) {
+          li.dataset.row = data.reply_id;
+          makeGroup(li, { id: data.id, text: data.text, character: data.character, vote: 0 });
+        } else if (!li.querySelector(".text").textContent) {
+          li.remove();
+        }
+      });
+      say("");
+    } catch (e) {
+      li.remove();
+      say(e.message);
+    } finally {
+      busy = false;
+    }
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = input.value;
+    if (!text.trim()) return;
+    input.value = "";
+    send(text);
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+
+  document.getElementById("reset").addEventListener("click", () => {
+    postJSON("/api/chat/reset").then(() => {
+      log.replaceChildren();
+      say("conversation reset");
+    }).catch((e) => say(e.message));
+  });
+
+  document.getElementById("character").addEventListener("change", (event) => {
+    postJSON("/api/chat/character", { name: event.target.value }).then((data) => {
+      input.placeholder = `Say something to ${data.character}…`;
+      if (data.greeting) {
+        const li = el("li", "msg assistant greeting");
+        li.append(el("span", "who", data.greeting.character), el("span", "text", data.greeting.text));
+        log.append(li);
+      }
+      say(`now talking to ${data.character}`);
+    }).catch((e) => say(e.message));
+  });
+
+  // Replies already on the page (after a reload): siblings join the first of their group.
+  const byRow = new Map();
+  for (const li of [...log.querySelectorAll("li.assistant")]) {
+    const sibling = {
+      id: li.dataset.id,
+      text: li.querySelector(".text").textContent,
+      character: li.querySelector(".who").textContent,
+      vote: Number(li.dataset.vote || 0),
+    };
+    const root = byRow.get(li.dataset.siblingOf);
+    if (root && root.siblings) {
+      root.siblings.push(sibling);
+      root.index = root.siblings.length - 1;
+      show(root);
+      li.remove();
+      continue;
+    }
+    byRow.set(li.dataset.row, li);
+    if (li.dataset.id && li.dataset.parent) makeGroup(li, sibling);
+  }
+  log.scrollTop = log.scrollHeight;
+}
+
+// -- review queue: j/k move, e edit, a accept, x exclude -------------------------------------
+
+function setupReview() {
+  const items = [...document.querySelectorAll(".item")];
+  if (!items.length) return;
+  let at = Math.max(0, items.findIndex((i) => "#" + i.id === location.hash));
+  const focus = (index) => {
+    items[at].classList.remove("current");
+    at = Math.min(items.length - 1, Math.max(0, index));
+    items[at].classList.add("current");
+    items[at].scrollIntoView({ block: "nearest" });
+  };
+  focus(at);
+  document.addEventListener("keydown", (event) => {
+    const typing = ["TEXTAREA", "INPUT", "SELECT"].includes(event.target.tagName);
+    if (typing) {
+      if (event.key === "Escape") event.target.blur();
+      return;
+    }
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const item = items[at];
+    if (event.key === "j") focus(at + 1);
+    else if (event.key === "k") focus(at - 1);
+    else if (event.key === "e") item.querySelector("textarea[name=text]").focus();
+    else if (event.key === "a") {
+      const accept = item.querySelector("form.accept button");
+      if (accept) accept.click();
+    } else if (event.key === "x") {
+      const reason = item.querySelector("input[name=reason]");
+      if (reason) reason.focus();
+    } else return;
+    event.preventDefault();
+  });
+}
+
+// -- characters: confirm a switch -------------------------------------------------------------
+
+function setupConfirm() {
+  for (const form of document.querySelectorAll("form[data-confirm]")) {
+    form.addEventListener("submit", (event) => {
+      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+    });
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const page = document.body.dataset.page;
+  if (page === "chat") setupChat();
+  if (page === "review") setupReview();
+  setupConfirm();
+});

@@ -1,0 +1,5 @@
+"""versions pages of the studio."""
+
+from __future__ import annotations
+
+ROUTES: list = []

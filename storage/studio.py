@@ -1,0 +1,164 @@
+"""Store queries of the studio (adapters/web) that the CLI has no need for: a web chat's
+current conversation, corrections with their ids, and accepting exactly one of them.
+
+Writing a correction or an exclusion goes through storage/review.py like every other
+writer, so the export and training read the studio's work the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from storage.review import add_correction_sync
+from storage.schema import Conversation, Correction, Message, Rating
+from storage.store import Store
+
+_C = Conversation.__table__
+_M = Message.__table__
+_R = Rating.__table__
+_X = Correction.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class ChatLine:
+    """One message of a web chat as the chat page shows it again after a reload."""
+
+    id: int
+    role: str  # "user" | "assistant"
+    text: str
+    character: str | None
+    platform_message_id: str | None
+    reply_to_id: int | None
+    regenerated_from_id: int | None
+    my_vote: int  # the viewer's vote on it: +1, -1 or 0
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectionEntry:
+    """A stored correction with its row id (what accepting one needs)."""
+
+    id: int
+    message_id: int
+    text: str
+    author: str
+    source: str
+    accepted: bool
+    created_at: float
+
+
+async def current_conversation(
+    store: Store, platform: str, chat_id: str, user_id: str, limit: int = 200
+) -> list[ChatLine]:
+    """The messages of the chat's open conversation (no thread), oldest first, at most
+    ``limit`` of the newest; each with ``user_id``'s vote."""
+    open_one = (
+        select(_C.c.id)
+        .where(_C.c.platform == platform, _C.c.chat_id == chat_id, _C.c.thread_id == "")
+        .where(_C.c.reset_at.is_(None))
+        .order_by(_C.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    query = (
+        select(
+            _M.c.id,
+            _M.c.role,
+            _M.c.text,
+            _M.c.character,
+            _M.c.platform_message_id,
+            _M.c.reply_to_id,
+            _M.c.regenerated_from_id,
+            _R.c.value,
+        )
+        .outerjoin(_R, (_R.c.message_id == _M.c.id) & (_R.c.user_id == user_id))
+        .where(_M.c.conversation_id == open_one, _M.c.status == "ok")
+        .order_by(_M.c.id.desc())
+        .limit(limit)
+    )
+
+    def work(conn: Connection) -> list[ChatLine]:
+        rows = [ChatLine(*row[:7], int(row[7] or 0)) for row in conn.execute(query)]
+        return rows[::-1]
+
+    return await store.read(work)
+
+
+async def corrections_of(store: Store, message_ids: Iterable[int]) -> dict[int, list[Any]]:
+    """Every correction of each reply in ``message_ids``, oldest first, with its id."""
+    wanted = list(message_ids)
+    if not wanted:
+        return {}
+    query = (
+        select(
+            _X.c.id,
+            _X.c.message_id,
+            _X.c.text,
+            _X.c.user_id,
+            _X.c.source,
+            _X.c.accepted,
+            _X.c.created_at,
+        )
+        .where(_X.c.message_id.in_(wanted))
+        .order_by(_X.c.id)
+    )
+
+    def work(conn: Connection) -> dict[int, list[Any]]:
+        found: dict[int, list[Any]] = {}
+        for row in conn.execute(query):
+            entry = CorrectionEntry(
+                row.id,
+                row.message_id,
+                row.text,
+                row.user_id,
+                row.source,
+                bool(row.accepted),
+                row.created_at,
+            )
+            found.setdefault(row.message_id, []).append(entry)
+        return found
+
+    return await store.read(work)
+
+
+def _accept_only(conn: Connection, message_id: int, correction_id: int) -> None:
+    # One accepted correction per reply: the export takes the newest accepted one, so an
+    # older correction accepted after a newer one would otherwise still lose.
+    conn.execute(
+        update(_X)
+        .where(_X.c.message_id == message_id, _X.c.id != correction_id)
+        .values(accepted=False)
+    )
+    conn.execute(update(_X).where(_X.c.id == correction_id).values(accepted=True))
+
+
+async def accept_correction(store: Store, message_id: int, correction_id: int) -> bool:
+    """Make ``correction_id`` the one accepted correction of reply ``message_id``; False
+    when that correction does not belong to that reply."""
+
+    def work(conn: Connection) -> bool:
+        found = conn.execute(
+            select(_X.c.id).where(_X.c.id == correction_id, _X.c.message_id == message_id)
+        ).first()
+        if found is None:
+            return False
+        _accept_only(conn, message_id, correction_id)
+        return True
+
+    return await store.write(work)
+
+
+async def write_reviewed(store: Store, message_id: int, reviewer: str, text: str) -> int:
+    """Store a reviewer's better answer for ``message_id`` as its accepted correction
+    (source "reviewer"); raises storage.review.UnknownReply for a message that is no reply."""
+
+    def work(conn: Connection) -> int:
+        new_id = add_correction_sync(conn, message_id, reviewer, text, source="reviewer")
+        assert new_id is not None  # only once=True returns None
+        _accept_only(conn, message_id, new_id)
+        return new_id
+
+    return await store.write(work)

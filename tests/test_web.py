@@ -1,0 +1,215 @@
+"""The studio over HTTP: the chat page and its API on a real core and SQLite file (the
+echo backend), driven through Starlette's real app with httpx."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters.web.app import create_app
+from adapters.web.context import Studio
+from bot import app as wiring
+from bot.config import Config, load_config
+from bot.core import Core
+from tests.web_support import VersionedEcho, csrf_of, events, write_config
+
+XSS = '<script>alert("x")</script> <img src=x onerror="alert(1)">'
+
+
+class Browser:
+    """An httpx client on the studio app that keeps its session cookie and CSRF token."""
+
+    def __init__(self, client: httpx.AsyncClient, core: Core, config: Config) -> None:
+        self.client, self.core, self.config = client, core, config
+        self.csrf = ""
+
+    async def get(self, url: str, **kw: Any) -> httpx.Response:
+        response = await self.client.get(url, **kw)
+        if "csrf-token" in response.text:
+            self.csrf = csrf_of(response.text)
+        return response
+
+    async def post(self, url: str, body: Any = None, **kw: Any) -> httpx.Response:
+        if not self.csrf:
+            await self.get("/")
+        headers = {"x-csrf-token": self.csrf, **kw.pop("headers", {})}
+        return await self.client.post(url, json=body or {}, headers=headers, **kw)
+
+    async def form(self, url: str, data: dict[str, str], **kw: Any) -> httpx.Response:
+        if not self.csrf:
+            await self.get("/")
+        return await self.client.post(url, data={"csrf_token": self.csrf, **data}, **kw)
+
+    async def say(self, text: str, **extra: Any) -> list[tuple[str, Any]]:
+        response = await self.post("/api/chat/send", {"text": text, **extra})
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return events(response.text)
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    return write_config(tmp_path)
+
+
+@pytest.fixture
+async def browser(config_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Browser]:
+    async with open_browser(config_path, monkeypatch) as found:
+        yield found
+
+
+@contextlib.asynccontextmanager
+async def open_browser(
+    path: Path, monkeypatch: pytest.MonkeyPatch, password: str | None = None
+) -> AsyncIterator[Browser]:
+    """The real wiring (bot.app.open_core) with the versioned echo model, and a client."""
+    monkeypatch.setattr(wiring, "create_model", lambda *a: VersionedEcho.create())
+    config = load_config(path)
+    async with wiring.open_core(config) as core:
+        app = create_app(Studio(core, config, password))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            yield Browser(client, core, config)
+
+
+async def test_chat_page_lists_the_characters(browser: Browser) -> None:
+    page = await browser.get("/")
+    assert page.status_code == 200
+    assert '<option value="Mara" selected>' in page.text and "Bram" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    assert browser.csrf
+
+
+async def test_a_message_streams_its_reply_and_is_stored_as_a_web_message(
+    browser: Browser,
+) -> None:
+    found = await browser.say("Hello there, navigator")
+    texts = [data["text"] for event, data in found if event == "text"]
+    assert texts[-1] == "You said: Hello there, navigator"
+    assert len(texts) >= 2, "the reply arrives in pieces, not at once"
+    event, done = found[-1]
+    assert event == "done" and done["status"] == "ok" and done["character"] == "Mara"
+    rows = await browser.core.store.list_messages(platform="web")
+    assert [(r.role, r.text) for r in rows] == [
+        ("user", "Hello there, navigator"),
+        ("assistant", "You said: Hello there, navigator"),
+    ]
+    assert rows[0].author_name == "User" and rows[1].platform_message_id == done["id"]
+
+
+async def test_rate_correct_and_take_a_vote_back(browser: Browser) -> None:
+    done = (await browser.say("Is it safe?"))[-1][1]
+    assert (await browser.post("/api/chat/rate", {"message_id": done["id"], "value": -1})).json()
+    assert await browser.post("/api/chat/correct", {"message_id": done["id"], "text": "Safe."})
+    ratings = await browser.core.store.list_ratings([done["reply_id"]])
+    assert [r.value for r in ratings] == [-1]
+    fixes = await browser.core.store.list_corrections([done["reply_id"]])
+    assert [f.text for f in fixes] == ["Safe."]
+    await browser.post("/api/chat/rate", {"message_id": done["id"], "value": 0})
+    assert await browser.core.store.list_ratings([done["reply_id"]]) == []
+
+
+async def test_bad_chat_input_is_one_line_each(browser: Browser) -> None:
+    cases = [
+        ("/api/chat/send", {"text": "   "}, 400, "text: write some text first"),
+        ("/api/chat/send", {"text": "x" * 9000}, 400, "too long"),
+        ("/api/chat/rate", {"message_id": "nope", "value": 1}, 404, "not a reply in this chat"),
+        ("/api/chat/rate", {"message_id": "a", "value": 5}, 400, "value: use 1"),
+        ("/api/chat/correct", {"message_id": "a"}, 400, "text: write some text first"),
+        ("/api/chat/regenerate", {"message_id": "nope"}, 404, "not a reply in this chat"),
+        ("/api/chat/character", {"name": "Zed"}, 400, "unknown character 'Zed'"),
+    ]
+    for url, body, status, text in cases:
+        response = await browser.post(url, body)
+        assert response.status_code == status, (url, response.text)
+        assert text in response.json()["error"], (url, response.text)
+    response = await browser.client.post(
+        "/api/chat/send",
+        content=b"{not json",
+        headers={"x-csrf-token": browser.csrf, "content-type": "application/json"},
+    )
+    assert response.status_code == 400 and "not JSON" in response.json()["error"]
+
+
+async def test_every_state_changing_request_needs_the_csrf_token(browser: Browser) -> None:
+    await browser.get("/")
+    for url in (
+        "/api/chat/send",
+        "/api/chat/rate",
+        "/api/chat/correct",
+        "/api/chat/regenerate",
+        "/api/chat/reset",
+        "/api/chat/character",
+    ):
+        for headers in ({}, {"x-csrf-token": "forged"}):
+            response = await browser.client.post(url, json={"text": "hi"}, headers=headers)
+            assert response.status_code == 403, url
+            assert "CSRF" in response.json()["error"]
+    assert await browser.core.store.list_messages(platform="web") == []
+
+
+async def test_script_and_img_onerror_are_shown_as_text(browser: Browser) -> None:
+    await browser.say(XSS)
+    page = (await browser.get("/")).text
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in page
+
+
+async def test_regenerate_makes_a_sibling_and_the_next_message_continues_from_the_shown_one(
+    browser: Browser,
+) -> None:
+    first = (await browser.say("Tell me a story"))[-1][1]
+    response = await browser.post("/api/chat/regenerate", {"message_id": first["id"]})
+    second = events(response.text)[-1][1]
+    assert second["status"] == "ok" and second["id"] != first["id"]
+    store = browser.core.store
+    rows = {r.id: r for r in await store.list_messages(platform="web")}
+    assert rows[second["reply_id"]].regenerated_from_id == first["reply_id"]
+    # ◀ back to the first sibling, then go on: the conversation continues from it.
+    await browser.say("And then?", reply_to=first["id"])
+    rows = await store.list_messages(platform="web")
+    assert rows[-2].text == "And then?" and rows[-2].reply_to_id == first["reply_id"]
+
+
+async def test_reset_starts_a_new_conversation_and_the_page_shows_it_empty(
+    browser: Browser,
+) -> None:
+    await browser.say("remember me")
+    assert "remember me" in (await browser.get("/")).text
+    assert (await browser.post("/api/chat/reset")).json() == {"ok": True}
+    assert "remember me" not in (await browser.get("/")).text
+    await browser.say("fresh start")
+    rows = await browser.core.store.list_messages(platform="web")
+    assert rows[0].conversation_id != rows[-1].conversation_id
+
+
+async def test_choosing_a_character_greets_and_answers_as_it(browser: Browser) -> None:
+    chosen = (await browser.post("/api/chat/character", {"name": "mara"})).json()
+    assert chosen["character"] == "Mara" and chosen["greeting"]["text"] == "Welcome aboard!"
+    assert (await browser.post("/api/chat/character", {"name": "Bram"})).json()["greeting"] is None
+    done = (await browser.say("Any storms?"))[-1][1]
+    assert done["character"] == "Bram"
+    assert '<option value="Bram" selected>' in (await browser.get("/")).text
+
+
+async def test_two_browsers_are_two_chats(config_path: Path, monkeypatch: pytest.MonkeyPatch):
+    async with open_browser(config_path, monkeypatch) as one:
+        await one.say("from the first browser")
+        other = Browser(
+            httpx.AsyncClient(transport=one.client._transport, base_url="http://127.0.0.1"),
+            one.core,
+            one.config,
+        )
+        page = await other.get("/")
+        assert "from the first browser" not in page.text
+        done = (await one.say("again"))[-1][1]
+        response = await other.post("/api/chat/rate", {"message_id": done["id"], "value": 1})
+        assert response.status_code == 404  # another chat's reply
+        await other.client.aclose()

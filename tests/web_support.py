@@ -1,0 +1,121 @@
+"""Shared set-up of the studio tests (tests/test_web*.py): a small config on a real SQLite
+file with the echo backend, a started core over it, and the CSRF token of a page."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+CONFIG = """\
+default_character = "Mara"
+
+[model]
+backend = "echo"
+
+[storage]
+url = "sqlite:///data/charbot.db"
+
+[training]
+poll_seconds = 0.2
+
+[web]
+port = 0
+{web}
+
+[[characters]]
+name = "Mara"
+description = "A starship navigator."
+greeting = "Welcome aboard!"
+
+[[characters]]
+name = "Bram"
+description = "A lighthouse keeper."
+"""
+
+
+def write_config(tmp_path: Path, web: str = "") -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG.format(web=web), encoding="utf-8")
+    return path
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf-token" content="([^"]+)"', html)
+    assert found, "the page carries no CSRF token"
+    return found[1]
+
+
+def events(body: str) -> list[tuple[str, Any]]:
+    """The (event, data) pairs of a server-sent event stream."""
+    found = []
+    for block in body.split("\n\n"):
+        if not block.strip():
+            continue
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        found.append((lines["event"], json.loads(lines["data"])))
+    return found
+
+
+def charbot(config: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    """Run the real ``charbot`` command in a subprocess."""
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})},
+        cwd=REPO,
+    )
+
+
+def export_sft(config: Path) -> list[dict[str, Any]]:
+    result = charbot(config, "export", "--format", "sft")
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def make_version(loras_dir: Path, character: str, number: int, **metadata: Any) -> Path:
+    """A version directory as training/versions.py publishes one (the echo backend loads
+    no weights, so an adapter_config.json and metadata.json are all it needs)."""
+    path = loras_dir / character / f"v{number:04d}-{number:08x}"
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text("{}")
+    meta = {"id": path.name, "created": f"2026-11-2{number}T10:00:00", "method": "sft"}
+    (path / "metadata.json").write_text(json.dumps({**meta, **metadata}))
+    return path
+
+
+class VersionedEcho:
+    """Builds the echo backend plus LoRA versions (the echo model itself serves none):
+    loading a version records its directory name, and every reply reports the version it
+    was generated with, as the real backends do. A fake of our own model boundary."""
+
+    @staticmethod
+    def create() -> Any:
+        from bot.errors import AdapterLoadError
+        from bot.models.echo import EchoModel
+
+        class _Model(EchoModel):
+            async def load_adapter(self, character: str, path: str) -> str:
+                if not (Path(path) / "adapter_config.json").is_file():
+                    raise AdapterLoadError(character, path, "no adapter_config.json there")
+                return Path(path).name
+
+            async def unload_adapter(self, character: str) -> None:
+                return None
+
+            async def stream(self, request: Any) -> Any:
+                async for chunk in super().stream(request):
+                    if chunk.usage is not None and request.adapter is not None:
+                        chunk.usage.adapter_version = Path(request.adapter.path).name
+                    yield chunk
+
+        return _Model()
