@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 APOLOGY = "Sorry — I couldn't come up with a reply just now. Please try again."
 BUSY = "I'm busy with other conversations — please try again shortly."
+FINISH_S = 10.0  # at a stop, after the grace period: time for interrupted replies' final edits
 STORE_BUSY = "I'm having trouble saving messages right now — I'll answer as soon as I can."
 HISTORY_LIMIT = 200  # messages walked up the reply tree before the token budget trims
 
@@ -341,8 +342,9 @@ class Core:
         for runs in self._runs.values():
             for run in runs:
                 run.cancelled = run.interrupted = True
-        # The final edits and the reply rows still need a moment.
-        _, late = await asyncio.wait(late, timeout=5.0)
+        # The final edits and the reply rows still need a moment. A reply still unfinished
+        # after that keeps its "streaming" row, and the next start finishes it.
+        _, late = await asyncio.wait(late, timeout=FINISH_S)
         for task in late:  # a platform or model that does not respond: give up on it
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)

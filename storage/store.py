@@ -103,6 +103,9 @@ class StoredInbound:
 _SYNC_DRIVERS = {
     "sqlite+aiosqlite": "sqlite",
     "postgresql+asyncpg": "postgresql+psycopg",
+    # SQLAlchemy's default for a bare postgresql:// is psycopg2; charbot[postgres] installs
+    # psycopg 3.
+    "postgresql": "postgresql+psycopg",
     "mysql+aiomysql": "mysql+pymysql",
 }
 _M = Message.__table__

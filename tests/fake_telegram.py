@@ -127,8 +127,12 @@ class FakeTelegram:
             "supports_inline_queries": False,
         }
         self.member_status = "member"  # what getChatMember says about any user
+        self.send_delay = 0.0  # seconds sendMessage takes (a slow Bot API)
+        self.edit_delay = 0.0  # seconds editMessageText takes
         self._failures: dict[str, list[TelegramApiError]] = {}
         self._updates: list[dict[str, Any]] = []
+        self.confirmed = 0  # the highest update_id confirmed by a getUpdates offset
+        self.update_ids: dict[int, int] = {}  # message_id -> update_id of its newest push
         self._new_update = asyncio.Event()
         self._update_ids = itertools.count(1)
         self._message_ids = itertools.count(100)
@@ -188,6 +192,8 @@ class FakeTelegram:
     def push(self, update: dict[str, Any]) -> dict[str, Any]:
         """Queue a raw update (its ``update_id`` is filled in) for the next getUpdates."""
         update = {"update_id": next(self._update_ids), **update}
+        if "message" in update and "message_id" in update["message"]:
+            self.update_ids[update["message"]["message_id"]] = update["update_id"]
         self._updates.append(update)
         self._new_update.set()
         return update
@@ -294,6 +300,8 @@ class FakeTelegram:
 
     async def _api_getUpdates(self, params: dict[str, Any]) -> Any:
         offset = int(params.get("offset") or 0)
+        # An offset confirms every update before it: Telegram forgets them.
+        self.confirmed = max(self.confirmed, offset - 1)
         self._updates = [u for u in self._updates if u["update_id"] >= offset]
         if not self._updates:
             self._new_update.clear()
@@ -301,7 +309,7 @@ class FakeTelegram:
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._new_update.wait(), wait)
-        return list(self._updates)
+        return self._updates[: int(params.get("limit") or 100)]
 
     async def _api_sendChatAction(self, params: dict[str, Any]) -> Any:
         return True
@@ -317,6 +325,8 @@ class FakeTelegram:
         return {"status": self.member_status, "user": self.user(int(params["user_id"]))}
 
     async def _api_sendMessage(self, params: dict[str, Any]) -> Any:
+        if self.send_delay:
+            await asyncio.sleep(self.send_delay)
         chat_id = int(params["chat_id"])
         shown = self._checked_text(params)
         message: dict[str, Any] = {
@@ -339,6 +349,8 @@ class FakeTelegram:
         return message
 
     async def _api_editMessageText(self, params: dict[str, Any]) -> Any:
+        if self.edit_delay:
+            await asyncio.sleep(self.edit_delay)
         message = self._message(params)
         shown = self._checked_text(params)
         markup = params.get("reply_markup")
