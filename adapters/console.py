@@ -1,9 +1,17 @@
-"""A terminal chat: type, or pipe in one message per line, to talk to a character."""
+"""A terminal chat: type, or pipe in one message per line, to talk to a character.
+
+Typed at a terminal, it behaves like a terminal program (prompt_toolkit): line editing and
+history with the arrow keys, a pasted block of lines is one message (bracketed paste),
+Ctrl-C stops the reply being written (stored, marked cancelled) and a second Ctrl-C quits,
+as does Ctrl-D. Piped in, every line is one message.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import signal
 import sys
 import threading
 import uuid
@@ -24,10 +32,21 @@ HELP = """Commands:
   /good, /bad        rate the last reply 👍 or 👎
   /fix TEXT          give a better answer for the last reply
   /regen             a new version of the last reply
+  /prev, /next       page through the versions of the last reply (the one shown is kept)
   /adapter [VERSION] list the current character's LoRA versions, or switch (base: none;
                      rollback: the previous one); /adapter PATH loads a directory for now
   /help              this list
   /quit              leave (end of input does too)"""
+
+
+# Terminal control sequences (arrow keys typed where no line editor runs, colour codes in
+# pasted text) and other control characters never belong in a message.
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def clean_line(text: str) -> str:
+    """``text`` without terminal escape sequences or control characters (newlines stay)."""
+    return _CONTROL.sub("", text.replace("\r\n", "\n"))
 
 
 def _new_id() -> str:
@@ -93,6 +112,8 @@ class ConsoleAdapter(PlatformAdapter):
         self.last_reply: str | None = None  # platform id of the last reply's first part
         self._task: asyncio.Task[None] | None = None
         self.done = asyncio.Event()
+        self._ctrl_c = 0  # Ctrl-C presses since the last message was sent
+        self._quitting = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.run())
@@ -108,16 +129,68 @@ class ConsoleAdapter(PlatformAdapter):
             if self.character:
                 await self.core.set_character(self.platform, self.chat_id, self.character)
             current = await self.core.current_character(self.platform, self.chat_id)
-            interactive = self.stdin.isatty()
+            interactive = self.stdin.isatty() and self.out.isatty()
             if interactive:
                 self.say(f"Talking to {current.name}. /help lists the commands.")
                 if current.greeting:
                     await self.greet()
-            async for line in self._lines(prompt=f"{self.user_name}> " if interactive else ""):
-                if not await self.handle_line(line):
-                    break
+                async for line in self._typed():
+                    # Around the reply only: prompt_toolkit takes SIGINT over while it reads.
+                    with self._ctrl_c_stops_replies():
+                        going_on = await self.handle_line(line)
+                    if not going_on or self._quitting:
+                        break
+            else:
+                async for line in self._lines(prompt=""):
+                    if not await self.handle_line(line):
+                        break
         finally:
             self.done.set()
+
+    @contextlib.contextmanager
+    def _ctrl_c_stops_replies(self):  # type: ignore[no-untyped-def]
+        """While a reply is written the terminal sends SIGINT for Ctrl-C: stop that reply;
+        a second Ctrl-C quits. (At the prompt, prompt_toolkit reads Ctrl-C as a key.)"""
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGINT, self._interrupt)
+        except (NotImplementedError, RuntimeError):  # not on Windows, not off the main thread
+            yield
+            return
+        try:
+            yield
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    def _interrupt(self) -> None:
+        self._ctrl_c += 1
+        if self._ctrl_c >= 2:
+            self._quitting = True
+        if self.core.cancel(self.platform, self.chat_id):
+            self.out.write(" [stopped]")
+            self.out.flush()
+
+    async def _typed(self):  # type: ignore[no-untyped-def]
+        """Messages typed at the terminal, with editing, history and bracketed paste."""
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import InMemoryHistory
+
+        session: PromptSession[str] = PromptSession(history=InMemoryHistory())
+        while not self._quitting:
+            try:
+                # Awaited here, not in a task of its own: a KeyboardInterrupt escaping a task
+                # would stop the event loop.
+                text = await session.prompt_async(f"{self.user_name}> ")
+            except KeyboardInterrupt:
+                self._ctrl_c += 1
+                if self._ctrl_c >= 2:
+                    return
+                self.say("[Ctrl-C again to quit]")
+                continue
+            except EOFError:
+                return
+            self._ctrl_c = 0
+            yield text
 
     async def greet(self) -> None:
         """Show the current character's greeting; it is stored as a turn of the conversation."""
@@ -152,7 +225,8 @@ class ConsoleAdapter(PlatformAdapter):
             yield line.rstrip("\r\n")
 
     async def handle_line(self, line: str) -> bool:
-        """Handle one line; False means quit."""
+        """Handle one line (or a pasted block); False means quit."""
+        line = clean_line(line)
         text = line.strip()
         if not text:
             return True
@@ -219,6 +293,8 @@ class ConsoleAdapter(PlatformAdapter):
                 self.say(
                     f"[{current.name} now uses {f'adapter {version}' if path else 'no adapter'}]"
                 )
+        elif command in ("/prev", "/next"):
+            await self.page(-1 if command == "/prev" else 1)
         elif command in ("/good", "/bad", "/fix", "/regen"):
             await self.feedback(command, argument)
         else:
@@ -243,3 +319,19 @@ class ConsoleAdapter(PlatformAdapter):
             result = await core.regenerate(platform, chat, reply, ConsoleTarget(self.out))
             if result is not None and result.message_ids:
                 self.last_reply = result.message_ids[0]
+                shown = await core.swipes.regenerated(platform, chat, self.last_reply)
+                if shown is not None and shown.count > 1:
+                    self.say(f"[{shown.index + 1}/{shown.count}: /prev and /next page through]")
+
+    async def page(self, step: int) -> None:
+        """Show the previous or next version of the last reply; the conversation goes on
+        from the one shown."""
+        if self.last_reply is None:
+            self.say("[no reply yet in this session]")
+            return
+        shown = await self.core.swipes.page(self.platform, self.chat_id, self.last_reply, step)
+        if shown is None or shown.count < 2:
+            self.say("[only one version of that reply; /regen writes another]")
+            return
+        name = shown.sibling.character
+        self.say(f"[{shown.index + 1}/{shown.count}] {name}: {shown.sibling.text}")

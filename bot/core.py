@@ -88,6 +88,8 @@ class Core:
         self._chains = ChainCache(max_length=HISTORY_LIMIT)
         self.swipes = Swipes(store)
         self.knowledge = Knowledge(settings.cache_dir / "knowledge", settings.knowledge_tokens)
+        # The echo backend is the instant smoke test: no embedding model (lorebooks apply).
+        self.knowledge.retrieval = settings.backend != "echo"
         self._runs: dict[tuple[str, str, str], set[_Run]] = {}
         self._answering: set[asyncio.Task[ReplyResult | None]] = set()  # see receive()
         self._background: set[asyncio.Task[Any]] = set()  # notices sent on the side
@@ -587,6 +589,14 @@ class Core:
             return await show_greeting(self.store, key, character, user, target)
         finally:
             turn.done()
+
+    def cancel(self, platform: str, chat_id: str, thread_id: str | None = None) -> bool:
+        """Stop the reply being written in this chat (it is stored, marked cancelled);
+        False when none is being written."""
+        runs = self._runs.get((platform, chat_id, thread_id or ""), set())
+        for run in runs:
+            run.cancelled = True
+        return bool(runs)
 
     async def reset(self, platform: str, chat_id: str, thread_id: str | None = None) -> None:
         """Start a fresh conversation in this chat and stop a reply being generated there."""

@@ -269,6 +269,8 @@ class Knowledge:
 
     def prepare(self, characters: Iterable[Character]) -> None:
         """Build (or load) every knowledge file's index; blocking, run it in a thread."""
+        if not self.retrieval:
+            return
         for character in characters:
             for name in character.knowledge:
                 self._index(name)

@@ -60,7 +60,7 @@ def write_config(tmp_path: Path) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(config, encoding="utf-8")
     (tmp_path / "characters").mkdir()
-    for card in (REPO / "characters").glob("*.json"):
+    for card in (REPO / "characters").glob("*.*"):  # cards and knowledge files
         (tmp_path / "characters" / card.name).write_bytes(card.read_bytes())
     return path
 
