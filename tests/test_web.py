@@ -3,53 +3,15 @@ echo backend), driven through Starlette's real app with httpx."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from adapters.web.app import create_app
-from adapters.web.context import Studio
-from bot import app as wiring
-from bot.config import Config, load_config
-from bot.core import Core
-from tests.web_support import VersionedEcho, csrf_of, events, write_config
+from tests.web_support import Browser, events, open_browser, write_config
 
 XSS = '<script>alert("x")</script> <img src=x onerror="alert(1)">'
-
-
-class Browser:
-    """An httpx client on the studio app that keeps its session cookie and CSRF token."""
-
-    def __init__(self, client: httpx.AsyncClient, core: Core, config: Config) -> None:
-        self.client, self.core, self.config = client, core, config
-        self.csrf = ""
-
-    async def get(self, url: str, **kw: Any) -> httpx.Response:
-        response = await self.client.get(url, **kw)
-        if "csrf-token" in response.text:
-            self.csrf = csrf_of(response.text)
-        return response
-
-    async def post(self, url: str, body: Any = None, **kw: Any) -> httpx.Response:
-        if not self.csrf:
-            await self.get("/")
-        headers = {"x-csrf-token": self.csrf, **kw.pop("headers", {})}
-        return await self.client.post(url, json=body or {}, headers=headers, **kw)
-
-    async def form(self, url: str, data: dict[str, str], **kw: Any) -> httpx.Response:
-        if not self.csrf:
-            await self.get("/")
-        return await self.client.post(url, data={"csrf_token": self.csrf, **data}, **kw)
-
-    async def say(self, text: str, **extra: Any) -> list[tuple[str, Any]]:
-        response = await self.post("/api/chat/send", {"text": text, **extra})
-        assert response.status_code == 200, response.text
-        assert response.headers["content-type"].startswith("text/event-stream")
-        return events(response.text)
 
 
 @pytest.fixture
@@ -61,20 +23,6 @@ def config_path(tmp_path: Path) -> Path:
 async def browser(config_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Browser]:
     async with open_browser(config_path, monkeypatch) as found:
         yield found
-
-
-@contextlib.asynccontextmanager
-async def open_browser(
-    path: Path, monkeypatch: pytest.MonkeyPatch, password: str | None = None
-) -> AsyncIterator[Browser]:
-    """The real wiring (bot.app.open_core) with the versioned echo model, and a client."""
-    monkeypatch.setattr(wiring, "create_model", lambda *a: VersionedEcho.create())
-    config = load_config(path)
-    async with wiring.open_core(config) as core:
-        app = create_app(Studio(core, config, password))
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            yield Browser(client, core, config)
 
 
 async def test_chat_page_lists_the_characters(browser: Browser) -> None:

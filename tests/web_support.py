@@ -3,12 +3,23 @@ file with the echo backend, a started core over it, and the CSRF token of a page
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import httpx
+import pytest
+
+from adapters.web.app import create_app
+from adapters.web.context import Studio
+from bot import app as wiring
+from bot.config import Config, load_config
+from bot.core import Core
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,3 +130,48 @@ class VersionedEcho:
                     yield chunk
 
         return _Model()
+
+
+class Browser:
+    """An httpx client on the studio app that keeps its session cookie and CSRF token."""
+
+    def __init__(self, client: httpx.AsyncClient, core: Core, config: Config) -> None:
+        self.client, self.core, self.config = client, core, config
+        self.csrf = ""
+
+    async def get(self, url: str, **kw: Any) -> httpx.Response:
+        response = await self.client.get(url, **kw)
+        if "csrf-token" in response.text:
+            self.csrf = csrf_of(response.text)
+        return response
+
+    async def post(self, url: str, body: Any = None, **kw: Any) -> httpx.Response:
+        if not self.csrf:
+            await self.get("/")
+        headers = {"x-csrf-token": self.csrf, **kw.pop("headers", {})}
+        return await self.client.post(url, json=body or {}, headers=headers, **kw)
+
+    async def form(self, url: str, data: dict[str, str], **kw: Any) -> httpx.Response:
+        if not self.csrf:
+            await self.get("/")
+        return await self.client.post(url, data={"csrf_token": self.csrf, **data}, **kw)
+
+    async def say(self, text: str, **extra: Any) -> list[tuple[str, Any]]:
+        response = await self.post("/api/chat/send", {"text": text, **extra})
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return events(response.text)
+
+
+@contextlib.asynccontextmanager
+async def open_browser(
+    path: Path, monkeypatch: pytest.MonkeyPatch, password: str | None = None
+) -> AsyncIterator[Browser]:
+    """The real wiring (bot.app.open_core) with the versioned echo model, and a client."""
+    monkeypatch.setattr(wiring, "create_model", lambda *a: VersionedEcho.create())
+    config = load_config(path)
+    async with wiring.open_core(config) as core:
+        app = create_app(Studio(core, config, password))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            yield Browser(client, core, config)

@@ -290,6 +290,10 @@ function setupReview() {
     const typing = ["TEXTAREA", "INPUT", "SELECT"].includes(event.target.tagName);
     if (typing) {
       if (event.key === "Escape") event.target.blur();
+      if (event.key === "Enter" && event.ctrlKey && event.target.form) {
+        event.preventDefault();
+        event.target.form.requestSubmit();
+      }
       return;
     }
     if (event.ctrlKey || event.metaKey || event.altKey) return;
@@ -298,8 +302,8 @@ function setupReview() {
     else if (event.key === "k") focus(at - 1);
     else if (event.key === "e") item.querySelector("textarea[name=text]").focus();
     else if (event.key === "a") {
-      const accept = item.querySelector("form.accept button");
-      if (accept) accept.click();
+      const accepts = item.querySelectorAll("form.accept button");
+      if (accepts.length) accepts[accepts.length - 1].click(); // the newest correction
     } else if (event.key === "x") {
       const reason = item.querySelector("input[name=reason]");
       if (reason) reason.focus();
