@@ -69,8 +69,8 @@ def _check_sqlite_path(path: Path) -> None:
 
 
 def _missing_driver(url: str, parsed: URL, exc: BaseException) -> StorageError:
-    backend = parsed.get_backend_name()
-    extra = _DRIVER_EXTRAS.get(backend) or _DRIVER_EXTRAS.get(parsed.get_driver_name())
+    backend, _, driver = parsed.drivername.partition("+")  # not get_driver_name(): it loads
+    extra = _DRIVER_EXTRAS.get(backend) or _DRIVER_EXTRAS.get(driver)
     fix = (
         f"pip install 'charbot[{extra}]'"
         if extra
