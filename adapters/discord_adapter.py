@@ -22,6 +22,7 @@ from adapters.base import PlatformAdapter
 from adapters.discord_access import AccessPolicy, place_of
 from adapters.discord_commands import register_commands
 from adapters.discord_reply import NO_PINGS, DiscordReplyTarget, Quote, WebhookPool
+from adapters.discord_swipes import SWIPES, offer_swipes, swipe
 from bot.config import DiscordSettings
 from bot.core import Core
 from bot.errors import CharbotError
@@ -232,7 +233,7 @@ class DiscordAdapter(PlatformAdapter):
             if payload.emoji.is_unicode_emoji()
             else ""
         )
-        if me is None or payload.user_id == me.id or emoji not in (*_VOTES, REGENERATE):
+        if me is None or payload.user_id == me.id or emoji not in (*_VOTES, REGENERATE, *SWIPES):
             return
         user = payload.member or self.client.get_user(payload.user_id)
         if user is not None and user.bot:
@@ -254,6 +255,9 @@ class DiscordAdapter(PlatformAdapter):
             if added:
                 await self._regenerate(channel, payload)
             return
+        if emoji in SWIPES:  # taking the reaction back pages too: it can be pressed again
+            await swipe(self, channel, message_id, SWIPES[emoji])  # type: ignore[arg-type]
+            return
         value = self._remember_vote((chat_id, message_id, user_id), _VOTES[emoji], added)
         await self.core.rate(PLATFORM, chat_id, message_id, user_id, value)
 
@@ -274,11 +278,14 @@ class DiscordAdapter(PlatformAdapter):
         url = f"https://discord.com/channels/{guild}/{payload.channel_id}/{payload.message_id}"
         target = self.target(channel, Quote("another take on this reply", "", url))  # type: ignore[arg-type]
         try:
-            await self.core.regenerate(
+            result = await self.core.regenerate(
                 PLATFORM, str(payload.channel_id), str(payload.message_id), target
             )
         except CharbotError as exc:
             await target.notice(str(exc))
+            return
+        if result is not None and result.message_ids:
+            await offer_swipes(self, channel, result.message_ids[0])  # type: ignore[arg-type]
 
 
 class _CharbotClient(discord.Client):
