@@ -12,6 +12,7 @@ from tests.conftest import MakeCore
 from tests.fake_telegram import FakeTelegram
 from tests.fakes import FakeModel, RecordingTarget
 from tests.test_core import inbound
+from tests.test_export import exported
 from tests.test_telegram import ALICE, StartBot, fake, replies_stored, start_bot, until
 
 __all__ = ["fake", "start_bot"]  # fixtures, imported to be used here
@@ -105,3 +106,7 @@ async def test_telegram_regenerate_and_page_in_one_message(
     assert history == ["hi", "First take.", "and then?", "On we go."]
     (choice,) = await choices(core.store)
     assert choice == (first.id, first.reply_to_id, str(ALICE))
+    # The choice is a preference pair in the export: the kept take against the swiped-away.
+    dpo, _ = await exported(core, "dpo")
+    pairs = [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in dpo]
+    assert pairs == [("First take.", "Second take.")]
