@@ -47,7 +47,7 @@ class Chart:
     points: list[Point]
     width: int = 640
     height: int = 220
-    pad: int = 30
+    pad: int = 44  # room for the axis labels and the last version's name
 
     def x(self, index: int) -> float:
         span = max(1, len(self.points) - 1)
