@@ -3,13 +3,20 @@ echo backend), driven through Starlette's real app with httpx."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.web_support import Browser, events, open_browser, write_config
+from tests.web_support import REPO, Browser, events, open_browser, write_config
 
 XSS = '<script>alert("x")</script> <img src=x onerror="alert(1)">'
 
@@ -161,3 +168,77 @@ async def test_two_browsers_are_two_chats(config_path: Path, monkeypatch: pytest
         response = await other.post("/api/chat/rate", {"message_id": done["id"], "value": 1})
         assert response.status_code == 404  # another chat's reply
         await other.client.aclose()
+
+
+def _serve(config: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "--config", str(config), *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+
+
+def _get(url: str) -> tuple[int, str]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=10) as response:
+        return response.status, response.read().decode()
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[int, str]:
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, err = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return process.returncode, err
+
+
+def test_charbot_web_serves_the_chat_and_review_pages(tmp_path: Path) -> None:
+    process = _serve(write_config(tmp_path), "web", "--port", "0")
+    try:
+        line = process.stderr.readline() if process.stderr else ""
+        found = re.search(r"the studio is at (http://127\.0\.0\.1:\d+/)", line)
+        assert found, line
+        assert _get(found[1])[0] == 200
+        status, review = _get(found[1] + "review")
+        assert status == 200 and "Review queue" in review
+    finally:
+        code, err = _stop(process)
+    assert code == 0, err
+
+
+def test_web_enabled_runs_the_studio_inside_charbot_run(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a free port for the config
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = write_config(tmp_path, web=f"enabled = true\nport = {port}")
+    config.write_text(config.read_text().replace("port = 0\n", ""))
+    process = _serve(config, "run")
+    try:
+        line = process.stderr.readline() if process.stderr else ""
+        assert "web connected" in line, line
+        status, page = _get(f"http://127.0.0.1:{port}/")
+        assert status == 200 and '<option value="Mara" selected>' in page
+    finally:
+        code, err = _stop(process)
+    assert code == 0, err
+
+
+async def test_after_stop_intake_new_messages_are_refused(browser: Browser) -> None:
+    from adapters.web.app import WebAdapter
+
+    web = WebAdapter(browser.core, browser.config, port=0)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=web.app), base_url="http://127.0.0.1"
+    ) as client:
+        stopping = Browser(client, browser.core, browser.config)
+        await stopping.say("before the stop")
+        await web.stop_intake()
+        response = await stopping.post("/api/chat/send", {"text": "during the stop"})
+        assert response.status_code == 503 and "shutting down" in response.json()["error"]
+    texts = [r.text for r in await browser.core.store.list_messages(platform="web")]
+    assert "during the stop" not in texts and "before the stop" in texts

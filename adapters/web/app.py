@@ -122,6 +122,10 @@ class WebAdapter(PlatformAdapter):
         if self._task.done():
             self._task.result()  # raises what stopped it
 
+    async def stop_intake(self) -> None:
+        """Refuse new chat messages (503, "try again"); replies streaming now go on."""
+        self.app.state.studio.stopping = True
+
     async def stop(self) -> None:
         if self._server is None or self._task is None:
             return

@@ -69,7 +69,15 @@ def _sse(target: WebTarget, work: Any) -> StreamingResponse:
     )
 
 
+def _stopping(request: Request) -> Response | None:
+    if studio_of(request).stopping:
+        return problem("the bot is shutting down; send it again once it is back", 503)
+    return None
+
+
 async def send(request: Request) -> Response:
+    if refused := _stopping(request):
+        return refused
     body = await _json(request)
     if isinstance(body, Response):
         return body
@@ -102,6 +110,8 @@ async def send(request: Request) -> Response:
 
 
 async def regenerate(request: Request) -> Response:
+    if refused := _stopping(request):
+        return refused
     body = await _json(request)
     if isinstance(body, Response):
         return body

@@ -30,6 +30,7 @@ class Studio:
     core: Core
     config: Config
     password: str | None  # the admin password; None: everyone is admin (loopback only)
+    stopping: bool = False  # set by WebAdapter.stop_intake: new chat messages are refused
 
     @property
     def user_name(self) -> str:
