@@ -212,3 +212,31 @@ name = "Mara"
     path.write_text(path.read_text().replace("epochs = 2", "epoch = 2"))
     with pytest.raises(ConfigError, match="did you mean 'epochs'"):
         load_config(path)
+
+
+def test_dpo_trains_with_the_peft_model_as_its_own_reference(
+    tiny: Path, loaded, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    def turn(role: str, text: str) -> list[dict[str, str]]:
+        return [{"role": role, "content": text}]
+
+    pairs = [
+        {
+            "prompt": turn("user", f"Question {i}?"),
+            "chosen": turn("assistant", f"A kind answer {i}."),
+            "rejected": turn("assistant", f"Go away {i}."),
+        }
+        for i in range(8)
+    ]
+    plan = TrainPlan(
+        "Bram",
+        "dpo",
+        [Stage("votes", pairs, 1)],
+        pairs[:2],
+        SETTINGS,
+        ModelSettings(base=str(tiny)),
+    )
+    run = new_run(tmp_path / "loras", "Bram")
+    result = train(plan, run, progress=False, loaded=loaded)
+    assert result.stages[0].steps == 2 and len(result.stages[0].val_losses) == 1
+    assert (run.adapter_dir / "adapter_model.safetensors").is_file()
