@@ -5,8 +5,9 @@
 The store is built once (kept at --db, default /tmp/charbot-export-bench.db) through the real
 migrations, then filled with plain INSERTs: conversations of two exchanges with the exact
 prompts the bot stores (persona + history), some replies regenerated, 100,000 votes, 10,000
-corrections and 1,000 reviewer exclusions. Each format runs in a fresh process, so its peak
-resident memory (ru_maxrss) is its own. Targets: < 30 s per format, peak RSS < 500 MB.
+corrections, 1,000 reviewer exclusions and 10,000 kept swipes. Each format runs in a fresh
+process, so its peak resident memory (ru_maxrss) is its own; CPU time is printed beside wall
+time because the machine is shared. Targets: < 30 s per format, peak RSS < 500 MB.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ MESSAGES = 1_000_000
 RATINGS = 100_000
 CORRECTIONS = 10_000
 EXCLUSIONS = 1_000
+SWIPES = 10_000  # regenerated replies whose sibling a person kept
 PERSONA = (
     "You are Bram, the keeper of the lighthouse on Gull Rock. Gruff, dry humour, short "
     "sentences, secretly kind; distrusts anything with a battery; knows the sea and the weather "
@@ -67,7 +69,7 @@ def build(path: Path) -> None:
     db = sqlite3.connect(path)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=OFF")
-    messages, replies = [], []
+    messages, replies, regenerated = [], [], []
     conversation = 0
     now = 1_700_000_000.0
     columns = (
@@ -149,6 +151,8 @@ def build(path: Path) -> None:
                     )
                 )
                 replies.append(next_id)
+                if first is not None:
+                    regenerated.append((next_id, user_id))
                 first = first or next_id
                 next_id += 1
                 now += 0.5
@@ -177,6 +181,11 @@ def build(path: Path) -> None:
         "VALUES (?, 'benchmark', 'rita', ?)",
         [(m, now) for m in rng.sample(rated, EXCLUSIONS)],
     )
+    db.executemany(
+        "INSERT INTO swipe_choices (kept_id, parent_id, user_id, created_at) "
+        "VALUES (?, ?, 'u1', ?)",
+        [(kept, parent, now) for kept, parent in rng.sample(regenerated, SWIPES)],
+    )
     db.commit()
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
@@ -201,14 +210,15 @@ def run_one(path: Path, fmt: str) -> dict[str, object]:
 
     engine = create_engine(f"sqlite:///{path}")
     out_path = path.with_suffix(f".{fmt}.jsonl")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with engine.connect() as conn, out_path.open("w", encoding="utf-8") as out:
         report = write_export(conn, fmt, out, cleaners={"": Cleaner(Rules())}, progress=False)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "format": fmt,
         "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu, 2),  # unlike wall time, not stretched by other processes
         "records": report.kept,
         "removed": sum(report.removed.values()),
         "peak_rss_mb": round(peak_mb),
@@ -238,11 +248,12 @@ def main() -> int:
             text=True,
         )
         rows.append(json.loads(done.stdout))
-    print("| format | records | time | peak RSS | output |")
-    print("|---|---|---|---|---|")
+    print("| format | records | time | CPU time | peak RSS | output |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['format']} | {row['records']:,} | {row['seconds']:.1f} s "
+            f"| {row['cpu_seconds']:.1f} s "
             f"| {row['peak_rss_mb']} MB | {row['bytes'] / 1e6:.0f} MB |"
         )
     if args.json:

@@ -107,12 +107,15 @@ def _replies_query(selection: Selection, swipes: bool) -> Any:
             select(sibling.c.id).where(sibling.c.reply_to_id.in_(select(_W.c.parent_id)))
         )
     with_feedback = union(*sources).subquery()
-    latest = (
-        select(_W.c.parent_id, func.max(_W.c.id).label("choice"))
-        .group_by(_W.c.parent_id)
-        .subquery()
+    # The newest choice among this reply's siblings, looked up per row through the parent
+    # index (joined as a grouped subquery instead, SQLite scanned it for every row).
+    kept = (
+        select(_W.c.kept_id)
+        .where(_W.c.parent_id == _M.c.reply_to_id)
+        .order_by(_W.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
     )
-    kept = select(_W.c.parent_id, _W.c.kept_id).join(latest, latest.c.choice == _W.c.id).subquery()
     votes = (
         select(
             _R.c.message_id,
@@ -137,12 +140,11 @@ def _replies_query(selection: Selection, swipes: bool) -> Any:
             func.coalesce(votes.c.up, 0).label("up"),
             func.coalesce(votes.c.down, 0).label("down"),
             _E.c.reason,
-            kept.c.kept_id,
+            kept.label("kept_id"),
         )
         .join(with_feedback, with_feedback.c.message_id == _M.c.id)
         .outerjoin(votes, votes.c.message_id == _M.c.id)
         .outerjoin(_E, _E.c.message_id == _M.c.id)
-        .outerjoin(kept, kept.c.parent_id == _M.c.reply_to_id)
         .where(*_filters(selection))
         # Siblings (replies to one message) come together, so preference pairs are found
         # while streaming; ids make the order total, so every export is the same.
