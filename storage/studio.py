@@ -11,16 +11,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, case, func, select, union, update
 
+from storage.feedback import Selection
+from storage.feedback import _filters as feedback_filters  # the export's own reply filters
 from storage.review import add_correction_sync
-from storage.schema import Conversation, Correction, Message, Rating
+from storage.schema import Conversation, Correction, Exclusion, Message, Rating
 from storage.store import Store
 
 _C = Conversation.__table__
 _M = Message.__table__
 _R = Rating.__table__
 _X = Correction.__table__
+_E = Exclusion.__table__
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,3 +165,112 @@ async def write_reviewed(store: Store, message_id: int, reviewer: str, text: str
         return new_id
 
     return await store.write(work)
+
+
+# -- the review queue ------------------------------------------------------------------------
+
+# Which replies the queue shows. The vote rules are training/records.VoteRule's (net and any
+# 👎, net 👍) written as SQL, so that a page costs one indexed query, not a scan of every
+# rated reply (a store with 100,000 ratings took over a minute that way).
+REVIEW_SCORES = ("down", "any-down", "up", "corrected", "excluded", "all")
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewRow:
+    """A reply in the review queue with its votes and exclusion (corrections come apart)."""
+
+    id: int
+    conversation_id: int
+    platform: str
+    character: str
+    adapter_version: str | None
+    text: str
+    prompt_json: str
+    created_at: float
+    up: int
+    down: int
+    excluded: str | None
+
+
+def _votes() -> Any:
+    return (
+        select(
+            _R.c.message_id,
+            func.sum(case((_R.c.value > 0, 1), else_=0)).label("up"),
+            func.sum(case((_R.c.value < 0, 1), else_=0)).label("down"),
+        )
+        .group_by(_R.c.message_id)
+        .subquery()
+    )
+
+
+def _candidates(score: str, votes: Any) -> Any:
+    """The ids of the replies ``score`` selects, from the small feedback tables."""
+    if score == "down":
+        return select(votes.c.message_id).where(votes.c.up < votes.c.down)
+    if score == "any-down":
+        return select(votes.c.message_id).where(votes.c.down > 0)
+    if score == "up":
+        return select(votes.c.message_id).where(votes.c.up > votes.c.down)
+    if score == "corrected":
+        return select(_X.c.message_id).distinct()
+    if score == "excluded":
+        return select(_E.c.message_id)
+    if score == "all":
+        return union(select(_R.c.message_id), select(_X.c.message_id))
+    raise ValueError(f"review score {score!r}; use one of {', '.join(REVIEW_SCORES)}")
+
+
+async def review_queue(
+    store: Store, selection: Selection, score: str, *, limit: int, offset: int = 0
+) -> tuple[int, list[ReviewRow]]:
+    """(how many replies match, the page of them newest first) for the review queue."""
+    wanted = _candidates(score, _votes()).subquery()
+    matching = (
+        select(_M.c.id)
+        .join(wanted, wanted.c.message_id == _M.c.id)
+        .where(*feedback_filters(selection))
+    )
+    page = (
+        select(
+            _M.c.id,
+            _M.c.conversation_id,
+            _M.c.platform,
+            _M.c.character,
+            _M.c.adapter_version,
+            _M.c.text,
+            _M.c.prompt_json,
+            _M.c.created_at,
+            _E.c.reason,
+        )
+        .join(wanted, wanted.c.message_id == _M.c.id)
+        .outerjoin(_E, _E.c.message_id == _M.c.id)
+        .where(*feedback_filters(selection))
+        .order_by(_M.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+
+    def work(conn: Connection) -> tuple[int, list[ReviewRow]]:
+        total = conn.execute(select(func.count()).select_from(matching.subquery())).scalar_one()
+        found = list(conn.execute(page))
+        # Votes only for the page's replies: grouping every rating again would double the cost.
+        votes = {
+            row.message_id: (int(row.up), int(row.down))
+            for row in conn.execute(
+                select(
+                    _R.c.message_id,
+                    func.sum(case((_R.c.value > 0, 1), else_=0)).label("up"),
+                    func.sum(case((_R.c.value < 0, 1), else_=0)).label("down"),
+                )
+                .where(_R.c.message_id.in_([row.id for row in found]))
+                .group_by(_R.c.message_id)
+            )
+        }
+        rows = [
+            ReviewRow(*row[:8], *votes.get(row.id, (0, 0)), row[8])  # type: ignore[arg-type]
+            for row in found
+        ]
+        return int(total), rows
+
+    return await store.read(work)

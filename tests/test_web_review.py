@@ -210,3 +210,13 @@ def test_another_host_without_a_password_refuses_to_start(tmp_path: Path) -> Non
     result = charbot(named, "web", "--host", "0.0.0.0", env={"STUDIO_PW": ""})
     assert result.returncode == 2 and "STUDIO_PW, but it is empty" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_the_queue_pages_newest_first(browser: Browser) -> None:
+    done = [await rated_reply(browser, f"question {n}") for n in range(27)]
+    first = await browser.get("/review")
+    assert "27 replies, page 1 of 2" in first.text
+    assert items(first.text) == [str(d["reply_id"]) for d in reversed(done)][:25]
+    second = await browser.get("/review?score=down&page=2")
+    assert items(second.text) == [str(done[1]["reply_id"]), str(done[0]["reply_id"])]
+    assert (await browser.get("/review?page=3")).status_code == 200  # past the end: empty

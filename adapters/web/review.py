@@ -15,28 +15,35 @@ from starlette.responses import RedirectResponse, Response
 
 from adapters.web.context import flash, form_csrf, guarded, problem, render, studio_of
 from storage.errors import StorageError
-from storage.feedback import FeedbackRow, Selection, iter_feedback
+from storage.feedback import Selection
 from storage.review import exclude, unexclude
-from storage.studio import accept_correction, corrections_of, write_reviewed
-from training.records import VoteRule
+from storage.studio import (
+    REVIEW_SCORES,
+    ReviewRow,
+    accept_correction,
+    corrections_of,
+    review_queue,
+    write_reviewed,
+)
 
 PAGE_SIZE = 25
 REVIEWER = "studio"  # the author of corrections written here (source "reviewer")
-SCORES = {
-    "down": "net 👎 (score < 0)",
-    "any-down": "any 👎",
-    "up": "net 👍",
-    "corrected": "with a correction",
-    "excluded": "excluded",
-    "all": "everything rated or corrected",
-}
+LABELS = (
+    "net 👎 (score < 0)",
+    "any 👎",
+    "net 👍",
+    "with a correction",
+    "excluded",
+    "everything rated or corrected",
+)
+SCORES = dict(zip(REVIEW_SCORES, LABELS, strict=True))  # the store's list, labelled
 
 
 @dataclass(frozen=True)
 class Item:
     """One reply in the queue, ready for the template."""
 
-    row: FeedbackRow
+    row: ReviewRow
     context: list[dict[str, str]]  # the stored prompt without its system message
     system: str  # the persona as it was when the reply was made
     corrections: list[Any]  # storage.studio.CorrectionEntry, oldest first
@@ -73,20 +80,6 @@ def _selection(query: dict[str, str]) -> Selection:
     )
 
 
-def _wanted(score: str, row: FeedbackRow) -> bool:
-    if score == "down":
-        return VoteRule("net").bad(row)
-    if score == "any-down":
-        return VoteRule("any").bad(row)
-    if score == "up":
-        return VoteRule("net").good(row)
-    if score == "corrected":
-        return bool(row.corrections)
-    if score == "excluded":
-        return row.excluded is not None
-    return True
-
-
 def _split_prompt(prompt_json: str) -> tuple[str, list[dict[str, str]]]:
     try:
         messages = json.loads(prompt_json)
@@ -113,12 +106,11 @@ async def review_page(request: Request) -> Response:
         message = "page: must be a whole number"
         return render(request, "review.html", 400, error=message, **_empty(studio, query))
 
-    def work(conn: Any) -> list[FeedbackRow]:
-        return [row for row in iter_feedback(conn, selection) if _wanted(score, row)]
-
-    rows = sorted(await studio.core.store.read(work), key=lambda r: r.id, reverse=True)
-    shown = rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
-    fixes = await corrections_of(studio.core.store, [row.id for row in shown])
+    store = studio.core.store
+    total, shown = await review_queue(
+        store, selection, score, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+    )
+    fixes = await corrections_of(store, [row.id for row in shown])
     items = []
     for row in shown:
         system, context = _split_prompt(row.prompt_json)
@@ -127,9 +119,9 @@ async def review_page(request: Request) -> Response:
         request,
         "review.html",
         items=items,
-        total=len(rows),
+        total=total,
         page=page,
-        pages=max(1, -(-len(rows) // PAGE_SIZE)),
+        pages=max(1, -(-total // PAGE_SIZE)),
         error=None,
         **_choices(studio, query, score),
     )

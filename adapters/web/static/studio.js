@@ -65,6 +65,7 @@ function setupChat() {
   const input = document.getElementById("text");
   const status = document.getElementById("status");
   const say = (text) => { status.textContent = text; };
+  const follow = () => { log.scrollTop = log.scrollHeight; }; // keep the newest in view
   let busy = false;
 
   // A reply bubble holds its siblings (🔁 makes another, ◀ ▶ page through them).
@@ -152,8 +153,10 @@ function setupChat() {
       if (event === "text") {
         textNode.textContent = data.text;
         li.querySelector(".who").textContent = data.character;
+        follow();
       } else if (event === "notice") {
         log.append(el("li", "msg notice", data.text));
+        follow();
       } else if (event === "done") {
         li.classList.remove("streaming");
         onDone(data);
@@ -199,6 +202,7 @@ function setupChat() {
     const li = el("li", "msg assistant");
     li.append(el("span", "who", ""), el("span", "text", ""));
     log.append(li);
+    follow();
     try {
       await streamInto(li, "/api/chat/send", body, (data) => {
         if (data.status === "ok" && data.id) {
@@ -207,6 +211,7 @@ function setupChat() {
         } else if (!li.querySelector(".text").textContent) {
           li.remove();
         }
+        follow();
       });
       say("");
     } catch (e) {
@@ -279,13 +284,13 @@ function setupReview() {
   const items = [...document.querySelectorAll(".item")];
   if (!items.length) return;
   let at = Math.max(0, items.findIndex((i) => "#" + i.id === location.hash));
-  const focus = (index) => {
+  const focus = (index, scroll = true) => {
     items[at].classList.remove("current");
     at = Math.min(items.length - 1, Math.max(0, index));
     items[at].classList.add("current");
-    items[at].scrollIntoView({ block: "nearest" });
+    if (scroll) items[at].scrollIntoView({ block: "nearest" });
   };
-  focus(at);
+  focus(at, Boolean(location.hash)); // back from an action: that item; else the filters stay in view
   document.addEventListener("keydown", (event) => {
     const typing = ["TEXTAREA", "INPUT", "SELECT"].includes(event.target.tagName);
     if (typing) {
