@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import sys
 import tempfile
 import time
@@ -230,6 +231,8 @@ def main() -> None:
         f"| training | {figures['train_tokens_per_s']:.0f} tokens/s "
         f"({figures['train_tokens']} tokens) | — |"
     )
+    load = os.getloadavg()
+    print(f"\nload average at the end (1, 5, 15 min): {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -131,6 +132,8 @@ def main() -> None:
         f"{measured / 60:.1f} min measured" if measured else f"{estimate / 60:.1f} min estimated"
     )
     print(f"| 500 pairs × 3 epochs | {label} | < 15 min |")
+    load = os.getloadavg()
+    print(f"\nload average at the end (1, 5, 15 min): {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 
