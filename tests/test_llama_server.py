@@ -125,8 +125,11 @@ async def test_a_conversation_streams_within_the_prompt_budget(
 
 
 async def test_server_killed_mid_reply_then_back(llama: LlamaServer, make_core: MakeCore) -> None:
-    backend = OpenAIModel(settings(llama, max_new_tokens=400, temperature=0.9), CHARACTERS)
-    core = await make_core(model=backend, characters=CHARACTERS, max_new_tokens=400)
+    # Pip tells a long story (to be cut); Aria's answer afterwards stays short.
+    pip = Character(name="Pip", description="A clockwork library owl.", max_new_tokens=400)
+    characters = (CHARACTERS[0], pip)
+    backend = OpenAIModel(settings(llama, temperature=0.9), characters)
+    core = await make_core(model=backend, characters=characters, max_new_tokens=12)
     target = RecordingTarget()
     answer = asyncio.create_task(core.handle(inbound("Pip, tell me a very long story."), target))
     for _ in range(600):  # until the reply is on screen
@@ -141,5 +144,5 @@ async def test_server_killed_mid_reply_then_back(llama: LlamaServer, make_core: 
     assert rows[-1].status == "error" and "dropped the connection" in rows[-1].error
     llama.start()
     target = RecordingTarget()
-    result = await core.handle(inbound("Pip, are you back?"), target)
+    result = await core.handle(inbound("Aria, are you back?"), target)
     assert result is not None and result.status == "ok" and target.text.strip()
