@@ -223,6 +223,13 @@ async def _data(config: Config, args: argparse.Namespace) -> int:
 
         train, val = split_dataset(files, val=args.val, seed=args.seed)
         print(f"{train} train, {val} validation records in {files.directory}", file=sys.stderr)
+        if not train or not val:
+            # Whole conversations go to one side: a few large ones can leave a side empty.
+            print(
+                f"note: the {'training' if not train else 'validation'} side is empty; "
+                "try another --seed or --val, or add data",
+                file=sys.stderr,
+            )
     else:
         _stats(config, args, files)
     return 0
