@@ -38,6 +38,8 @@ async def test_chat_page_lists_the_characters(browser: Browser) -> None:
     assert '<option value="Mara" selected>' in page.text and "Bram" in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-frame-options"] == "DENY"
+    cookie = page.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
     assert browser.csrf
 
 
