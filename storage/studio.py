@@ -16,11 +16,12 @@ from sqlalchemy import Connection, case, func, select, union, update
 from storage.feedback import Selection
 from storage.feedback import _filters as feedback_filters  # the export's own reply filters
 from storage.review import add_correction_sync
-from storage.schema import Conversation, Correction, Exclusion, Message, Rating
+from storage.schema import Conversation, Correction, Exclusion, Message, MessagePart, Rating
 from storage.store import Store
 
 _C = Conversation.__table__
 _M = Message.__table__
+_P = MessagePart.__table__
 _R = Rating.__table__
 _X = Correction.__table__
 _E = Exclusion.__table__
@@ -28,16 +29,17 @@ _E = Exclusion.__table__
 
 @dataclass(frozen=True, slots=True)
 class ChatLine:
-    """One message of a web chat as the chat page shows it again after a reload."""
+    """One message of a web chat as the chat page shows it again after a reload: a reply is
+    the sibling its bubble shows now (after 🔁 and ◀ ▶), ``index`` of ``count``."""
 
     id: int
     role: str  # "user" | "assistant"
     text: str
     character: str | None
     platform_message_id: str | None
-    reply_to_id: int | None
-    regenerated_from_id: int | None
     my_vote: int  # the viewer's vote on it: +1, -1 or 0
+    index: int = 0
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,7 @@ async def current_conversation(
     store: Store, platform: str, chat_id: str, user_id: str, limit: int = 200
 ) -> list[ChatLine]:
     """The messages of the chat's open conversation (no thread), oldest first, at most
-    ``limit`` of the newest; each with ``user_id``'s vote."""
+    ``limit`` of the newest, each reply as the sibling its platform message shows."""
     open_one = (
         select(_C.c.id)
         .where(_C.c.platform == platform, _C.c.chat_id == chat_id, _C.c.thread_id == "")
@@ -66,17 +68,19 @@ async def current_conversation(
         .limit(1)
         .scalar_subquery()
     )
+    # A reply's bubble is its first part; a sibling replaced in place has none any more.
     query = (
         select(
             _M.c.id,
             _M.c.role,
             _M.c.text,
             _M.c.character,
-            _M.c.platform_message_id,
+            func.coalesce(_P.c.platform_message_id, _M.c.platform_message_id),
+            _P.c.id.is_not(None),
             _M.c.reply_to_id,
-            _M.c.regenerated_from_id,
             _R.c.value,
         )
+        .outerjoin(_P, (_P.c.message_id == _M.c.id) & (_P.c.part_index == 0))
         .outerjoin(_R, (_R.c.message_id == _M.c.id) & (_R.c.user_id == user_id))
         .where(_M.c.conversation_id == open_one, _M.c.status == "ok")
         .order_by(_M.c.id.desc())
@@ -84,8 +88,42 @@ async def current_conversation(
     )
 
     def work(conn: Connection) -> list[ChatLine]:
-        rows = [ChatLine(*row[:7], int(row[7] or 0)) for row in conn.execute(query)]
-        return rows[::-1]
+        rows = list(conn.execute(query))[::-1]
+        siblings: dict[int, list[int]] = {}
+        for row in rows:
+            if row.role == "assistant" and row.reply_to_id is not None:
+                siblings.setdefault(row.reply_to_id, []).append(row.id)
+        lines = []
+        for row in rows:
+            if row.role == "assistant" and not row[5]:
+                continue  # a sibling no bubble shows now
+            group = siblings.get(row.reply_to_id, [row.id]) if row.role == "assistant" else []
+            lines.append(
+                ChatLine(
+                    row.id,
+                    row.role,
+                    row.text,
+                    row.character,
+                    row[4],
+                    int(row.value or 0),
+                    group.index(row.id) if row.id in group else 0,
+                    max(1, len(group)),
+                )
+            )
+        return lines
+
+    return await store.read(work)
+
+
+async def my_votes(store: Store, message_ids: Iterable[int], user_id: str) -> dict[int, int]:
+    """``user_id``'s vote on each of ``message_ids`` that has one."""
+    wanted = list(message_ids)
+    query = select(_R.c.message_id, _R.c.value).where(
+        _R.c.message_id.in_(wanted), _R.c.user_id == user_id
+    )
+
+    def work(conn: Connection) -> dict[int, int]:
+        return {row.message_id: int(row.value) for row in conn.execute(query)}
 
     return await store.read(work)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from storage import swipes
 from tests.web_support import REPO, Browser, events, open_browser, write_config
 
 XSS = '<script>alert("x")</script> <img src=x onerror="alert(1)">'
@@ -101,6 +102,7 @@ async def test_every_state_changing_request_needs_the_csrf_token(browser: Browse
         "/api/chat/rate",
         "/api/chat/correct",
         "/api/chat/regenerate",
+        "/api/chat/swipe",
         "/api/chat/reset",
         "/api/chat/character",
     ):
@@ -119,20 +121,42 @@ async def test_script_and_img_onerror_are_shown_as_text(browser: Browser) -> Non
     assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in page
 
 
-async def test_regenerate_makes_a_sibling_and_the_next_message_continues_from_the_shown_one(
+async def test_regenerate_writes_a_sibling_into_the_same_bubble_and_the_shown_one_is_kept(
     browser: Browser,
 ) -> None:
     first = (await browser.say("Tell me a story"))[-1][1]
-    response = await browser.post("/api/chat/regenerate", {"message_id": first["id"]})
-    second = events(response.text)[-1][1]
-    assert second["status"] == "ok" and second["id"] != first["id"]
+    found = events((await browser.post("/api/chat/regenerate", {"message_id": first["id"]})).text)
+    assert ("swipe", {"index": 1, "count": 2}) in found
+    second = found[-1][1]
+    assert second["status"] == "ok" and second["id"] == first["id"]  # the same bubble
     store = browser.core.store
     rows = {r.id: r for r in await store.list_messages(platform="web")}
     assert rows[second["reply_id"]].regenerated_from_id == first["reply_id"]
-    # ◀ back to the first sibling, then go on: the conversation continues from it.
-    await browser.say("And then?", reply_to=first["id"])
+
+    # ◀ shows the first take again; a vote on the bubble lands on the take shown.
+    back = await browser.post("/api/chat/swipe", {"message_id": first["id"], "step": -1})
+    assert back.json() == {
+        "text": first["text"],
+        "character": "Mara",
+        "index": 0,
+        "count": 2,
+        "vote": 0,
+    }
+    await browser.post("/api/chat/rate", {"message_id": first["id"], "value": -1})
+    assert [r.value for r in await store.list_ratings([first["reply_id"]])] == [-1]
+    assert await store.list_ratings([second["reply_id"]]) == []
+    page = (await browser.get("/")).text
+    assert f'data-id="{first["id"]}" data-index="0" data-count="2" data-vote="-1"' in page
+    bad = await browser.post("/api/chat/swipe", {"message_id": first["id"], "step": 2})
+    assert bad.status_code == 400 and "step: use -1" in bad.json()["error"]
+
+    # The conversation goes on from the take shown, and that choice is stored.
+    await browser.say("And then?")
     rows = await store.list_messages(platform="web")
-    assert rows[-2].text == "And then?" and rows[-2].reply_to_id == first["reply_id"]
+    asked = next(r for r in rows if r.text == "And then?")
+    assert asked.reply_to_id == first["reply_id"]
+    kept = await swipes.choices(store)
+    assert [(k, user) for k, _, user in kept] == [(first["reply_id"], rows[0].author_id)]
 
 
 async def test_reset_starts_a_new_conversation_and_the_page_shows_it_empty(

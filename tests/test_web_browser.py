@@ -171,15 +171,17 @@ def test_chat_shows_the_streamed_reply_and_rates_it(studio: ServedStudio, browse
     assert [r.value for r in ratings] == [-1]
     browser.save_screenshot(str(ARTIFACTS / "chat.png"))
 
-    # 🔁 another take into the same bubble, ◀ back to the first.
+    # 🔁 another take into the same bubble, ◀ back to the first; a reload shows that one.
     bubble.find_element(By.CSS_SELECTOR, "button.regen").click()
     wait(browser, lambda d: bubble.find_element(By.CSS_SELECTOR, ".count").text == "2/2")
     bubble.find_element(By.CSS_SELECTOR, "button.prev").click()
-    assert bubble.find_element(By.CSS_SELECTOR, ".count").text == "1/2"
-
-    browser.refresh()  # the conversation is there again, siblings grouped
+    wait(browser, lambda d: bubble.find_element(By.CSS_SELECTOR, ".count").text == "1/2")
+    assert bubble.find_element(By.CSS_SELECTOR, ".text").text == text
+    assert "on" in bubble.find_element(By.CSS_SELECTOR, "button.down").get_attribute("class")
+    browser.refresh()
     bubble = replies(browser)[-1]
-    assert bubble.find_element(By.CSS_SELECTOR, ".count").text == "2/2"
+    assert bubble.find_element(By.CSS_SELECTOR, ".count").text == "1/2"
+    assert bubble.find_element(By.CSS_SELECTOR, ".text").text == text
 
 
 def test_a_correction_in_the_review_queue_reaches_the_sft_export(

@@ -16,7 +16,7 @@ from adapters.web.target import WebTarget, new_message_id, stream_events
 from bot.core import ReplyResult
 from bot.errors import CharbotError
 from bot.messages import Inbound
-from storage.studio import current_conversation
+from storage.studio import current_conversation, my_votes
 
 MAX_TEXT = 8000  # characters in one message or correction
 
@@ -84,11 +84,6 @@ async def send(request: Request) -> Response:
     text = _text(body, "text")
     if isinstance(text, Response):
         return text
-    reply_to = body.get("reply_to")
-    if reply_to is not None:
-        reply_to = _message_id(body, "reply_to")
-        if isinstance(reply_to, Response):
-            return reply_to
     studio, viewer = studio_of(request), viewer_id(request)
     inbound = Inbound(
         platform=PLATFORM,
@@ -97,8 +92,6 @@ async def send(request: Request) -> Response:
         author_id=viewer,
         author_name=studio.user_name,
         text=text,
-        # The sibling shown (after 🔁 and ◀ ▶) is what the conversation continues from.
-        reply_to_id=reply_to,
     )
     target = WebTarget()
 
@@ -110,6 +103,9 @@ async def send(request: Request) -> Response:
 
 
 async def regenerate(request: Request) -> Response:
+    """🔁: a new sibling written into the same bubble (the core's swipes, as on Telegram);
+    the bubble then pages through the siblings with ◀ ▶ and the conversation goes on from
+    the one shown."""
     if refused := _stopping(request):
         return refused
     body = await _json(request)
@@ -119,10 +115,47 @@ async def regenerate(request: Request) -> Response:
     if isinstance(message_id, Response):
         return message_id
     studio, viewer = studio_of(request), viewer_id(request)
-    if await studio.core.reply_character(PLATFORM, viewer, message_id) is None:
+    core = studio.core
+    if await core.reply_character(PLATFORM, viewer, message_id) is None:
         return problem("message_id: not a reply in this chat", 404)
     target = WebTarget()
-    return _sse(target, studio.core.regenerate(PLATFORM, viewer, message_id, target))
+
+    async def work() -> ReplyResult | None:
+        in_place = core.swipes.in_place(target, PLATFORM, viewer, message_id)
+        result = await core.regenerate(PLATFORM, viewer, message_id, in_place)
+        shown = await core.swipes.regenerated(PLATFORM, viewer, message_id)
+        if shown is not None:
+            target.events.put_nowait(("swipe", {"index": shown.index, "count": shown.count}))
+        return result
+
+    return _sse(target, work())
+
+
+async def swipe(request: Request) -> Response:
+    """◀ ▶: show the sibling ``step`` places on in the bubble; votes then land on it."""
+    body = await _json(request)
+    if isinstance(body, Response):
+        return body
+    message_id = _message_id(body)
+    if isinstance(message_id, Response):
+        return message_id
+    step = body.get("step")
+    if step not in (-1, 1) or isinstance(step, bool):
+        return problem("step: use -1 (◀) or 1 (▶)")
+    studio, viewer = studio_of(request), viewer_id(request)
+    shown = await studio.core.swipes.page(PLATFORM, viewer, message_id, step)
+    if shown is None:
+        return problem("message_id: not a reply in this chat", 404)
+    votes = await my_votes(studio.core.store, [shown.sibling.id], viewer)
+    return JSONResponse(
+        {
+            "text": shown.sibling.text,
+            "character": shown.sibling.character,
+            "index": shown.index,
+            "count": shown.count,
+            "vote": votes.get(shown.sibling.id, 0),
+        }
+    )
 
 
 async def rate(request: Request) -> Response:
@@ -194,6 +227,7 @@ ROUTES = [
     ("/", guarded(chat_page), ["GET"]),
     ("/api/chat/send", guarded(send), ["POST"]),
     ("/api/chat/regenerate", guarded(regenerate), ["POST"]),
+    ("/api/chat/swipe", guarded(swipe), ["POST"]),
     ("/api/chat/rate", guarded(rate), ["POST"]),
     ("/api/chat/correct", guarded(correct), ["POST"]),
     ("/api/chat/reset", guarded(reset), ["POST"]),

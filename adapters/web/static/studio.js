@@ -68,24 +68,31 @@ function setupChat() {
   const follow = () => { log.scrollTop = log.scrollHeight; }; // keep the newest in view
   let busy = false;
 
-  // A reply bubble holds its siblings (🔁 makes another, ◀ ▶ page through them).
-  function makeGroup(li, first) {
-    li.siblings = [first];
-    li.index = 0;
+  // A reply bubble shows one of its siblings: 🔁 writes another into it, ◀ ▶ page through
+  // them on the server (votes then land on the sibling shown), and the conversation goes on
+  // from the one shown.
+  function makeGroup(li, state) {
+    li.state = state;
     addControls(li);
     show(li);
   }
 
   function show(li) {
-    const s = li.siblings[li.index];
-    li.dataset.id = s.id || "";
+    const s = li.state;
+    li.dataset.id = s.id;
     li.querySelector(".text").textContent = s.text;
-    li.querySelector(".who").textContent = s.character || li.querySelector(".who").textContent;
+    if (s.character) li.querySelector(".who").textContent = s.character;
     const pager = li.querySelector(".pager");
-    pager.hidden = li.siblings.length < 2;
-    pager.querySelector(".count").textContent = `${li.index + 1}/${li.siblings.length}`;
+    pager.hidden = s.count < 2;
+    pager.querySelector(".count").textContent = `${s.index + 1}/${s.count}`;
     li.querySelector(".up").classList.toggle("on", s.vote === 1);
     li.querySelector(".down").classList.toggle("on", s.vote === -1);
+  }
+
+  async function page(li, step) {
+    const shown = await postJSON("/api/chat/swipe", { message_id: li.state.id, step });
+    Object.assign(li.state, shown);
+    show(li);
   }
 
   function addControls(li) {
@@ -95,29 +102,26 @@ function setupChat() {
       b.type = "button";
       b.title = title;
       b.addEventListener("click", () => action().catch((e) => say(e.message)));
-      bar.append(b);
       return b;
     };
-    button("up", "👍", "good reply", () => vote(li, 1));
-    button("down", "👎", "bad reply", () => vote(li, -1));
-    button("fix", "✏️", "write a better reply", async () => openFix(li));
-    button("regen", "🔁", "another take", () => regenerate(li));
+    bar.append(
+      button("up", "👍", "good reply", () => vote(li, 1)),
+      button("down", "👎", "bad reply", () => vote(li, -1)),
+      button("fix", "✏️", "write a better reply", async () => openFix(li)),
+      button("regen", "🔁", "another take", () => regenerate(li)),
+    );
     const pager = el("span", "pager");
-    const prev = el("button", "prev", "◀");
-    const count = el("span", "count");
-    const next = el("button", "next", "▶");
-    prev.type = next.type = "button";
-    prev.addEventListener("click", () => { li.index = Math.max(0, li.index - 1); show(li); });
-    next.addEventListener("click", () => {
-      li.index = Math.min(li.siblings.length - 1, li.index + 1); show(li);
-    });
-    pager.append(prev, count, next);
+    pager.append(
+      button("prev", "◀", "previous take", () => page(li, -1)),
+      el("span", "count"),
+      button("next", "▶", "next take", () => page(li, 1)),
+    );
     bar.append(pager);
     li.append(bar);
   }
 
   async function vote(li, value) {
-    const s = li.siblings[li.index];
+    const s = li.state;
     const wanted = s.vote === value ? 0 : value; // a second click takes the vote back
     await postJSON("/api/chat/rate", { message_id: s.id, value: wanted });
     s.vote = wanted;
@@ -131,14 +135,13 @@ function setupChat() {
     const area = el("textarea");
     area.rows = 3;
     area.placeholder = "A better reply…";
-    area.value = li.siblings[li.index].text;
+    area.value = li.state.text;
     const save = el("button", "", "Save correction");
     save.type = "submit";
     box.append(area, save);
     box.addEventListener("submit", (event) => {
       event.preventDefault();
-      const s = li.siblings[li.index];
-      postJSON("/api/chat/correct", { message_id: s.id, text: area.value })
+      postJSON("/api/chat/correct", { message_id: li.state.id, text: area.value })
         .then(() => { box.remove(); say("correction saved"); })
         .catch((e) => say(e.message));
     });
@@ -157,6 +160,8 @@ function setupChat() {
       } else if (event === "notice") {
         log.append(el("li", "msg notice", data.text));
         follow();
+      } else if (event === "swipe") {
+        Object.assign(li.state, data);
       } else if (event === "done") {
         li.classList.remove("streaming");
         onDone(data);
@@ -169,12 +174,10 @@ function setupChat() {
   async function regenerate(li) {
     if (busy) return;
     busy = true;
-    const s = li.siblings[li.index];
     try {
-      await streamInto(li, "/api/chat/regenerate", { message_id: s.id }, (data) => {
-        if (data.status !== "ok" || !data.id) return;
-        li.siblings.push({ id: data.id, text: data.text, character: data.character, vote: 0 });
-        li.index = li.siblings.length - 1;
+      await streamInto(li, "/api/chat/regenerate", { message_id: li.state.id }, (data) => {
+        if (data.status !== "ok") return;
+        Object.assign(li.state, { text: data.text, character: data.character, vote: 0 });
       });
     } finally {
       busy = false;
@@ -182,20 +185,10 @@ function setupChat() {
     }
   }
 
-  // What the next message continues from: the sibling shown in the last reply.
-  function replyTo() {
-    const groups = log.querySelectorAll("li.assistant");
-    const last = groups[groups.length - 1];
-    if (!last || !last.siblings || last.siblings.length < 2) return null;
-    return last.siblings[last.index].id || null;
-  }
-
   async function send(text) {
     if (busy) return;
     busy = true;
     const body = { text };
-    const to = replyTo();
-    if (to) body.reply_to = to;
     const mine = el("li", "msg user");
     mine.append(el("span", "who", "You"), el("span", "text", text));
     log.append(mine);
@@ -207,7 +200,9 @@ function setupChat() {
       await streamInto(li, "/api/chat/send", body, (data) => {
         if (data.status === "ok" && data.id) {
           li.dataset.row = data.reply_id;
-          makeGroup(li, { id: data.id, text: data.text, character: data.character, vote: 0 });
+          makeGroup(li, {
+            id: data.id, text: data.text, character: data.character, vote: 0, index: 0, count: 1,
+          });
         } else if (!li.querySelector(".text").textContent) {
           li.remove();
         }
@@ -255,25 +250,16 @@ function setupChat() {
     }).catch((e) => say(e.message));
   });
 
-  // Replies already on the page (after a reload): siblings join the first of their group.
-  const byRow = new Map();
-  for (const li of [...log.querySelectorAll("li.assistant")]) {
-    const sibling = {
+  // Replies already on the page (after a reload), each as the sibling its bubble shows.
+  for (const li of log.querySelectorAll("li.assistant[data-id]")) {
+    makeGroup(li, {
       id: li.dataset.id,
       text: li.querySelector(".text").textContent,
       character: li.querySelector(".who").textContent,
       vote: Number(li.dataset.vote || 0),
-    };
-    const root = byRow.get(li.dataset.siblingOf);
-    if (root && root.siblings) {
-      root.siblings.push(sibling);
-      root.index = root.siblings.length - 1;
-      show(root);
-      li.remove();
-      continue;
-    }
-    byRow.set(li.dataset.row, li);
-    if (li.dataset.id && li.dataset.parent) makeGroup(li, sibling);
+      index: Number(li.dataset.index || 0),
+      count: Number(li.dataset.count || 1),
+    });
   }
   log.scrollTop = log.scrollHeight;
 }
