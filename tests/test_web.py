@@ -9,15 +9,17 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from storage import swipes
-from tests.web_support import REPO, Browser, events, open_browser, write_config
+from tests.web_support import REPO, Browser, charbot, events, open_browser, write_config
 
 XSS = '<script>alert("x")</script> <img src=x onerror="alert(1)">'
 
@@ -268,3 +270,46 @@ async def test_after_stop_intake_new_messages_are_refused(browser: Browser) -> N
         assert response.status_code == 503 and "shutting down" in response.json()["error"]
     texts = [r.text for r in await browser.core.store.list_messages(platform="web")]
     assert "during the stop" not in texts and "before the stop" in texts
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = charbot(write_config(tmp_path), "web", "--port", str(port))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"charbot: error: [web] cannot listen on 127.0.0.1:{port} (")
+    assert result.stderr.strip().endswith("choose another --port or [web] port")
+
+
+def test_another_host_with_a_password_serves_and_asks_for_the_login(tmp_path: Path) -> None:
+    config = write_config(tmp_path, web='password_env = "STUDIO_PW"')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "--config", str(config), "web", "--host", "0.0.0.0"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "STUDIO_PW": "s3cret-for-the-test"},
+    )
+    try:
+        line = process.stderr.readline() if process.stderr else ""
+        found = re.search(r"the studio is at http://0\.0\.0\.0:(\d+)/", line)
+        assert found, line
+        base = f"http://127.0.0.1:{found[1]}/"
+        assert _get(base)[0] == 200  # the chat is open
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(base + "review", timeout=10)
+        assert refused.value.code == 303
+        assert refused.value.headers["location"] == "/login?next=/review"
+    finally:
+        code, err = _stop(process)
+    assert code == 0, err
+    assert "s3cret-for-the-test" not in err
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any) -> None:
+        return None
