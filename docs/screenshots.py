@@ -26,6 +26,7 @@ SCRIPT = {
     "headed": "Kestrel Station, three jumps out. We refuel at the Orrin yards on the way.",
     "safe": "Safer than a crowded spaceport, I promise. I plot every jump twice.",
     "nebula": "The Veil Nebula — like flying through a lantern's glow. Stay near a window.",
+    "nebula again": "If the jump lines up, yes: the Veil is on our second leg. I'll wake you.",
     "fuel": "Ask the quartermaster. I only chart the routes.",
 }
 
@@ -34,6 +35,9 @@ class Scripted(ChatModel):
     """Answers from SCRIPT by keyword, streamed word by word; serves LoRA versions by name."""
 
     name: ClassVar[str] = "scripted"
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
 
     async def load_adapter(self, character: str, path: str) -> str:
         return Path(path).name
@@ -46,6 +50,9 @@ class Scripted(ChatModel):
 
         last = next(m["content"] for m in reversed(request.messages) if m["role"] == "user")
         reply = next((v for k, v in SCRIPT.items() if k in last.lower()), "Hm. Tell me more.")
+        self.seen[reply] = self.seen.get(reply, 0) + 1
+        if reply == SCRIPT["nebula"] and self.seen[reply] > 1:  # 🔁: another take
+            reply = SCRIPT["nebula again"]
         words = reply.split(" ")
         for index, word in enumerate(words):
             await asyncio.sleep(0.02)
@@ -134,7 +141,9 @@ def main() -> None:
                 )
                 bubble.find_element(By.CSS_SELECTOR, ".fix-form button").click()
                 wait.until(lambda d: "saved" in d.find_element(By.ID, "status").text)
-                say("Could we see a nebula on the way?", None)
+                bubble = say("Could we see a nebula on the way?", None)
+                bubble.find_element(By.CSS_SELECTOR, "button.regen").click()  # another take
+                wait.until(lambda d: bubble.find_element(By.CSS_SELECTOR, ".count").text == "2/2")
                 driver.save_screenshot(str(OUT / "studio-chat.png"))
 
                 driver.get(studio.url + "/review")
