@@ -313,3 +313,18 @@ def test_another_host_with_a_password_serves_and_asks_for_the_login(tmp_path: Pa
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any) -> None:
         return None
+
+
+async def test_a_failing_model_is_an_apology_in_the_chat(
+    config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.core import APOLOGY
+    from tests.fakes import FakeModel
+
+    async with open_browser(config_path, monkeypatch) as browser:
+        monkeypatch.setattr(browser.core, "model", FakeModel(fail=True))
+        found = await browser.say("hello?")
+        assert ("notice", {"text": APOLOGY}) in found
+        assert found[-1][0] == "done" and found[-1][1]["status"] == "error"
+        rows = await browser.core.store.list_messages(platform="web")
+        assert rows[-1].status == "error" and "told to fail" in (rows[-1].error or "")
