@@ -146,3 +146,46 @@ async def test_server_killed_mid_reply_then_back(llama: LlamaServer, make_core: 
     target = RecordingTarget()
     result = await core.handle(inbound("Aria, are you back?"), target)
     assert result is not None and result.status == "ok" and target.text.strip()
+
+
+def test_the_converted_lora_computes_what_peft_computes(llama: LlamaServer) -> None:
+    """bot.models.gguf_lora's file on llama-server gives the next-token distribution that
+    transformers + peft give with the same adapter (q/k rows permuted right: unpermuted,
+    the top five share one token)."""
+    import json
+    import math
+    import urllib.request
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bot.models.local_files import convert_bundled
+
+    base_dir = convert_bundled(CACHE, progress=False)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    question = [{"role": "user", "content": "Tell me about the sea at night."}]
+    prompt = tokenizer.apply_chat_template(question, add_generation_prompt=True, tokenize=False)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, llama.loras[0].with_suffix(""))
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        probs = model(**ids).logits[0, -1].softmax(-1)
+    top = probs.topk(5)
+    expected = {
+        tokenizer.decode([int(t)]): float(p) for p, t in zip(top.values, top.indices, strict=True)
+    }
+    body = {"prompt": prompt, "n_predict": 1, "n_probs": 5, "temperature": 0}
+    body["lora"] = [{"id": 0, "scale": 1.0}]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{llama.port}/completion",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        first = json.loads(response.read())["completion_probabilities"][0]
+    served = {t["token"]: math.exp(t["logprob"]) for t in first["top_logprobs"]}
+    shared = expected.keys() & served.keys()
+    assert len(shared) >= 4, (expected, served)
+    for token in shared:  # Q4_1 base weights, int8 activations: close, not equal
+        assert abs(expected[token] - served[token]) < 0.05, (expected, served)
