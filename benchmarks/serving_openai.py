@@ -15,6 +15,7 @@ own LoRA, against the same requests one at a time.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import statistics
 import sys
@@ -73,7 +74,12 @@ async def run_openai(args) -> dict:  # type: ignore[no-untyped-def]
             base_url, loras = server.base_url, ["0", "1", "2", "3"]
         if not base_url:
             raise SystemExit("--backend openai needs --base-url URL or --llama-server BINARY")
-        result: dict = {"backend": "openai", "base_url": base_url}
+        # Other work on the same cores moves every figure: the load is recorded with them.
+        result: dict = {
+            "backend": "openai",
+            "base_url": base_url,
+            "load_average": os.getloadavg()[0],
+        }
         if server is not None:
             result["server_start_s"] = round(server.started_in, 2)
         settings = ModelSettings(
@@ -125,6 +131,11 @@ async def run_openai(args) -> dict:  # type: ignore[no-untyped-def]
             }
             result["concurrency"].append(row)
             print(row)
+        result["load_average_after"] = os.getloadavg()[0]
+        print(
+            f"load average: {result['load_average']:.1f} before, "
+            f"{result['load_average_after']:.1f} after"
+        )
         await model.close()
     finally:
         if server is not None:
