@@ -37,6 +37,7 @@ async def open_core(config: Config) -> AsyncIterator[Core]:
             settings=config.model,
             default_character=config.default_character,
             answer_backlog_minutes=config.bot.answer_backlog_minutes,
+            max_replies=config.bot.max_replies,
         )
         await core.start()
         core.loras = LoraSwitcher(

@@ -62,6 +62,7 @@ class BotSettings:
 
     shutdown_grace_s: float = 10.0  # on SIGTERM/Ctrl-C: how long replies may finish
     answer_backlog_minutes: float = 10.0  # after a restart: older unanswered messages skipped
+    max_replies: int = 32  # replies written at once over all chats (benchmarks/intake.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +264,8 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
     ):
         if getattr(sections[section], name) < 0:
             where.fail(f"[{section}] {name}", "must not be negative")
+    if sections["bot"].max_replies < 1:
+        where.fail("[bot] max_replies", "must be at least 1")
 
     characters = _characters(where, raw.get("characters"), base_dir)
     names = [c.name.lower() for c in characters]

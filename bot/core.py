@@ -74,7 +74,10 @@ class Core:
         settings: ModelSettings,
         default_character: str | None = None,
         answer_backlog_minutes: float = 10.0,
+        max_replies: int = 32,
     ) -> None:
+        """``answer_backlog_minutes``: after a restart, unanswered messages older than this are
+        skipped; ``max_replies``: replies written at once over all chats (the rest wait)."""
         if not characters:
             raise ValueError("at least one character is needed")
         self.store = store
@@ -95,6 +98,9 @@ class Core:
         self._background: set[asyncio.Task[Any]] = set()  # notices sent on the side
         self._stopping = False
         self.answer_backlog_minutes = answer_backlog_minutes
+        # Replies being written at once, over all chats. More only queue up in the model and
+        # the platform's HTTP pool, and they would starve intake of the event loop.
+        self._replying = asyncio.Semaphore(max_replies)
         # The persisted LoRA choices (bot.loras.LoraSwitcher), set by bot.app; None in a
         # core without versions (tests, benchmarks).
         self.loras: Any = None
@@ -307,15 +313,18 @@ class Core:
                     raise
                 await self._notice(target, str(exc))
                 return None
-            return await self._answer(
-                key=key,
-                conversation=stored.conversation_id,
-                chain=chain,
-                character=character,
-                user_name=msg.author_name,
-                target=target,
-                answers=stored.message_id,
-            )
+            async with self._replying:
+                if self._stopping:
+                    return None
+                return await self._answer(
+                    key=key,
+                    conversation=stored.conversation_id,
+                    chain=chain,
+                    character=character,
+                    user_name=msg.author_name,
+                    target=target,
+                    answers=stored.message_id,
+                )
         finally:
             turn.done()
 
