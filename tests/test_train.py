@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -240,3 +241,25 @@ def test_dpo_trains_with_the_peft_model_as_its_own_reference(
     result = train(plan, run, progress=False, loaded=loaded)
     assert result.stages[0].steps == 2 and len(result.stages[0].val_losses) == 1
     assert (run.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_early_stopping_ends_a_stage_whose_validation_loss_rises(
+    tiny: Path, loaded, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # Validation wants the opposite answers of training: its loss can only rise.
+    train_set = [record(f"Colour {i}?", "Red, always red.") for i in range(4)]
+    validation = [record(f"Colour {i}?", "Blue, never red.") for i in range(2)]
+    strict = dataclasses.replace(SETTINGS, early_stopping=1, early_stopping_tolerance=0.0)
+    plan = TrainPlan(
+        "Bram",
+        "sft",
+        [Stage("colours", train_set, 8)],
+        validation,
+        strict,
+        ModelSettings(base=str(tiny)),
+    )
+    result = train(plan, new_run(tmp_path / "loras", "Bram"), progress=False, loaded=loaded)
+    (stage,) = result.stages
+    assert stage.stopped_early
+    assert stage.epochs_run < 8
+    assert stage.val_losses[-1] > min(stage.val_losses)
