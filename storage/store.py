@@ -218,11 +218,6 @@ class Store:
 
     A database that is locked or busy (another process writing, a backup) is retried with
     backoff for up to ``max_wait_s`` before :class:`StorageUnavailable` is raised.
-
-    Storing what arrives (:meth:`store_inbound`) has a database thread of its own, so a
-    received message is stored within milliseconds however much answering is queued on the
-    main one. On SQLite every write transaction takes the write lock at its start
-    (``BEGIN IMMEDIATE``): two threads never both read, then both try to write.
     """
 
     def __init__(
@@ -230,8 +225,6 @@ class Store:
     ) -> None:
         self.engine = engine
         self._executor = executor
-        self._intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charbot-intake")
-        self._sqlite = engine.dialect.name == "sqlite"
         self.max_wait_s = max_wait_s
         self._history_queries: dict[int, Any] = {}
 
@@ -268,12 +261,11 @@ class Store:
         return store
 
     async def close(self) -> None:
-        self._intake.shutdown(wait=True)
         await self._run(self.engine.dispose)
         self._executor.shutdown(wait=True)
 
-    async def _run(self, work: Callable[[], T], lane: ThreadPoolExecutor | None = None) -> T:
-        return await asyncio.get_running_loop().run_in_executor(lane or self._executor, work)
+    async def _run(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     def _retrying(self, work: Callable[[], T], on_wait: Callable[[], None] | None = None) -> T:
         """Run ``work`` (on the database thread); while the database is locked or busy, retry
@@ -302,36 +294,22 @@ class Store:
                 pause = min(pause * 2, 2.0)
 
     async def write(
-        self,
-        work: Callable[[Connection], T],
-        on_wait: Callable[[], None] | None = None,
-        *,
-        intake: bool = False,
+        self, work: Callable[[Connection], T], on_wait: Callable[[], None] | None = None
     ) -> T:
-        """Run ``work`` in one transaction on the database thread (one thread hop in all;
-        ``intake``: the intake thread), retried whole while the database is busy.
-        ``on_wait`` runs on the event loop if the first attempt found the database busy."""
+        """Run ``work`` in one transaction on the database thread (one thread hop in all),
+        retried whole while the database is busy (or, in WAL, was written by another process
+        since this transaction read). ``on_wait`` runs on the event loop if the first attempt
+        found the database busy."""
         if on_wait is not None:
             loop = asyncio.get_running_loop()
             callback = on_wait
             on_wait = lambda: loop.call_soon_threadsafe(callback)  # noqa: E731
 
         def transaction() -> T:
-            if not self._sqlite:
-                with self.engine.begin() as conn:
-                    return work(conn)
-            with self.engine.connect() as conn:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-                try:
-                    result = work(conn)
-                except BaseException:
-                    conn.rollback()
-                    raise
-                conn.commit()
-                return result
+            with self.engine.begin() as conn:
+                return work(conn)
 
-        lane = self._intake if intake else None
-        return await self._run(lambda: self._retrying(transaction, on_wait), lane)
+        return await self._run(lambda: self._retrying(transaction, on_wait))
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` on a connection on the database thread, outside a write transaction."""
@@ -446,11 +424,11 @@ class Store:
             )
 
         try:
-            return await self.write(work, on_wait, intake=True)
+            return await self.write(work, on_wait)
         except IntegrityError:
             # Another process stored the same event between our check and insert: the
             # retry finds its row.
-            return await self.write(work, on_wait, intake=True)
+            return await self.write(work, on_wait)
 
     async def settle(self, message_id: int, conversation_id: int) -> int | None:
         """Link a user message stored while others waited ahead of it to the message before
