@@ -51,7 +51,10 @@ def convert(adapter_dir: Path, base_config_dir: Path, out: Path) -> int:
 
     config = json.loads((base_config_dir / "config.json").read_text())
     if config.get("model_type") != "llama":
-        raise ValueError(f"only Llama-architecture models are converted here, not {config!r}")
+        raise ValueError(
+            f"only Llama-architecture models are converted here, not {config.get('model_type')!r}; "
+            "use llama.cpp's convert_lora_to_gguf.py"
+        )
     lora = json.loads((adapter_dir / "adapter_config.json").read_text())
     if lora.get("use_dora") or lora.get("bias", "none") != "none":
         raise ValueError("DoRA adapters and LoRA biases have no GGUF form in llama.cpp")
