@@ -192,6 +192,11 @@ class TelegramAdapter(PlatformAdapter):
         self._remove_redactor()
         self._remove_redactor = lambda: None
 
+    def _regenerated(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("telegram: regenerating failed: %s", task.exception())
+
     def track(self) -> None:
         """Remember the running handler task so ``stop`` can cancel a reply in progress."""
         task = asyncio.current_task()
@@ -339,7 +344,7 @@ class TelegramAdapter(PlatformAdapter):
             # A whole generation: not in the handler, which would hold up getUpdates.
             task = asyncio.create_task(self.regenerate(query, message))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._regenerated)
         elif query.data == FIX:
             await self.ask_for_fix(query, message)
         elif query.data in SWIPE_STEPS:

@@ -114,6 +114,7 @@ async def run(messages: int, users: int, send_delay: float, max_replies: int) ->
             await wait_for(lambda: counts(db)[1] >= messages, 900)
             answered_s = time.time() - arrived
         finally:
+            core.begin_stop()
             await adapter.stop_intake()
             await core.stop(5.0)
             await adapter.stop()

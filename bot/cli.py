@@ -167,6 +167,7 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
         finally:
             # Intake first (everything received is stored), then answering (replies get
             # [bot] shutdown_grace_s to finish), then the connections the replies used.
+            core.begin_stop()
             for adapter in reversed(started):
                 await adapter.stop_intake()
             await core.stop(config.bot.shutdown_grace_s)

@@ -62,7 +62,7 @@ class BotSettings:
 
     shutdown_grace_s: float = 10.0  # on SIGTERM/Ctrl-C: how long replies may finish
     answer_backlog_minutes: float = 10.0  # after a restart: older unanswered messages skipped
-    max_replies: int = 32  # replies written at once over all chats (benchmarks/intake.py)
+    max_replies: int = 16  # replies written at once over all chats (benchmarks/intake.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,7 +74,7 @@ class Core:
         settings: ModelSettings,
         default_character: str | None = None,
         answer_backlog_minutes: float = 10.0,
-        max_replies: int = 32,
+        max_replies: int = 16,
     ) -> None:
         """``answer_backlog_minutes``: after a restart, unanswered messages older than this are
         skipped; ``max_replies``: replies written at once over all chats (the rest wait)."""
@@ -338,6 +338,12 @@ class Core:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def begin_stop(self) -> None:
+        """The first step of a stop, before the adapters stop intake: no new reply starts
+        (what is received from now on is stored and stays pending), and storing gives up
+        instead of retrying a database that stays unavailable (so intake can end)."""
+        self._stopping = True
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop answering. Replies being generated get ``grace_s`` seconds to finish; then

@@ -67,6 +67,7 @@ class Bots:
     async def stop(self, adapter: TelegramAdapter, core: Core, grace_s: float = 5.0) -> None:
         """The order `charbot run` stops in: intake, then answering, then the connection."""
         self.running.remove((adapter, core))
+        core.begin_stop()
         await adapter.stop_intake()
         await core.stop(grace_s)
         await adapter.stop()
@@ -367,3 +368,27 @@ async def test_malformed_updates_never_stop_the_bot(fake: FakeTelegram, bots: Bo
     await until(lambda: _all_answered(core, 1))
     (row,) = await rows(core, "user")
     assert row.text == "broken \ufffd half of a pair"  # kept, with the replacement character
+
+
+async def test_stop_while_the_database_stays_locked_leaves_the_update_for_telegram(
+    fake: FakeTelegram, bots: Bots
+) -> None:
+    """What cannot be stored is not confirmed: Telegram delivers it again after a restart."""
+    adapter, _ = await bots.start(busy_timeout_s=0.1, max_wait_s=0.5)
+    adapter._ledger.stop_wait_s = 0.5
+    await until(lambda: fake.calls("getUpdates"))
+    foreign = sqlite3.connect(bots.db_url.removeprefix("sqlite:///"), isolation_level=None)
+    foreign.execute("BEGIN EXCLUSIVE")
+    try:
+        said = fake.user_says("during the outage", user_id=990)
+        await until(lambda: any("trouble saving" in t for t in _sent_texts(fake)))
+        await bots.stop(*bots.running[0], grace_s=0.5)
+    finally:
+        foreign.execute("COMMIT")
+        foreign.close()
+    assert fake.confirmed < _update_id(fake, said)
+
+    _, core = await bots.start()
+    await until(lambda: _all_answered(core, 1))
+    (row,) = await rows(core, "user")
+    assert row.text == "during the outage"
