@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import dataclasses
 import inspect
+import itertools
 import json
 import re
 import sys
@@ -39,6 +40,7 @@ from bot.reply import ReplyTarget
 from storage.store import Store
 
 SEED = 1234
+_ids = itertools.count(1)
 USER = "Alex"
 
 # (kind, question, reference answer, words of which one shows the fact — facts only)
@@ -132,7 +134,7 @@ class Collect(ReplyTarget):
         self.shown: dict[str, str] = {}
 
     async def send(self, text: str, *, character: Character) -> str:
-        key = str(len(self.shown))
+        key = f"m{next(_ids)}"  # unique in the chat, like a platform's message ids
         self.shown[key] = text
         return key
 
@@ -206,7 +208,9 @@ def judge(answers: list[Answer], names: list[str]) -> dict[str, dict[str, float]
     return table
 
 
-async def run(config_path: Path, retrieval: bool) -> tuple[list[Answer], list[str]]:
+async def run(
+    config_path: Path, retrieval: bool, kinds: set[str]
+) -> tuple[list[Answer], list[str]]:
     config = load_config(config_path)
     with tempfile.TemporaryDirectory() as tmp:
         store = await Store.open(f"sqlite:///{tmp}/persona.db")
@@ -251,6 +255,8 @@ async def run(config_path: Path, retrieval: bool) -> tuple[list[Answer], list[st
         jobs = []
         for name, questions in QUESTIONS.items():
             for index, (kind, question, reference, keywords) in enumerate(questions):
+                if kind not in kinds:
+                    continue
                 answer = Answer(name, kind, question, reference, keywords)
                 jobs.append(ask(f"{name}-{index}", name, question, answer))
 
@@ -259,7 +265,8 @@ async def run(config_path: Path, retrieval: bool) -> tuple[list[Answer], list[st
             for name, text in order:
                 await ask(f"scene-{rotation}", name, text, Answer(name, "scene", text, "", ()))
 
-        jobs.extend(scene(r) for r in range(len(SCENE)))
+        if "scene" in kinds:
+            jobs.extend(scene(r) for r in range(len(SCENE)))
         await asyncio.gather(*jobs)
         await core.close()
         await store.close()
@@ -272,31 +279,68 @@ async def run(config_path: Path, retrieval: bool) -> tuple[list[Answer], list[st
     return answers, names
 
 
+def from_database(path: Path, config_path: Path) -> tuple[list[Answer], list[str]]:
+    """The answers stored by a run (a copy of its database): for a run cut short."""
+    import sqlite3
+
+    config = load_config(config_path)
+    rows = sqlite3.connect(path).execute(
+        "SELECT r.character, r.text, q.chat_id, q.text FROM messages r "
+        "JOIN messages q ON q.id = r.reply_to_id WHERE r.role = 'assistant' AND r.status = 'ok'"
+    )
+    answers = []
+    for character, text, chat, question in rows:
+        name, _, index = chat.partition("-")
+        if name == "scene":
+            persona = next(c.description for c in config.characters if c.name == character)
+            answers.append(Answer(character, "scene", question, persona, (), text))
+        else:
+            kind, asked, reference, keywords = QUESTIONS[name][int(index)]
+            answers.append(Answer(name, kind, asked, reference, keywords, text))
+    return answers, [c.name for c in config.characters] + [USER, "User"]
+
+
+def print_table(title: str, table: dict[str, dict[str, float]]) -> None:
+    print(f"\n{title}")
+    print(
+        f"{'character':<10} {'replies':>7} {'name tag':>9} {'other turn':>11} "
+        f"{'facts':>6} {'cosine':>7} {'chars':>6}"
+    )
+    for group, row in table.items():
+        print(
+            f"{group:<10} {row['replies']:>7} {row['name_tag_pct']:>8.0f}% "
+            f"{row['other_turn_pct']:>10.0f}% {row['fact_pct']:>5.0f}% "
+            f"{row['cosine']:>7.2f} {row['chars']:>6.0f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=Path("config.toml"))
     parser.add_argument("--json", type=Path, help="write every answer and figure here")
     parser.add_argument("--modes", default="on,off", help="retrieval modes to run: on,off")
+    parser.add_argument(
+        "--kinds", default="fact,world,out,scene", help="which questions: fact,world,out,scene"
+    )
+    parser.add_argument("--from-db", type=Path, help="judge the answers stored in this database")
     args = parser.parse_args()
-    results = {}
-    for mode in args.modes.split(","):
+    results: dict[str, Any] = {}
+    runs = [("db", None)] if args.from_db else [(m, m == "on") for m in args.modes.split(",")]
+    for mode, retrieval in runs:
         started = time.perf_counter()
-        answers, names = asyncio.run(run(args.config, retrieval=mode == "on"))
+        if args.from_db:
+            answers, names = from_database(args.from_db, args.config)
+            title = f"answers stored in {args.from_db}"
+        else:
+            answers, names = asyncio.run(
+                run(args.config, bool(retrieval), set(args.kinds.split(",")))
+            )
+            title = f"knowledge retrieval {mode} ({time.perf_counter() - started:.0f} s)"
         table = judge(answers, names)
         results[mode] = {"table": table, "answers": [dataclasses.asdict(a) for a in answers]}
-        print(f"\nknowledge retrieval {mode} ({time.perf_counter() - started:.0f} s)")
-        print(
-            f"{'character':<10} {'replies':>7} {'name tag':>9} {'other turn':>11} "
-            f"{'facts':>6} {'cosine':>7} {'chars':>6}"
-        )
-        for group, row in table.items():
-            print(
-                f"{group:<10} {row['replies']:>7} {row['name_tag_pct']:>8.0f}% "
-                f"{row['other_turn_pct']:>10.0f}% {row['fact_pct']:>5.0f}% "
-                f"{row['cosine']:>7.2f} {row['chars']:>6.0f}"
-            )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+        print_table(title, table)
+        if args.json:  # after every mode, so a run cut short keeps what it finished
+            args.json.write_text(json.dumps(results, indent=1, ensure_ascii=False), "utf-8")
 
 
 if __name__ == "__main__":
