@@ -469,6 +469,8 @@ async def test_token_never_reaches_the_logs(
     fake: FakeTelegram, start_bot: StartBot, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    # `charbot` quiets httpx (cli.main); a test that ran it in this process left it quiet.
+    caplog.set_level(logging.DEBUG, logger="httpx")
     adapter, core = await start_bot(["Secret-free."])
     await _one_reply(fake, core)
     await adapter.stop()
