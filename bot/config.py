@@ -149,7 +149,7 @@ class TrainingSettings:
     seed: int = 0
     val_fraction: float = 0.1  # held out when the dataset has no val.jsonl
     early_stopping: int = 2  # bad epochs (validation loss above the best) before stopping
-    early_stopping_tolerance: float = 0.1  # "above": by more than this fraction of the best
+    early_stopping_tolerance: float = 0.25  # "above": by more than this fraction of the best
     min_examples: int = 4  # fewer training examples are refused
     bf16: str = "auto"  # "auto" (where the CPU has bf16) | "true" | "false"
     loras_dir: Path = Path("data/loras")  # versions: loras_dir/<character>/vNNNN-<hash>/

@@ -170,10 +170,12 @@ def _callbacks(stop: StopFlag, best: dict[str, Any], settings: TrainingSettings,
         """Ctrl-C → save and stop; early stopping on validation loss.
 
         An epoch is bad when its validation loss is more than ``tolerance`` above the best
-        so far: learning a character's corrections raises the loss on other answers a
-        little (measured: +5% while held-out answers stayed as good), so a hair trigger
-        would stop before the corrections are learnt. After ``patience`` bad epochs the
-        stage stops and keeps the weights of its last epoch within tolerance.
+        so far: learning a character's corrections raises the loss on other answers
+        (measured on the default model: +5%, +16%, +23% by epochs 3–5, while the held-out
+        answers' similarity to their references did not drop), so a hair trigger stops
+        before the corrections are learnt; the tolerance guards against runaway
+        overfitting. After ``patience`` bad epochs in a row the stage stops and keeps the
+        weights of its last epoch within tolerance.
         """
 
         def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
@@ -360,7 +362,7 @@ def train(
                 f"training stopped at step {trainer.state.global_step} of stage {index}; "
                 f"continue with `charbot train --character {plan.character} --resume`"
             )
-        if best["weights"] is not None and best["bad"] > 0:
+        if best.get("stopped_early") and best["weights"] is not None:
             with torch.no_grad():  # the last good epoch, not the last one
                 for name, param in peft_model.named_parameters():
                     if name in best["weights"]:
