@@ -209,13 +209,16 @@ def histogram(evals: Sequence[VersionEval], path: Path) -> Path:
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     bins = [i / 20 for i in range(-4, 21)]
     for axis, name in zip(axes, ("heldout", "corrected"), strict=True):
+        drawn = False
         for result in evals:
             values = [s.similarity for s in getattr(result, name)]
             if values:
                 axis.hist(values, bins=bins, alpha=0.5, label=result.label)
-        axis.set_title(f"{name} questions")
+                drawn = True
+        axis.set_title(f"{name} questions" if drawn else f"{name} questions (none)")
         axis.set_xlabel("cosine similarity to the reference")
-        axis.legend()
+        if drawn:
+            axis.legend()
     axes[0].set_ylabel("questions")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
