@@ -197,13 +197,18 @@ def parse_stage(text: str, default_epochs: int) -> tuple[str, list[Path], int]:
 
 
 async def train_command(config: Config, args: argparse.Namespace) -> int:
+    from training.train import TrainingInterrupted
     from training.train_plan import build_plan, run_training
 
     name = _character(config, args.character)
     if args.device != "cpu":
         _check_device(args.device)
     plan, since_note = await build_plan(config, name, args)
-    version = await run_training(config, plan, args)
+    try:
+        version = await run_training(config, plan, args)
+    except TrainingInterrupted as exc:  # Ctrl-C: a checkpoint was saved; not an input error
+        print(f"charbot: {exc}", file=sys.stderr)
+        return 130
     print(f"{name}: trained {version.id} ({since_note}) in {version.path}")
     if args.use:
         from bot.app import open_store
