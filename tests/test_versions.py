@@ -247,3 +247,19 @@ def test_not_enough_disk_is_one_line_before_training(tmp_path: Path) -> None:
     with pytest.raises(VersionError, match=r"not enough disk space in .* MB free") as caught:
         check_disk(tmp_path / "loras", 10**18)
     assert "\n" not in str(caught.value)
+
+
+async def test_the_console_lists_and_switches_versions_by_name(make_core, tmp_path: Path) -> None:
+    from tests.test_console import run_script
+
+    loras = tmp_path / "loras"
+    v1 = publish(fake_run(loras), loras, metadata())
+    model = FakeModel()
+    core = await make_core(model=model)
+    await _switcher(core, core.store, loras)
+    output = await run_script(core, "/adapter\n/adapter v1\nhi\n/adapter rollback\n")
+    assert f"• {v1.id}" in output
+    assert f"[Aria now speaks with {v1.id}.]" in output
+    assert model.requests[0].adapter.path == str(v1.path)
+    assert "[Aria rolled back; it now speaks with base.]" in output
+    assert model.adapters == {}
