@@ -263,3 +263,27 @@ def test_early_stopping_ends_a_stage_whose_validation_loss_rises(
     assert stage.stopped_early
     assert stage.epochs_run < 8
     assert stage.val_losses[-1] > min(stage.val_losses)
+
+
+def test_kto_trains_on_both_labels_with_the_peft_model_as_its_own_reference(
+    tiny: Path, loaded, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    votes = [
+        {
+            **record(f"Question {i}?", f"A kind answer {i}." if i % 2 else f"Go away {i}."),
+            "label": bool(i % 2),
+        }
+        for i in range(8)
+    ]
+    plan = TrainPlan(
+        "Bram",
+        "kto",
+        [Stage("votes", votes, 1)],
+        votes[:2],
+        SETTINGS,
+        ModelSettings(base=str(tiny)),
+    )
+    run = new_run(tmp_path / "loras", "Bram")
+    result = train(plan, run, progress=False, loaded=loaded)
+    assert result.stages[0].steps == 2 and len(result.stages[0].val_losses) == 1
+    assert (run.adapter_dir / "adapter_model.safetensors").is_file()
