@@ -104,18 +104,6 @@ class TelegramSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class CleanSettings:
-    """[clean] (and [clean.characters.NAME] additions): cleaning rules of training data,
-    applied by `charbot export` and `charbot data clean` (see training/cleaning.py)."""
-
-    exclude_words: tuple[str, ...] = ()  # whole words, any case, e.g. out-of-world words
-    exclude_patterns: tuple[str, ...] = ()  # regular expressions (Python syntax)
-    min_chars: int = 1  # shorter answers are removed
-    max_chars: int = 0  # longer answers are removed; 0 = no limit
-    scrub: tuple[str, ...] = ("email", "phone", "url", "mention")  # replaced by [email] etc.
-
-
-@dataclass(frozen=True, slots=True)
 class WebSettings:
     """[web]: the studio, a local web app (adapters/web). Any host but 127.0.0.1 needs the
     admin password in the environment variable named by password_env."""
@@ -156,6 +144,18 @@ class TrainingSettings:
     datasets_dir: Path = Path("data/datasets")  # a character's base dataset
     reports_dir: Path = Path("data/reports")
     poll_seconds: float = 2.0  # how often a running bot looks for a switched version
+
+
+@dataclass(frozen=True, slots=True)
+class CleanSettings:
+    """[clean] (and [clean.characters.NAME] additions): cleaning rules of training data,
+    applied by `charbot export` and `charbot data clean` (see training/cleaning.py)."""
+
+    exclude_words: tuple[str, ...] = ()  # whole words, any case, e.g. out-of-world words
+    exclude_patterns: tuple[str, ...] = ()  # regular expressions (Python syntax)
+    min_chars: int = 1  # shorter answers are removed
+    max_chars: int = 0  # longer answers are removed; 0 = no limit
+    scrub: tuple[str, ...] = ("email", "phone", "url", "mention")  # replaced by [email] etc.
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,9 +477,6 @@ def _characters(where: _Where, entries: Any, base: Path) -> list[Character]:
             values["knowledge"] = _knowledge_files(where, label, base, values["knowledge"])
         characters.append(Character(**values))
     return characters
-
-
-_SCRUB_KINDS = ("email", "phone", "url", "mention")
 
 
 def _training(
