@@ -85,7 +85,7 @@ class LlamaServer:
         args = [str(self.binary), "-m", str(self.model), "--host", "127.0.0.1"]
         context = str(1024 * self.parallel)  # 1,024 tokens per slot
         args += ["--port", str(self.port), "-c", context, "-np", str(self.parallel)]
-        args += ["-t", str(self.threads), "--seed", "1"]
+        args += ["-t", str(self.threads), "--seed", "1", "--alias", "smollm2"]
         for lora in self.loras:
             args += ["--lora-scaled", f"{lora}:0"]  # off unless a request asks for it
         began = time.monotonic()

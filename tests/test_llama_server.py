@@ -118,7 +118,7 @@ async def test_a_conversation_streams_within_the_prompt_budget(
     rows = [row for row in await core.store.list_messages() if row.role == "assistant"]
     assert len(rows) == 4
     for row in rows:
-        assert row.adapter_version == "lora:1" and row.model
+        assert (row.model, row.adapter_version) == ("smollm2", "lora:1")  # as the server said
         # The server's own count of the prompt it received: within the budget.
         assert 0 < row.prompt_tokens <= 160, row.prompt_tokens
     assert rows[-1].prompt_tokens > rows[0].prompt_tokens  # history is there, trimmed
