@@ -100,6 +100,7 @@ class LlamaServer:
                     return
             except OSError:
                 time.sleep(0.1)
+        self.kill()
         pytest.fail("llama-server did not become healthy within 60 s")
 
     def kill(self) -> None:
