@@ -114,7 +114,7 @@ async def test_a_conversation_streams_within_the_prompt_budget(
         target = RecordingTarget()
         result = await core.handle(inbound(f"Bram, part {turn}: {story} " * 2), target)
         assert result is not None and result.status == "ok", result
-        assert target.text.strip()
+        assert target.text.strip() and target.edits >= 2  # shown as it streamed in
     rows = [row for row in await core.store.list_messages() if row.role == "assistant"]
     assert len(rows) == 4
     for row in rows:
