@@ -61,6 +61,17 @@ def _message_id(body: dict[str, Any], key: str = "message_id") -> str | Response
     return value
 
 
+async def _json_about_message(request: Request) -> tuple[dict[str, Any], str] | Response:
+    """The JSON body of a request about one shown message, and that message's id."""
+    body = await _json(request)
+    if isinstance(body, Response):
+        return body
+    message_id = _message_id(body)
+    if isinstance(message_id, Response):
+        return message_id
+    return body, message_id
+
+
 def _sse(target: WebTarget, work: Any) -> StreamingResponse:
     return StreamingResponse(
         stream_events(target, work),
@@ -108,12 +119,10 @@ async def regenerate(request: Request) -> Response:
     the one shown."""
     if refused := _stopping(request):
         return refused
-    body = await _json(request)
-    if isinstance(body, Response):
-        return body
-    message_id = _message_id(body)
-    if isinstance(message_id, Response):
-        return message_id
+    parsed = await _json_about_message(request)
+    if isinstance(parsed, Response):
+        return parsed
+    _, message_id = parsed
     studio, viewer = studio_of(request), viewer_id(request)
     core = studio.core
     if await core.reply_character(PLATFORM, viewer, message_id) is None:
@@ -133,12 +142,10 @@ async def regenerate(request: Request) -> Response:
 
 async def swipe(request: Request) -> Response:
     """◀ ▶: show the sibling ``step`` places on in the bubble; votes then land on it."""
-    body = await _json(request)
-    if isinstance(body, Response):
-        return body
-    message_id = _message_id(body)
-    if isinstance(message_id, Response):
-        return message_id
+    parsed = await _json_about_message(request)
+    if isinstance(parsed, Response):
+        return parsed
+    body, message_id = parsed
     step = body.get("step")
     if step not in (-1, 1) or isinstance(step, bool):
         return problem("step: use -1 (◀) or 1 (▶)")
@@ -159,12 +166,10 @@ async def swipe(request: Request) -> Response:
 
 
 async def rate(request: Request) -> Response:
-    body = await _json(request)
-    if isinstance(body, Response):
-        return body
-    message_id = _message_id(body)
-    if isinstance(message_id, Response):
-        return message_id
+    parsed = await _json_about_message(request)
+    if isinstance(parsed, Response):
+        return parsed
+    body, message_id = parsed
     value = body.get("value")
     if value not in (1, -1, 0) or isinstance(value, bool):
         return problem("value: use 1 (👍), -1 (👎) or 0 (remove your vote)")
