@@ -8,6 +8,11 @@ turn, persona-fact questions answered with the fact (knowledge retrieval on and 
 mean cosine similarity to reference answers (all-MiniLM-L6-v2), and mean reply length.
 
     nice -n 10 .venv/bin/python benchmarks/persona.py [--config config.toml] [--json out.json]
+        [--set temperature=0.5 --set max_new_tokens=120 ...]
+
+``--set`` tries other sampling settings without editing the config: the value replaces
+[model]'s and any character's own, so every character runs with it. The sampling each
+character ran with is printed first and written to --json.
 
 Runs against older checkouts too (no knowledge there: retrieval "off" only), so a before /
 after table comes from the same script.
@@ -32,7 +37,7 @@ from typing import Any, ClassVar
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.characters import Character
-from bot.config import load_config
+from bot.config import Config, load_config
 from bot.core import Core
 from bot.messages import Inbound
 from bot.models import create_model
@@ -122,6 +127,13 @@ SCENE = [
     ("Bram", "Bram, what do you make of these two?"),
 ]
 MARKERS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+# What --set may change, and the type of each value.
+SAMPLING_KEYS: dict[str, type] = {
+    "temperature": float,
+    "top_p": float,
+    "repetition_penalty": float,
+    "max_new_tokens": int,
+}
 
 
 class Collect(ReplyTarget):
@@ -208,10 +220,57 @@ def judge(answers: list[Answer], names: list[str]) -> dict[str, dict[str, float]
     return table
 
 
-async def run(
-    config_path: Path, retrieval: bool, kinds: set[str]
-) -> tuple[list[Answer], list[str]]:
-    config = load_config(config_path)
+def parse_overrides(items: list[str]) -> dict[str, float | int]:
+    """``--set key=value`` items as typed sampling values; a bad one exits with the reason."""
+    overrides: dict[str, float | int] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in SAMPLING_KEYS:
+            sys.exit(f"--set {item}: use one of {', '.join(SAMPLING_KEYS)}, as key=value")
+        try:
+            number = SAMPLING_KEYS[key](value)
+        except ValueError:
+            sys.exit(f"--set {item}: {value!r} is not a {SAMPLING_KEYS[key].__name__}")
+        low = 1 if key == "max_new_tokens" else 0
+        if number < low or (key == "repetition_penalty" and number == 0):
+            sys.exit(f"--set {item}: must be {'at least 1' if low else 'above 0'}")
+        overrides[key] = number
+    return overrides
+
+
+def with_sampling(config: Config, overrides: dict[str, float | int]) -> Config:
+    """``config`` with ``overrides`` in [model] and in place of characters' own values."""
+    if not overrides:
+        return config
+    characters = tuple(
+        dataclasses.replace(c, **{k: None for k in overrides if getattr(c, k, None) is not None})
+        for c in config.characters
+    )
+    model = dataclasses.replace(config.model, **overrides)
+    return dataclasses.replace(config, model=model, characters=characters)
+
+
+def sampling_of(config: Config) -> dict[str, dict[str, float | int]]:
+    """Per character, the sampling it answers with: its own values over [model]'s."""
+    return {
+        c.name: {
+            k: own if (own := getattr(c, k, None)) is not None else getattr(config.model, k)
+            for k in SAMPLING_KEYS
+        }
+        for c in config.characters
+    }
+
+
+def describe_sampling(sampling: dict[str, dict[str, float | int]]) -> str:
+    """One line per distinct setting, naming the characters that use it."""
+    by_setting: dict[str, list[str]] = defaultdict(list)
+    for name, values in sampling.items():
+        by_setting[" ".join(f"{k}={v}" for k, v in values.items())].append(name)
+    return "\n".join(f"  {', '.join(names)}: {line}" for line, names in by_setting.items())
+
+
+async def run(config: Config, retrieval: bool, kinds: set[str]) -> tuple[list[Answer], list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         store = await Store.open(f"sqlite:///{tmp}/persona.db")
         factory: Any = create_model
@@ -279,17 +338,22 @@ async def run(
     return answers, names
 
 
-def from_database(path: Path, config_path: Path) -> tuple[list[Answer], list[str]]:
-    """The answers stored by a run (a copy of its database): for a run cut short."""
+def from_database(
+    path: Path, config: Config
+) -> tuple[list[Answer], list[str], dict[str, dict[str, Any]]]:
+    """The answers stored by a run (a copy of its database): for a run cut short. Also the
+    sampling each character's replies were stored with."""
     import sqlite3
 
-    config = load_config(config_path)
     rows = sqlite3.connect(path).execute(
-        "SELECT r.character, r.text, q.chat_id, q.text FROM messages r "
+        "SELECT r.character, r.text, q.chat_id, q.text, r.sampling_json FROM messages r "
         "JOIN messages q ON q.id = r.reply_to_id WHERE r.role = 'assistant' AND r.status = 'ok'"
     )
     answers = []
-    for character, text, chat, question in rows:
+    sampling: dict[str, dict[str, Any]] = {}
+    for character, text, chat, question, stored in rows:
+        values = json.loads(stored or "{}")
+        sampling.setdefault(character, {k: values.get(k) for k in SAMPLING_KEYS})
         name, _, index = chat.partition("-")
         if name == "scene":
             persona = next(c.description for c in config.characters if c.name == character)
@@ -297,7 +361,7 @@ def from_database(path: Path, config_path: Path) -> tuple[list[Answer], list[str
         else:
             kind, asked, reference, keywords = QUESTIONS[name][int(index)]
             answers.append(Answer(name, kind, asked, reference, keywords, text))
-    return answers, [c.name for c in config.characters] + [USER, "User"]
+    return answers, [c.name for c in config.characters] + [USER, "User"], sampling
 
 
 def print_table(title: str, table: dict[str, dict[str, float]]) -> None:
@@ -323,18 +387,35 @@ def main() -> None:
         "--kinds", default="fact,world,out,scene", help="which questions: fact,world,out,scene"
     )
     parser.add_argument("--from-db", type=Path, help="judge the answers stored in this database")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"sampling for every character, repeatable: {', '.join(SAMPLING_KEYS)}",
+    )
     args = parser.parse_args()
-    results: dict[str, Any] = {}
+    if args.from_db and args.set:
+        sys.exit("--set: the answers in --from-db were generated already; run without it")
+    overrides = parse_overrides(args.set)
+    config = with_sampling(load_config(args.config), overrides)
+    results: dict[str, Any] = {"set": overrides}
+    if args.from_db:
+        answers, names, sampling = from_database(args.from_db, config)
+        source = f"as stored in {args.from_db}"
+    else:
+        sampling = sampling_of(config)
+        source = args.config if not args.set else f"{args.config}, --set {' '.join(args.set)}"
+        source = f"{source}; seed {SEED}"
+    print(f"sampling ({source}):\n{describe_sampling(sampling)}")
+    results["sampling"] = sampling
     runs = [("db", None)] if args.from_db else [(m, m == "on") for m in args.modes.split(",")]
     for mode, retrieval in runs:
         started = time.perf_counter()
         if args.from_db:
-            answers, names = from_database(args.from_db, args.config)
             title = f"answers stored in {args.from_db}"
         else:
-            answers, names = asyncio.run(
-                run(args.config, bool(retrieval), set(args.kinds.split(",")))
-            )
+            answers, names = asyncio.run(run(config, bool(retrieval), set(args.kinds.split(","))))
             title = f"knowledge retrieval {mode} ({time.perf_counter() - started:.0f} s)"
         table = judge(answers, names)
         results[mode] = {"table": table, "answers": [dataclasses.asdict(a) for a in answers]}
