@@ -24,7 +24,9 @@ from bot.models.base import GenerationRequest, Sampling  # noqa: E402
 async def run(args) -> None:
     from bot.models.transformers_backend import TransformersModel
 
-    settings = ModelSettings(cache_dir=ROOT / "data" / "models", max_batch_size=32, max_queue=256)
+    settings = ModelSettings(
+        cache_dir=ROOT / "data" / "models", max_batch_size=32, max_queue=256, threads=args.threads
+    )
     model = TransformersModel(settings, progress=False, worker=args.worker)
     await model.start()
     greedy = Sampling(max_new_tokens=args.tokens, temperature=0)
@@ -41,7 +43,12 @@ async def run(args) -> None:
         start = time.perf_counter()
         done = await asyncio.gather(*(timed_reply(model, r) for r in requests))
         agg = sum(t for t, _, _ in done) / (time.perf_counter() - start)
-        print(f"one stream {one_tok_s:.1f} tok/s   16 rows {agg:.1f} tok/s", flush=True)
+        sched = model.scheduler
+        print(
+            f"one stream {one_tok_s:.1f} tok/s   16 rows {agg:.1f} tok/s   "
+            f"threads {sched.thread_count} (changed {sched.thread_changes}×)",
+            flush=True,
+        )
     await model.close()
 
 
@@ -49,6 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--threads", default="auto", help='[model] threads: "auto" or N')
     parser.add_argument("--worker", default="process", choices=["process", "thread"])
     asyncio.run(run(parser.parse_args()))
 

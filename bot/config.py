@@ -34,6 +34,7 @@ class ModelSettings:
     max_batch_size: int = 16  # serving: rows in one batch
     batch_wait_ms: float = 5.0  # serving: how long a request waits for others to join
     max_queue: int = 64  # serving: waiting requests before "busy"
+    threads: int | str = "auto"  # matmul threads: "auto" (yield cores to busy neighbours) or N
     cache_dir: Path = Path("data/models")  # converted model cache (relative to the config file)
     # backend = "openai": an OpenAI-compatible server (vLLM, llama-server, Ollama, LM Studio).
     base_url: str | None = None  # the API root, e.g. "http://127.0.0.1:8000/v1"
@@ -45,6 +46,19 @@ class ModelSettings:
 
 
 BACKENDS = ("transformers", "openai", "echo")
+
+
+def parse_threads(value: str | int) -> int | None:
+    """``[model] threads`` → a fixed count, or None for "auto". ValueError if neither."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError('must be at least 1, or "auto"')
+        return value
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        return parse_threads(int(value))
+    raise ValueError(f'{value!r} is not a thread count; use a whole number or "auto"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +266,10 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
     ):
         if getattr(model, name) < 1:
             where.fail(f"[model] {name}", "must be at least 1")
+    try:
+        parse_threads(model.threads)
+    except ValueError as exc:
+        where.fail("[model] threads", str(exc))
     base_dir = path.resolve().parent
     model = dataclasses.replace(model, cache_dir=_resolve(base_dir, model.cache_dir))
     storage = dataclasses.replace(
@@ -389,6 +407,10 @@ def _coerce(where: _Where, label: str, value: Any, kind: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             where.fail(label, f"expected a number, got {value!r}")
         return float(value)
+    if kind == "int | str":
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            where.fail(label, f"expected a whole number or a string in quotes, got {value!r}")
+        return value
     if kind == "str":
         if not isinstance(value, str):
             where.fail(label, f"expected a string in quotes, got {value!r}")

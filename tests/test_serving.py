@@ -174,13 +174,14 @@ async def test_model_process_serves_like_the_thread(tiny, model):
     """The default worker: the model in a child process (one start, a few seconds)."""
     spec = AdapterSpec("aria", str(tiny["a1"]))
     expected = [await reply(model, p, s) for p in PROMPTS[:2] for s in (None, spec)]
-    settings = ModelSettings(base=str(tiny["base"]), dtype="float32", batch_wait_ms=30)
+    settings = ModelSettings(base=str(tiny["base"]), dtype="float32", batch_wait_ms=30, threads=1)
     child = TransformersModel(settings, progress=False)
     await child.start()
     try:
         got = await asyncio.gather(*(reply(child, p, s) for p in PROMPTS[:2] for s in (None, spec)))
         assert [t for t, _ in got] == [t for t, _ in expected]
         assert [u.adapter_version for _, u in got] == [None, "v1"] * 2
+        assert child.scheduler.thread_count == 1  # [model] threads reached the child
         with pytest.raises(AdapterLoadError) as info:
             await reply(child, PROMPTS[0], AdapterSpec("wrong", str(tiny["other"])))
         assert info.value.character == "wrong" and "another base model" in str(info.value)

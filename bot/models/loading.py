@@ -77,8 +77,10 @@ def load_model(
 
 def build_scheduler(loaded: Loaded, settings: ModelSettings, **extra):
     """A Scheduler over ``loaded`` with the settings' batching limits."""
+    from bot.config import parse_threads
     from bot.models.adapters import AdapterRegistry
     from bot.models.scheduler import Scheduler
+    from bot.models.threads import ThreadPolicy
 
     eos_ids, pad = stop_ids(loaded.model, loaded.tokenizer)
     return Scheduler(
@@ -89,6 +91,7 @@ def build_scheduler(loaded: Loaded, settings: ModelSettings, **extra):
         max_batch_size=settings.max_batch_size,
         batch_wait_ms=settings.batch_wait_ms,
         max_queue=settings.max_queue,
+        threads=ThreadPolicy(parse_threads(settings.threads)),
         **extra,
     )
 

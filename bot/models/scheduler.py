@@ -28,6 +28,7 @@ from bot.errors import Busy, ModelError
 from bot.models.adapters import AdapterRegistry
 from bot.models.base import AdapterSpec, Sampling
 from bot.models.batch_cache import BatchKV
+from bot.models.threads import ThreadPolicy
 
 PREFILL_TOKENS = 4096  # padded prompt tokens per prefill forward
 
@@ -67,6 +68,7 @@ class Scheduler:
         batch_wait_ms: float = 5.0,
         max_queue: int = 64,
         send: Callable[[list[tuple[Job, tuple[str, Any]]]], None] | None = None,
+        threads: ThreadPolicy | None = None,
     ) -> None:
         self.registry = registry
         self.eos_ids = eos_ids
@@ -76,6 +78,7 @@ class Scheduler:
         self.batch_wait = batch_wait_ms / 1000
         self.max_queue = max_queue
         self._send = send or _send_to_loops
+        self.threads = threads  # None: leave torch's thread count alone
         self._waiting: collections.deque[Job] = collections.deque()
         self._commands: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]]
         self._commands = collections.deque()
@@ -129,6 +132,15 @@ class Scheduler:
     def adapters_loaded(self) -> int:
         """Adapters in memory, superseded versions still finishing replies included."""
         return len(self.registry.loaded)
+
+    @property
+    def thread_count(self) -> int | None:
+        """Matmul threads in use (None: torch's own choice)."""
+        return None if self.threads is None else self.threads.threads
+
+    @property
+    def thread_changes(self) -> int:
+        return 0 if self.threads is None else self.threads.changes
 
     @property
     def active(self) -> int:
@@ -256,6 +268,8 @@ class Scheduler:
 
     def _step(self) -> None:
         assert self._kv is not None
+        if self.threads is not None:
+            self.threads.check()  # auto: fewer threads while other processes want the cores
         started = time.perf_counter()
         ids = torch.tensor([[job.last_token] for job in self._rows], dtype=torch.long)
         mask, positions = self._kv.decode_inputs()

@@ -77,6 +77,8 @@ def serve(conn, settings: ModelSettings, source: ModelSource) -> None:
             "row_steps": scheduler.row_steps,
             "decode_seconds": scheduler.decode_seconds,
             "current": scheduler.current_adapters(),
+            "threads": scheduler.threads.threads if scheduler.threads else None,
+            "thread_changes": scheduler.threads.changes if scheduler.threads else 0,
         }
 
     def send(events: list[tuple[Job, tuple[str, Any]]]) -> None:
@@ -240,6 +242,8 @@ class ProcessScheduler:
     adapters_loaded = property(lambda self: self._stats.get("adapters_loaded", 0))
     row_steps = property(lambda self: self._stats.get("row_steps", 0))
     decode_seconds = property(lambda self: self._stats.get("decode_seconds", 0.0))
+    thread_count = property(lambda self: self._stats.get("threads"))
+    thread_changes = property(lambda self: self._stats.get("thread_changes", 0))
 
     @property
     def pid(self) -> int | None:
