@@ -25,7 +25,11 @@ async def run(args) -> None:
     from bot.models.transformers_backend import TransformersModel
 
     settings = ModelSettings(
-        cache_dir=ROOT / "data" / "models", max_batch_size=32, max_queue=256, threads=args.threads
+        cache_dir=ROOT / "data" / "models",
+        max_batch_size=32,
+        max_queue=256,
+        threads=args.threads,
+        dtype=args.dtype,
     )
     model = TransformersModel(settings, progress=False, worker=args.worker)
     await model.start()
@@ -56,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--dtype", default="auto", help="[model] dtype")
     parser.add_argument("--threads", default="auto", help='[model] threads: "auto" or N')
     parser.add_argument("--worker", default="process", choices=["process", "thread"])
     asyncio.run(run(parser.parse_args()))

@@ -44,12 +44,18 @@ def prepack_linears(model: torch.nn.Module) -> int:
         log.info("bf16 weight prepacking unavailable: %s", exc)
         return 0
     for module in linears:
-        weight = module.weight.detach()
-        module._packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT)
-        module.forward = types.MethodType(_packed_forward, module)
-        if id(module.weight) not in shared:  # a tied lm_head still serves the embeddings
-            module.weight.data = torch.zeros(1, dtype=weight.dtype).expand(weight.shape)
+        # a tied lm_head still serves the embeddings
+        pack_module(module, keep_weight=id(module.weight) in shared)
     return len(linears)
+
+
+def pack_module(module: torch.nn.Linear, *, keep_weight: bool) -> None:
+    """Prepack one bf16 Linear (the caller checked :func:`prepack_linears` works here)."""
+    weight = module.weight.detach()
+    module._packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT)
+    module.forward = types.MethodType(_packed_forward, module)
+    if not keep_weight:
+        module.weight.data = torch.zeros(1, dtype=weight.dtype).expand(weight.shape)
 
 
 def _shared_weights(model: torch.nn.Module) -> set[int]:

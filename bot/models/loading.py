@@ -61,13 +61,30 @@ def load_model(
         model.hf_quantizer.remove_quantization_config(model)
     model.eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    from bot.models.lean_llama import LeanLlama
+
     if dtype == torch.bfloat16:
         from bot.models.fast_linear import prepack_linears
 
         prepack_linears(model)
-    from bot.models.lean_llama import LeanLlama
+    int4 = settings.dtype == "int4"
+    if int4:
+        from bot.models.int4 import available
 
-    model._charbot_lean = LeanLlama.build(model)  # the scheduler's fast path, if Llama
+        if not available():
+            raise ModelError(
+                '[model] dtype = "int4" needs torch\'s CPU int4 kernel, which this torch '
+                'build lacks; fix: use dtype = "auto"'
+            )
+    # The scheduler's fast path, if the model is a plain Llama (with 4-bit copies: int4).
+    model._charbot_lean = LeanLlama.build(model, int4=int4)
+    if int4 and model._charbot_lean is None:
+        raise ModelError(
+            f'[model] dtype = "int4" works for Llama-architecture models; {settings.base!r} '
+            'is not one; fix: use dtype = "auto"'
+        )
+    if int4:
+        weight_bytes += model._charbot_lean.int4_bytes
     from bot.models.multi_lora import trim_heap
 
     trim_heap()  # the float32 → bf16 load leaves ~200 MB of freed heap otherwise

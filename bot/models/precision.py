@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bot.errors import ModelError
 
-DTYPES = ("auto", "float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16", "int4")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -24,13 +24,13 @@ def cpu_has_native_bf16() -> bool:
 
 
 def pick_dtype(setting: str):  # -> torch.dtype
-    """``[model] dtype`` → a torch dtype ("auto": bf16 when native and faster)."""
+    """``[model] dtype`` → the compute dtype ("auto" and "int4": bf16 when native)."""
     import torch
 
     if setting == "float32":
         return torch.float32
     if setting == "bfloat16":
         return torch.bfloat16
-    if setting == "auto":
+    if setting in ("auto", "int4"):  # int4: 4-bit weights, computed in this dtype
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     raise ModelError(f"[model] dtype = {setting!r} is not one of {', '.join(DTYPES)}")

@@ -1,0 +1,148 @@
+"""``[model] dtype = "int4"``: 4-bit weights for decode steps, LoRA still applied per row."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+
+from bot.config import ModelSettings
+from bot.models.base import AdapterSpec
+from tests.test_base_after_lora import OTHER, SEA, check_base_rows_survive, greedy_ids
+from tests.tiny_model import ALL_LINEAR, build_tiny_adapter, build_tiny_model
+
+torch = pytest.importorskip("torch")
+
+from bot.models import int4  # noqa: E402
+from bot.models.transformers_backend import TransformersModel  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not int4.available(), reason="no CPU int4 kernel in this torch")
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TOLERANCE = 0.125  # one bf16 step at the logits' magnitude (as for the bf16 path)
+
+
+def test_weights_on_the_q4_1_grid_come_back_exactly() -> None:
+    """A scale and minimum per 32 weights (the bundled GGUF's Q4_1) comes back."""
+    torch.manual_seed(0)
+    codes = torch.randint(0, 16, (64, 96)).float()
+    codes[:, ::32] = 0  # every group spans the whole 0..15 range, as Q4_1 blocks do
+    codes[:, 1::32] = 15
+    scale = torch.rand(64, 3).repeat_interleave(32, dim=1) * 0.1
+    low = torch.randn(64, 3).repeat_interleave(32, dim=1) * 0.1
+    grid = (codes * scale + low).to(torch.bfloat16).float()
+    back = int4.dequantize(int4.quantize(grid)).float()
+    # Up to bf16 rounding of each group's scale and offset: relative to the group's largest
+    # weight, about what storing the weights themselves in bf16 costs.
+    largest = grid.view(64, 3, 32).abs().amax(-1, keepdim=True)
+    assert bool(((back - grid).view(64, 3, 32).abs() <= 2**-7 * largest).all())
+
+
+def test_other_weights_are_within_half_a_step() -> None:
+    torch.manual_seed(1)
+    weight = torch.randn(48, 64)
+    back = int4.dequantize(int4.quantize(weight)).float()
+    groups = weight.view(48, 2, 32)
+    step = (groups.amax(-1) - groups.amin(-1)) / 15
+    error = (back - weight).abs().view(48, 2, 32).amax(-1)
+    assert bool((error <= step * 0.5 + 0.02 * weight.abs().max()).all())
+    x = torch.randn(5, 64).to(torch.bfloat16)
+    assert torch.allclose(
+        int4.linear(x, int4.quantize(weight)).float(), x.float() @ back.t(), rtol=2e-2, atol=5e-2
+    )
+
+
+def test_shapes_the_kernel_cannot_take_are_refused() -> None:
+    assert int4.fits(torch.empty(64, 64)) and not int4.fits(torch.empty(64, 40))
+    assert not int4.fits(torch.empty(24, 64))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("int4")
+    base = build_tiny_model(root / "base")
+    return {
+        "base": base,
+        "lora": build_tiny_adapter(base, root / "bram" / "v1", targets=ALL_LINEAR),
+    }
+
+
+@functools.cache
+def _reference(base: Path, lora: Path | None):
+    """transformers (+ peft) on the weights the int4 kernel computes with."""
+    from transformers import AutoModelForCausalLM
+
+    net = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    with torch.no_grad():
+        for layer in net.model.layers:
+            for name in PROJECTIONS:
+                module = getattr(layer.self_attn, name, None) or getattr(layer.mlp, name)
+                module.weight.copy_(int4.dequantize(int4.quantize(module.weight)))
+    if lora is not None:
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(net, lora)
+    return net.eval()
+
+
+def assert_reference_greedy(model, base: Path, lora: Path | None, messages, reply) -> None:
+    prompt = model.tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    with torch.no_grad():
+        logits = _reference(base, lora)(torch.tensor([prompt + reply])).logits[0].float()
+    steps = logits[len(prompt) - 1 : -1]
+    gaps = steps.max(dim=-1).values - steps[torch.arange(len(reply)), torch.tensor(reply)]
+    assert len(reply) > 0 and float(gaps.max()) <= TOLERANCE, gaps.tolist()
+
+
+async def test_int4_serves_base_and_lora_rows(tiny, monkeypatch) -> None:
+    """Every step on 4 bits (prompts too, for an exact reference): base rows are the
+    dequantized model's greedy choice and unchanged by a LoRA loaded for others; a LoRA row
+    is peft's choice over the same weights."""
+    from bot.models import lean_llama
+
+    monkeypatch.setattr(lean_llama, "INT4_MAX_ROWS", 1 << 20)
+    model = TransformersModel(
+        ModelSettings(base=str(tiny["base"]), dtype="int4", batch_wait_ms=30),
+        progress=False,
+        worker="thread",
+    )
+    await model.start()
+    try:
+        assert model.scheduler.lean is not None and model.scheduler.lean.int4
+        base_reply = await greedy_ids(model, SEA, None, 24)
+        assert_reference_greedy(model, tiny["base"], None, SEA, base_reply)
+        for reply in await check_base_rows_survive(model, tiny["lora"], n=24):
+            assert_reference_greedy(model, tiny["base"], tiny["lora"], OTHER, reply)
+    finally:
+        await model.close()
+
+
+async def test_int4_is_used_for_small_decode_steps_only(tiny) -> None:
+    """Default threshold: a prompt is prefilled on the bf16 weights, decoding on 4 bits; the
+    reply differs from the bf16 engine's only by quantization (so it is not the same path)."""
+    replies = {}
+    for dtype in ("bfloat16", "int4"):
+        model = TransformersModel(
+            ModelSettings(base=str(tiny["base"]), dtype=dtype), progress=False, worker="thread"
+        )
+        await model.start()
+        try:
+            replies[dtype] = await greedy_ids(
+                model, SEA, AdapterSpec("bram", str(tiny["lora"])), 24
+            )
+        finally:
+            await model.close()
+    assert replies["int4"][0] == replies["bfloat16"][0]  # the first token comes from prefill
+    assert replies["int4"] != replies["bfloat16"]  # later ones from the 4-bit weights
+
+
+async def test_int4_needs_a_llama(tmp_path) -> None:
+    from bot.errors import ModelError
+    from bot.models.loading import load_model
+    from bot.models.local_files import ModelSource
+
+    settings = ModelSettings(base=str(tmp_path), dtype="int4")
+    with pytest.raises(ModelError, match="int4"):
+        load_model(ModelSource(str(tmp_path), "x"), settings)
