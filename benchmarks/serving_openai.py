@@ -43,8 +43,9 @@ def characters(loras: list[str]) -> list[Character]:
     ]
 
 
-def start_llama_server(binary: str, threads: int, root: Path):  # type: ignore[no-untyped-def]
-    """llama-server on the bundled GGUF with the local run's four adapters, converted."""
+def start_llama_server(binary: str, threads: int, root: Path, gguf: Path | None = None):  # type: ignore[no-untyped-def]
+    """llama-server on ``gguf`` (default: the bundled one) with the local run's four
+    adapters, converted."""
     from bot.models.gguf_lora import convert
     from bot.models.local_files import convert_bundled, find_bundled_gguf
     from tests.llama_server import LlamaServer
@@ -55,7 +56,7 @@ def start_llama_server(binary: str, threads: int, root: Path):  # type: ignore[n
         files.append(root / f"{path.parent.name}.gguf")
         convert(path, base_dir, files[-1])
     log = root / "server.log"
-    server = LlamaServer(Path(binary), find_bundled_gguf(), files, log, parallel=32)
+    server = LlamaServer(Path(binary), gguf or find_bundled_gguf(), files, log, parallel=32)
     server.threads = threads
     server.start()
     print(f"llama-server healthy {server.started_in:.1f} s after start")

