@@ -65,16 +65,24 @@ def test_a_fixed_count_is_set_and_kept() -> None:
 
 def test_auto_leaves_cores_to_others_and_takes_them_back() -> None:
     policy = ThreadPolicy(cores=2)
-    assert policy.threads == 2 and torch.get_num_threads() == 2
+    assert policy.threads == 0  # undecided until its first window closes
     tick = policy._tick
     # (seconds, busy ticks of the whole machine, ticks of ours): 1 s apart
+    assert policy.update((0, 0, 0), (1, int(0.05 * tick), 0)) == 2  # quiet: every core
+    assert torch.get_num_threads() == 2
     assert policy.update((0, 0, 0), (1, int(1.6 * tick), int(0.6 * tick))) == 1  # others: 1 core
     assert torch.get_num_threads() == 1
     assert policy.update((1, 0, 0), (2, int(0.25 * tick), 0)) == 1  # in the gap: unchanged
     assert policy.update((2, 0, 0), (3, int(1.05 * tick), tick)) == 2  # others: quiet again
-    assert policy.changes == 2 and torch.get_num_threads() == 2
+    assert policy.changes == 3 and torch.get_num_threads() == 2
     four = ThreadPolicy(cores=4)
     assert four.update((0, 0, 0), (1, int(2.2 * tick), tick)) == 2  # others: 1.2 cores → 2 left
+
+
+def test_settle_decides_before_loading() -> None:
+    policy = ThreadPolicy(cores=2)
+    time.sleep(0.2)
+    assert policy.settle() in (1, 2) and torch.get_num_threads() == policy.threads
 
 
 def test_auto_sees_a_real_busy_process() -> None:

@@ -116,6 +116,9 @@ def build_scheduler(loaded: Loaded, settings: ModelSettings, **extra):
     from bot.models.threads import ThreadPolicy
 
     eos_ids, pad = stop_ids(loaded.model, loaded.tokenizer)
+    if "threads" not in extra:  # the model process made its policy before loading
+        extra["threads"] = ThreadPolicy(parse_threads(settings.threads))
+        extra["threads"].settle()
     return Scheduler(
         AdapterRegistry(loaded.model, loaded.dtype),
         eos_ids=eos_ids,
@@ -124,7 +127,6 @@ def build_scheduler(loaded: Loaded, settings: ModelSettings, **extra):
         max_batch_size=settings.max_batch_size,
         batch_wait_ms=settings.batch_wait_ms,
         max_queue=settings.max_queue,
-        threads=ThreadPolicy(parse_threads(settings.threads)),
         **extra,
     )
 

@@ -84,8 +84,24 @@ class ThreadPolicy:
     _tick: float = field(default_factory=_ticks_per_second)
 
     def __post_init__(self) -> None:
-        self._apply(self.fixed if self.fixed is not None else self.cores)
         self._parent = os.getppid()
+        if self.fixed is not None:
+            self._apply(self.fixed)
+        else:  # the first window starts now; settle() or check() decides
+            self._last = self.sample()
+
+    def settle(self) -> int:
+        """Decide now from the window since creation (the model process creates the policy
+        before importing torch and settles before loading: loading on two threads beside a
+        busy process took 5× longer). Returns the count."""
+        if self.fixed is None:
+            current = self.sample()
+            if self._last is not None and current is not None and current[0] > self._last[0]:
+                self.update(self._last, current)
+                self._last = current
+            if self.threads == 0:  # no window (no /proc here): all cores, as torch would
+                self._apply(self.cores)
+        return self.threads
 
     @property
     def auto(self) -> bool:
@@ -117,6 +133,8 @@ class ThreadPolicy:
             return
         if self._last is not None:
             self.update(self._last, current)
+        elif self.threads == 0:
+            self._apply(self.cores)
         self._last = current
 
     def update(self, before: tuple[float, int, int], after: tuple[float, int, int]) -> int:
@@ -126,7 +144,7 @@ class ThreadPolicy:
             return self.threads
         other_ticks = (after[1] - before[1]) - (after[2] - before[2])
         self.others = max(0.0, other_ticks / self._tick / seconds)
-        wanted = self.threads
+        wanted = self.threads or self.cores
         if self.others > BUSY_ABOVE:
             # leave every core that others keep busy (rounded up, less a little noise);
             # always keep one for us

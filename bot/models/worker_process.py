@@ -53,8 +53,15 @@ def _decode_error(data: tuple) -> Exception:
 
 def serve(conn, settings: ModelSettings, source: ModelSource) -> None:
     """The child process: load, report ready, then run the scheduler on this main thread."""
+    from bot.config import parse_threads
+    from bot.models.threads import ThreadPolicy
+
+    threads = ThreadPolicy(parse_threads(settings.threads))
+    import transformers  # noqa: F401 - seconds of imports: the policy's first window
+
     from bot.models.loading import build_scheduler, load_model
 
+    threads.settle()
     try:
         loaded = load_model(source, settings, with_tokenizer=False)
     except BaseException as exc:  # reported to the parent, which raises it from start()
@@ -89,7 +96,7 @@ def serve(conn, settings: ModelSettings, source: ModelSource) -> None:
             out.append((job.id, kind, _encode_error(value) if kind == "error" else value))
         post(("events", out, stats()))
 
-    scheduler = build_scheduler(loaded, settings, send=send)
+    scheduler = build_scheduler(loaded, settings, send=send, threads=threads)
 
     def answer(request_id: int, future: concurrent.futures.Future) -> None:
         error = future.exception()
