@@ -25,24 +25,33 @@ def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight, self.bias, "none", [], "")
 
 
-def prepack_linears(model: torch.nn.Module) -> int:
-    """Pack every bf16 ``nn.Linear`` in ``model``; returns how many (0 if unsupported)."""
+def can_prepack(model: torch.nn.Module) -> bool:
+    """Whether this torch build packs bf16 weights and computes them right (one probe)."""
     if not torch.backends.mkldnn.is_available():
-        return 0
+        return False
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     if not linears or linears[0].weight.dtype != torch.bfloat16:
-        return 0
-    shared = _shared_weights(model)
+        return False
     try:
         probe = linears[0]
         packed = torch.ops.mkldnn._reorder_linear_weight(probe.weight.detach(), PACK_HINT)
         x = torch.randn(3, probe.in_features, dtype=torch.bfloat16)
         got = torch.ops.mkldnn._linear_pointwise(x, packed, probe.bias, "none", [], "")
-        if not torch.allclose(got, torch.nn.functional.linear(x, probe.weight, probe.bias)):
-            return 0
+        return torch.allclose(got, torch.nn.functional.linear(x, probe.weight, probe.bias))
     except (RuntimeError, AttributeError) as exc:  # an op missing from this torch build
         log.info("bf16 weight prepacking unavailable: %s", exc)
+        return False
+
+
+def prepack_linears(model: torch.nn.Module) -> int:
+    """Pack every bf16 ``nn.Linear`` in ``model`` not already served from a fused weight
+    (bot/models/lean_llama.py); returns how many (0 if unsupported)."""
+    if not can_prepack(model):
         return 0
+    shared = _shared_weights(model)
+    linears = [
+        m for m in model.modules() if type(m) is torch.nn.Linear and "_fused_slice" not in vars(m)
+    ]
     for module in linears:
         # a tied lm_head still serves the embeddings
         pack_module(module, keep_weight=id(module.weight) in shared)
@@ -50,7 +59,7 @@ def prepack_linears(model: torch.nn.Module) -> int:
 
 
 def pack_module(module: torch.nn.Linear, *, keep_weight: bool) -> None:
-    """Prepack one bf16 Linear (the caller checked :func:`prepack_linears` works here)."""
+    """Prepack one bf16 Linear (the caller checked :func:`can_prepack`)."""
     weight = module.weight.detach()
     module._packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT)
     module.forward = types.MethodType(_packed_forward, module)

@@ -58,8 +58,9 @@ class _Fused:
         for module in modules:
             stop = start + module.out_features
             self.slices.append((start, stop))
-            if packed:
-                module._packed_weight = None
+            if packed:  # no float copy is kept: the module computes its slice of ours
+                stand_in = torch.zeros(1, dtype=module.weight.dtype)
+                module.weight.data = stand_in.expand(module.weight.shape)
                 module._fused_slice = (self, start, stop)
                 module.forward = types.MethodType(_slice_forward, module)
             else:  # the module's weight becomes a view of the fused one: no copy
@@ -105,7 +106,7 @@ def _linear(module: torch.nn.Module, x: torch.Tensor, int4: bool = False) -> tor
 class LeanLlama:
     """Built once over a loaded Llama model; :meth:`forward` replaces ``model(...)``."""
 
-    def __init__(self, model, *, int4: bool = False) -> None:
+    def __init__(self, model, *, pack: bool = False, int4: bool = False) -> None:
         config = model.config
         inner = model.model
         self.model = model
@@ -119,14 +120,14 @@ class LeanLlama:
         self.scaling = self.head_dim**-0.5
         self.eps = config.rms_norm_eps
         self.dtype = model.dtype
-        packed = getattr(inner.layers[0].self_attn.o_proj, "_packed_weight", None) is not None
+        packed = pack
         self.layers = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
             for name in QKV:
-                getattr(attn, name)._lean_weight = _weight_of(getattr(attn, name), packed)
+                getattr(attn, name)._lean_weight = getattr(attn, name).weight.detach()
             for name in GATE_UP:
-                getattr(mlp, name)._lean_weight = _weight_of(getattr(mlp, name), packed)
+                getattr(mlp, name)._lean_weight = getattr(mlp, name).weight.detach()
             qkv = _Fused([getattr(attn, n) for n in QKV], packed, int4)
             gate_up = _Fused([getattr(mlp, n) for n in GATE_UP], packed, int4)
             for module in (*(getattr(attn, n) for n in QKV), *(getattr(mlp, n) for n in GATE_UP)):
@@ -136,7 +137,7 @@ class LeanLlama:
                 from bot.models.int4 import quantize
 
                 for module in (attn.o_proj, mlp.down_proj):
-                    module._lean_int4 = quantize(_weight_of(module, packed))
+                    module._lean_int4 = quantize(module.weight)
         # The output projection stays as it is: as int4 it was no faster here and moved the
         # first logits further from bf16 (cosine 0.998 instead of 1.000).
         self.int4 = int4
@@ -167,7 +168,7 @@ class LeanLlama:
         return total
 
     @classmethod
-    def build(cls, model, *, int4: bool = False) -> LeanLlama | None:
+    def build(cls, model, *, pack: bool = False, int4: bool = False) -> LeanLlama | None:
         """The lean path for ``model``, or None when it is not a plain Llama.
 
         ``int4``: the decoder's projections also get 4-bit copies (bot/models/int4.py),
@@ -185,7 +186,7 @@ class LeanLlama:
                 return None
             if int4 and not _int4_shapes_fit(model):
                 return None
-            return cls(model, int4=int4)
+            return cls(model, pack=pack, int4=int4)
         except (AttributeError, RuntimeError) as exc:
             log.info("lean Llama forward unavailable: %s", exc)
             return None
@@ -322,12 +323,3 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
         return x
     b, h, n, d = x.shape
     return x[:, :, None].expand(b, h, groups, n, d).reshape(b, h * groups, n, d)
-
-
-def _weight_of(module: torch.nn.Module, packed: bool) -> torch.Tensor:
-    if not packed:
-        return module.weight.detach()
-    # Prepacking left a zero stand-in: unpack oneDNN's layout by multiplying by I.
-    eye = torch.eye(module.in_features, dtype=module.weight.dtype)
-    out = torch.ops.mkldnn._linear_pointwise(eye, module._packed_weight, None, "none", [], "")
-    return out.t().contiguous()

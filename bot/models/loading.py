@@ -3,7 +3,9 @@ thread and the separate model process."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bot.config import ModelSettings
@@ -23,12 +25,31 @@ class Loaded:
     weight_bytes: int
 
 
-def load_tokenizer(source: ModelSource, settings: ModelSettings):
+# Tokenizers that are plain tokenizer.json files: loaded without AutoTokenizer, which reads the
+# model config and imports its model family first (1.1 s instead of 3.3 s here).
+PLAIN_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _tokenizer_class(source: ModelSource):
+    directory = Path(source.path)
+    if source.gguf_file is None and (directory / "tokenizer.json").is_file():
+        try:
+            config = json.loads((directory / "tokenizer_config.json").read_text())
+        except (OSError, ValueError):
+            config = {}
+        if config.get("tokenizer_class") in PLAIN_TOKENIZERS:
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast
     from transformers import AutoTokenizer
 
+    return AutoTokenizer
+
+
+def load_tokenizer(source: ModelSource, settings: ModelSettings):
     extra = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, **extra)
+        tokenizer = _tokenizer_class(source).from_pretrained(source.path, **extra)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the tokenizer of {settings.base!r}: {exc}") from exc
     if tokenizer.chat_template is None:
@@ -64,22 +85,24 @@ def load_model(
         model.hf_quantizer.remove_quantization_config(model)
     model.eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    from bot.models.fast_linear import can_prepack, prepack_linears
     from bot.models.lean_llama import LeanLlama
 
-    if dtype == torch.bfloat16:
-        from bot.models.fast_linear import prepack_linears
-
-        prepack_linears(model)
+    pack = dtype == torch.bfloat16 and can_prepack(model)
     int4 = _wants_int4(settings.dtype, dtype)
-    # The scheduler's fast path, if the model is a plain Llama (with 4-bit copies: int4).
-    model._charbot_lean = LeanLlama.build(model, int4=int4)
+    # The scheduler's fast path, if the model is a plain Llama: it fuses (and packs) q/k/v
+    # and gate/up from the plain weights — before the rest is packed, as unpacking costs
+    # seconds — and makes the 4-bit copies.
+    model._charbot_lean = LeanLlama.build(model, pack=pack, int4=int4)
     if int4 and model._charbot_lean is None and settings.dtype == "auto":
-        model._charbot_lean = LeanLlama.build(model)  # not a Llama: bf16 alone, as asked
+        model._charbot_lean = LeanLlama.build(model, pack=pack)  # not a Llama: no 4-bit
     elif int4 and model._charbot_lean is None:
         raise ModelError(
             f'[model] dtype = "int4" works for Llama-architecture models; {settings.base!r} '
             'is not one; fix: use dtype = "auto"'
         )
+    if pack:
+        prepack_linears(model)  # what the fast path did not take: o/down, lm_head, others
     if model._charbot_lean is not None:
         weight_bytes += model._charbot_lean.int4_bytes
     from bot.models.multi_lora import trim_heap
