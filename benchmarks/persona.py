@@ -8,11 +8,13 @@ turn, persona-fact questions answered with the fact (knowledge retrieval on and 
 mean cosine similarity to reference answers (all-MiniLM-L6-v2), and mean reply length.
 
     nice -n 10 .venv/bin/python benchmarks/persona.py [--config config.toml] [--json out.json]
-        [--set temperature=0.5 --set max_new_tokens=120 ...]
+        [--set temperature=0.5 --set max_new_tokens=120 ...] [--seed N]
 
 ``--set`` tries other sampling settings without editing the config: the value replaces
 [model]'s and any character's own, so every character runs with it. The sampling each
-character ran with is printed first and written to --json.
+character ran with is printed first and written to --json. The seed fixes each reply's
+sampling, but not which requests share a batch (that follows timing), so a second run
+with the same seed gives slightly different replies; ``--seed`` runs show the spread.
 
 Runs against older checkouts too (no knowledge there: retrieval "off" only), so a before /
 after table comes from the same script.
@@ -270,7 +272,9 @@ def describe_sampling(sampling: dict[str, dict[str, float | int]]) -> str:
     return "\n".join(f"  {', '.join(names)}: {line}" for line, names in by_setting.items())
 
 
-async def run(config: Config, retrieval: bool, kinds: set[str]) -> tuple[list[Answer], list[str]]:
+async def run(
+    config: Config, retrieval: bool, kinds: set[str], seed: int = SEED
+) -> tuple[list[Answer], list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         store = await Store.open(f"sqlite:///{tmp}/persona.db")
         factory: Any = create_model
@@ -288,7 +292,7 @@ async def run(config: Config, retrieval: bool, kinds: set[str]) -> tuple[list[An
         if knowledge is not None:
             knowledge.retrieval = retrieval
         fixed = core.sampling_for
-        core.sampling_for = lambda c: dataclasses.replace(fixed(c), seed=SEED)  # type: ignore[method-assign]
+        core.sampling_for = lambda c: dataclasses.replace(fixed(c), seed=seed)  # type: ignore[method-assign]
         answers: list[Answer] = []
 
         # As many at once as the server batches; more would only wait in its queue.
@@ -394,19 +398,22 @@ def main() -> None:
         metavar="KEY=VALUE",
         help=f"sampling for every character, repeatable: {', '.join(SAMPLING_KEYS)}",
     )
+    parser.add_argument(
+        "--seed", type=int, default=SEED, help="another seed: the spread of one setting's figures"
+    )
     args = parser.parse_args()
     if args.from_db and args.set:
         sys.exit("--set: the answers in --from-db were generated already; run without it")
     overrides = parse_overrides(args.set)
     config = with_sampling(load_config(args.config), overrides)
-    results: dict[str, Any] = {"set": overrides}
+    results: dict[str, Any] = {"set": overrides, "seed": args.seed}
     if args.from_db:
         answers, names, sampling = from_database(args.from_db, config)
         source = f"as stored in {args.from_db}"
     else:
         sampling = sampling_of(config)
         source = args.config if not args.set else f"{args.config}, --set {' '.join(args.set)}"
-        source = f"{source}; seed {SEED}"
+        source = f"{source}; seed {args.seed}"
     print(f"sampling ({source}):\n{describe_sampling(sampling)}")
     results["sampling"] = sampling
     runs = [("db", None)] if args.from_db else [(m, m == "on") for m in args.modes.split(",")]
@@ -415,7 +422,9 @@ def main() -> None:
         if args.from_db:
             title = f"answers stored in {args.from_db}"
         else:
-            answers, names = asyncio.run(run(config, bool(retrieval), set(args.kinds.split(","))))
+            answers, names = asyncio.run(
+                run(config, bool(retrieval), set(args.kinds.split(",")), args.seed)
+            )
             title = f"knowledge retrieval {mode} ({time.perf_counter() - started:.0f} s)"
         table = judge(answers, names)
         results[mode] = {"table": table, "answers": [dataclasses.asdict(a) for a in answers]}
