@@ -12,8 +12,6 @@ from bot.config import ModelSettings
 from bot.errors import ModelError
 from bot.models.local_files import ModelSource
 
-AUTO_INT4 = False  # TEMP: flipped once the persona sweep running beside this work is done
-
 
 @dataclass
 class Loaded:
@@ -128,7 +126,7 @@ def _wants_int4(setting: str, dtype) -> bool:
                 'build lacks; fix: use dtype = "bfloat16"'
             )
         return True
-    return AUTO_INT4 and setting == "auto" and dtype == torch.bfloat16 and available()
+    return setting == "auto" and dtype == torch.bfloat16 and available()
 
 
 def build_scheduler(loaded: Loaded, settings: ModelSettings, **extra):
