@@ -25,10 +25,11 @@ class ModelSettings:
     backend: str = "transformers"  # one of BACKENDS
     base: str = "smollm2"  # alias of the bundled SmolLM2-135M-Instruct, an HF id or a directory
     dtype: str = "auto"  # "auto" (bf16 + 4-bit decoding) | "bfloat16" | "float32" | "int4"
-    max_new_tokens: int = 256
-    temperature: float = 0.8
-    top_p: float = 0.95
-    repetition_penalty: float = 1.1  # > 1 discourages the reply repeating itself
+    # Sampling defaults: config.toml's, tuned on benchmarks/persona.py (README).
+    max_new_tokens: int = 160
+    temperature: float = 0.5
+    top_p: float = 0.9
+    repetition_penalty: float = 1.3  # > 1 discourages the reply repeating itself
     context_tokens: int = 2048  # the prompt budget, in the model's own tokens
     knowledge_tokens: int = 256  # of that, for lorebook entries and retrieved knowledge
     max_batch_size: int = 16  # serving: rows in one batch

@@ -53,7 +53,7 @@ async def test_reply_streams_through_the_core_and_records_the_served_model(
     sent = fake.requests[0]
     assert sent["model"] == "bram" and sent["stream"] is True
     assert sent["stream_options"] == {"include_usage": True}
-    assert sent["temperature"] == 0.3 and sent["max_tokens"] == 256
+    assert sent["temperature"] == 0.3 and sent["max_tokens"] == ModelSettings().max_new_tokens
     assert sent["messages"][-1] == {"role": "user", "content": "Bram, is the lamp lit?"}
     assert (
         sent["messages"][0]["role"] == "system" and "lighthouse" in sent["messages"][0]["content"]
