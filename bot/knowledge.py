@@ -221,7 +221,8 @@ def build_index(
         if vectors.shape[0] == len(facts):
             return KnowledgeIndex(path, facts, vectors)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_suffix(f".{os.getpid()}.partial.npy")
+    # unique per process and thread: two builders of one file must not share a partial
+    partial = cached.with_suffix(f".{os.getpid()}-{threading.get_ident()}.partial.npy")
     vectors = None
     bar = tqdm(
         total=len(facts),
@@ -266,6 +267,7 @@ class Knowledge:
         self.progress = progress
         self.retrieval = True  # off: lorebook only (the benchmark compares both)
         self._indexes: dict[str, KnowledgeIndex] = {}
+        self._building = threading.Lock()  # replies in several threads may ask for one file
 
     def prepare(self, characters: Iterable[Character]) -> None:
         """Build (or load) every knowledge file's index; blocking, run it in a thread."""
@@ -278,8 +280,12 @@ class Knowledge:
     def _index(self, name: str) -> KnowledgeIndex:
         index = self._indexes.get(name)
         if index is None:
-            index = build_index(Path(name), self.embedder, self.cache_dir, progress=self.progress)
-            self._indexes[name] = index
+            with self._building:  # built once; the others wait for it
+                index = self._indexes.get(name)
+                if index is None:
+                    path = Path(name)
+                    index = build_index(path, self.embedder, self.cache_dir, progress=self.progress)
+                    self._indexes[name] = index
         return index
 
     async def notes(

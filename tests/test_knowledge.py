@@ -231,3 +231,28 @@ def test_a_large_file_is_indexed_in_batches_into_a_memory_mapped_cache(tmp_path:
     again = build_index(big, embedder, tmp_path / "cache", progress=False)
     assert len(embedder.batches) == -(-100_000 // BATCH)  # the second build hit the cache
     assert again.vectors.shape == (100_000, 8)
+
+
+class SlowEmbedder(CountingEmbedder):
+    """Slow enough that several threads are inside one build at once."""
+
+    def encode(self, texts):  # type: ignore[no-untyped-def]
+        import time
+
+        time.sleep(0.05)
+        return super().encode(texts)
+
+
+def test_replies_asking_for_one_index_at_once_build_it_once(tmp_path: Path) -> None:
+    """Before: every thread built the file into the same partial name and most failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    facts = tmp_path / "facts.csv"
+    facts.write_text("question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(600)))
+    embedder = SlowEmbedder()
+    knowledge = Knowledge(tmp_path / "cache", 200, embedder=embedder, progress=False)
+    with ThreadPoolExecutor(8) as pool:
+        indexes = list(pool.map(lambda _: knowledge._index(str(facts)), range(8)))
+    assert all(index is indexes[0] for index in indexes)
+    assert len(embedder.batches) == -(-600 // BATCH)  # one build
+    assert not list((tmp_path / "cache").glob("*.partial.npy"))
