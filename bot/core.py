@@ -113,8 +113,17 @@ class Core:
         )
 
     async def start(self) -> None:
-        await self.model.start()
-        await asyncio.to_thread(self.knowledge.prepare, self.characters)  # indexes, once
+        """Start the model and, at the same time, the knowledge indexes and their embedding
+        model (one waited for the other before: their start-up times added up)."""
+        knowledge = asyncio.ensure_future(
+            asyncio.to_thread(self.knowledge.prepare, self.characters)
+        )
+        try:
+            await self.model.start()
+        except BaseException:
+            knowledge.cancel()  # its thread finishes on its own; nobody needs the result
+            raise
+        await knowledge
 
     async def close(self) -> None:
         if not self._stopping:

@@ -270,12 +270,17 @@ class Knowledge:
         self._building = threading.Lock()  # replies in several threads may ask for one file
 
     def prepare(self, characters: Iterable[Character]) -> None:
-        """Build (or load) every knowledge file's index; blocking, run it in a thread."""
+        """Build (or load) every knowledge file's index and load the embedding model;
+        blocking, run it in a thread."""
         if not self.retrieval:
             return
-        for character in characters:
-            for name in character.knowledge:
-                self._index(name)
+        names = [name for character in characters for name in character.knowledge]
+        for name in names:
+            self._index(name)
+        if names:
+            # Cached indexes need no embedding, so the model would otherwise load at the
+            # first reply: 7.2 s of sentence-transformers and MiniLM that the user waits for.
+            self.embedder.encode(["warm-up"])
 
     def _index(self, name: str) -> KnowledgeIndex:
         index = self._indexes.get(name)

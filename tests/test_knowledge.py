@@ -256,3 +256,43 @@ def test_replies_asking_for_one_index_at_once_build_it_once(tmp_path: Path) -> N
     assert all(index is indexes[0] for index in indexes)
     assert len(embedder.batches) == -(-600 // BATCH)  # one build
     assert not list((tmp_path / "cache").glob("*.partial.npy"))
+
+
+class GatedModel(FakeModel):
+    """A model whose start waits until the embedding model has loaded: a core that starts
+    them one after the other never gets there."""
+
+    def __init__(self, loaded) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(["Fathom."])
+        self.loaded = loaded
+
+    async def start(self) -> None:
+        import asyncio
+
+        await asyncio.wait_for(asyncio.to_thread(self.loaded.wait), 10)
+
+
+async def test_knowledge_loads_its_embedding_model_beside_the_model_start(
+    make_core: MakeCore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cached indexes still load the embedding model at start, not at the first reply, and
+    at the same time as the model."""
+    import threading
+
+    facts = tmp_path / "facts.csv"
+    facts.write_text(QA, encoding="utf-8")
+    bram = Character(name="Bram", knowledge=(str(facts),))
+    build_index(facts, CountingEmbedder(), tmp_path / "models" / "knowledge", progress=False)
+    loaded = threading.Event()
+
+    class SignallingEmbedder(CountingEmbedder):
+        def encode(self, texts):  # type: ignore[no-untyped-def]
+            loaded.set()
+            return super().encode(texts)
+
+    # the core builds its Knowledge itself, with the default embedder
+    monkeypatch.setattr("bot.knowledge.MiniLM", SignallingEmbedder)
+    core = await make_core(
+        model=GatedModel(loaded), characters=[bram], cache_dir=tmp_path / "models"
+    )
+    assert loaded.is_set() and core.knowledge.embedder.batches == [1]  # the warm-up only
