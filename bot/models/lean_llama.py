@@ -26,7 +26,9 @@ import types
 import torch
 import torch.nn.functional as F
 
+from bot.models import int4 as int4_weights
 from bot.models.fast_linear import PACK_HINT
+from bot.models.multi_lora import BASE_SLOT, lora_delta
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +49,9 @@ class _Fused:
     """One weight made of several Linear layers' weights stacked by rows."""
 
     def __init__(self, modules: list[torch.nn.Module], packed: bool, int4: bool = False) -> None:
-        weight = torch.cat([m._lean_weight for m in modules])
+        weight = torch.cat([m.weight.detach() for m in modules])
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT) if packed else None
-        self.int4 = None
-        if int4:
-            from bot.models import int4 as int4_weights
-
-            self.int4 = int4_weights.quantize(weight)
+        self.int4 = int4_weights.quantize(weight) if int4 else None
         self.weight = None if packed else weight
         self.slices = []
         start = 0
@@ -71,9 +69,7 @@ class _Fused:
 
     def linear(self, x: torch.Tensor, int4: bool = False) -> torch.Tensor:
         if int4:
-            from bot.models.int4 import linear
-
-            return linear(x, self.int4)
+            return int4_weights.linear(x, self.int4)
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
         return F.linear(x, self.weight)
@@ -96,9 +92,7 @@ def _linear(module: torch.nn.Module, x: torch.Tensor, int4: bool = False) -> tor
     the weight is."""
     base = _base_linear(module)
     if int4:
-        from bot.models.int4 import linear
-
-        return linear(x, base._lean_int4)
+        return int4_weights.linear(x, base._lean_int4)
     packed = getattr(base, "_packed_weight", None)
     if packed is not None:
         return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
@@ -122,24 +116,15 @@ class LeanLlama:
         self.scaling = self.head_dim**-0.5
         self.eps = config.rms_norm_eps
         self.dtype = model.dtype
-        packed = pack
         self.layers = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            for name in QKV:
-                getattr(attn, name)._lean_weight = getattr(attn, name).weight.detach()
-            for name in GATE_UP:
-                getattr(mlp, name)._lean_weight = getattr(mlp, name).weight.detach()
-            qkv = _Fused([getattr(attn, n) for n in QKV], packed, int4)
-            gate_up = _Fused([getattr(mlp, n) for n in GATE_UP], packed, int4)
-            for module in (*(getattr(attn, n) for n in QKV), *(getattr(mlp, n) for n in GATE_UP)):
-                del module._lean_weight
+            qkv = _Fused([getattr(attn, n) for n in QKV], pack, int4)
+            gate_up = _Fused([getattr(mlp, n) for n in GATE_UP], pack, int4)
             self.layers.append((layer, qkv, gate_up))
             if int4:
-                from bot.models.int4 import quantize
-
                 for module in (attn.o_proj, mlp.down_proj):
-                    module._lean_int4 = quantize(module.weight)
+                    module._lean_int4 = int4_weights.quantize(module.weight)
         # The output projection stays as it is: as int4 it was no faster here and moved the
         # first logits further from bf16 (cosine 0.998 instead of 1.000).
         self.int4 = int4
@@ -208,8 +193,6 @@ class LeanLlama:
     def forward(self, ids, mask, positions, kv, multi) -> torch.Tensor:
         """float32 logits ``[B, vocab]`` of each row's last position (grad must be off;
         not inference_mode: the cache and logits are modified in place outside it later)."""
-        from bot.models.multi_lora import BASE_SLOT
-
         lora = multi.uniform != BASE_SLOT
         batch, length = ids.shape
         rows = batch * length
@@ -276,23 +259,19 @@ class LeanLlama:
 
 def _int4_shapes_fit(model) -> bool:
     """Whether every projection the int4 form quantizes has a shape the kernel takes."""
-    from bot.models.int4 import fits
-
     layer = model.model.layers[0]
     attn, mlp = layer.self_attn, layer.mlp
     fused = (
         torch.empty(sum(getattr(attn, n).out_features for n in QKV), attn.q_proj.in_features),
         torch.empty(sum(getattr(mlp, n).out_features for n in GATE_UP), mlp.gate_proj.in_features),
     )
-    return all(fits(w) for w in (*fused, attn.o_proj.weight, mlp.down_proj.weight))
+    return all(int4_weights.fits(w) for w in (*fused, attn.o_proj.weight, mlp.down_proj.weight))
 
 
 def _delta(module: torch.nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor | None:
     """The LoRA term of a projection that multi_lora patched; None for a plain Linear."""
     if not hasattr(module, "_multi_lora_owner"):
         return None
-    from bot.models.multi_lora import lora_delta
-
     # Per-row adapters need the rows apart from the positions: [B, T, in].
     delta = lora_delta(module, x.view(batch, -1, x.shape[-1]))
     return delta.view(x.shape[0], -1)

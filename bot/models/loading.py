@@ -113,8 +113,8 @@ def load_model(
 def _wants_int4(setting: str, dtype) -> bool:
     """Whether decode steps get 4-bit weight copies: "int4" always (or a clear error), and
     "auto" where bf16 is native and the kernel works. Measured on the default model
-    (benchmarks/side_by_side.py): one stream ~2× faster, 16 conversations no slower, 15 of 16
-    greedy replies identical to bf16's."""
+    (benchmarks/side_by_side.py): one stream 1.6-1.7× faster, 16 conversations about as fast,
+    all 16 greedy replies identical to bf16's."""
     import torch
 
     from bot.models.int4 import available
