@@ -5,7 +5,7 @@ each other at the end of every op. On a quiet 2-core machine two threads decode 
 than one, but when another busy process shares the cores, one of the two is often
 descheduled and every op waits for it: measured here, a second CPU-bound process took a
 2-thread decode from 34 to ~10 tok/s, while a 1-thread decode kept ~28 tok/s
-(benchmarks/serving.py ``busy`` section; README "Thread policy").
+(benchmarks/busy.py; README "Thread policy").
 
 ``threads = "auto"`` (the default) therefore watches the CPU time that *other* processes
 take (``/proc/stat`` less this process and its parent, the bot, which is idle while we
@@ -95,17 +95,8 @@ class ThreadPolicy:
         before importing torch and settles before loading: loading on two threads beside a
         busy process took 5× longer). Returns the count."""
         if self.fixed is None:
-            current = self.sample()
-            if self._last is not None and current is not None and current[0] > self._last[0]:
-                self.update(self._last, current)
-                self._last = current
-            if self.threads == 0:  # no window (no /proc here): all cores, as torch would
-                self._apply(self.cores)
+            self._close_window()
         return self.threads
-
-    @property
-    def auto(self) -> bool:
-        return self.fixed is None
 
     def _apply(self, count: int) -> None:
         if count != self.threads:
@@ -128,14 +119,18 @@ class ThreadPolicy:
         now = time.monotonic() if now is None else now
         if self._last is not None and now - self._last[0] < CHECK_EVERY_S:
             return
+        self._close_window()
+
+    def _close_window(self) -> None:
+        """Decide from the window since the last sample (if any) and start the next one;
+        with no window to go on (no /proc here), use every core, as torch would."""
         current = self.sample()
-        if current is None:
-            return
-        if self._last is not None:
-            self.update(self._last, current)
-        elif self.threads == 0:
+        if current is not None:
+            if self._last is not None:
+                self.update(self._last, current)
+            self._last = current
+        if self.threads == 0:
             self._apply(self.cores)
-        self._last = current
 
     def update(self, before: tuple[float, int, int], after: tuple[float, int, int]) -> int:
         """Choose the count from two samples (time, busy ticks, our ticks); returns it."""

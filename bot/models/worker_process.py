@@ -84,8 +84,8 @@ def serve(conn, settings: ModelSettings, source: ModelSource) -> None:
             "row_steps": scheduler.row_steps,
             "decode_seconds": scheduler.decode_seconds,
             "current": scheduler.current_adapters(),
-            "threads": scheduler.threads.threads if scheduler.threads else None,
-            "thread_changes": scheduler.threads.changes if scheduler.threads else 0,
+            "threads": scheduler.thread_count,
+            "thread_changes": scheduler.thread_changes,
         }
 
     def send(events: list[tuple[Job, tuple[str, Any]]]) -> None:
