@@ -30,6 +30,19 @@ DEFAULT_CHARACTERS = (
 MakeCore = Callable[..., Awaitable[Core]]
 
 
+@pytest.fixture(scope="module")
+def tiny_all_linear(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny random Llama ("base") and a LoRA on every linear layer ("lora"), as `charbot
+    train` targets by default: o_proj and down_proj are the projections the lean path calls
+    on their own (not through a fused weight)."""
+    from tests.tiny_model import ALL_LINEAR, build_tiny_adapter, build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-all-linear")
+    base = build_tiny_model(root / "base")
+    lora = build_tiny_adapter(base, root / "bram" / "v1", targets=ALL_LINEAR)
+    return {"base": base, "lora": lora}
+
+
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'charbot.db'}"

@@ -18,7 +18,7 @@ import pytest
 from bot.config import ModelSettings
 from bot.models.base import AdapterSpec, Sampling
 from tests.test_integration import CACHE
-from tests.tiny_model import ALL_LINEAR, build_tiny_adapter, build_tiny_model
+from tests.tiny_model import ALL_LINEAR
 
 torch = pytest.importorskip("torch")
 
@@ -28,18 +28,6 @@ SEA = ({"role": "user", "content": "Describe the sea at night."},)
 OTHER = ({"role": "user", "content": "Who keeps the lighthouse?"},)
 PATHS = ("lean", "plain")
 DTYPES = ("float32", "bfloat16")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("base-after-lora")
-    base = build_tiny_model(root / "base")
-    # Every linear layer, as `charbot train` targets by default: o_proj and down_proj are the
-    # projections the lean path calls on their own (not through a fused weight).
-    return {
-        "base": base,
-        "lora": build_tiny_adapter(base, root / "bram" / "v1", targets=ALL_LINEAR),
-    }
 
 
 async def start(base: Path | str, dtype: str, path: str, **settings) -> TransformersModel:
@@ -129,7 +117,8 @@ async def check_base_rows_survive(model, lora: Path, n: int) -> list[list[int]]:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("path", PATHS)
-async def test_base_row_unchanged_by_another_characters_lora(tiny, dtype, path) -> None:
+async def test_base_row_unchanged_by_another_characters_lora(tiny_all_linear, dtype, path) -> None:
+    tiny = tiny_all_linear
     model = await start(tiny["base"], dtype, path)
     try:
         for reply in await check_base_rows_survive(model, tiny["lora"], n=24):

@@ -10,7 +10,6 @@ import pytest
 from bot.config import ModelSettings
 from bot.models.base import AdapterSpec
 from tests.test_base_after_lora import OTHER, SEA, check_base_rows_survive, greedy_ids
-from tests.tiny_model import ALL_LINEAR, build_tiny_adapter, build_tiny_model
 
 torch = pytest.importorskip("torch")
 
@@ -57,16 +56,6 @@ def test_shapes_the_kernel_cannot_take_are_refused() -> None:
     assert not int4.fits(torch.empty(24, 64))
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("int4")
-    base = build_tiny_model(root / "base")
-    return {
-        "base": base,
-        "lora": build_tiny_adapter(base, root / "bram" / "v1", targets=ALL_LINEAR),
-    }
-
-
 @functools.cache
 def _reference(base: Path, lora: Path | None):
     """transformers (+ peft) on the weights the int4 kernel computes with."""
@@ -96,12 +85,13 @@ def assert_reference_greedy(model, base: Path, lora: Path | None, messages, repl
     assert len(reply) > 0 and float(gaps.max()) <= TOLERANCE, gaps.tolist()
 
 
-async def test_int4_serves_base_and_lora_rows(tiny, monkeypatch) -> None:
+async def test_int4_serves_base_and_lora_rows(tiny_all_linear, monkeypatch) -> None:
     """Every step on 4 bits (prompts too, for an exact reference): base rows are the
     dequantized model's greedy choice and unchanged by a LoRA loaded for others; a LoRA row
     is peft's choice over the same weights."""
     from bot.models import lean_llama
 
+    tiny = tiny_all_linear
     monkeypatch.setattr(lean_llama, "INT4_MAX_ROWS", 1 << 20)
     model = TransformersModel(
         ModelSettings(base=str(tiny["base"]), dtype="int4", batch_wait_ms=30),
@@ -119,9 +109,10 @@ async def test_int4_serves_base_and_lora_rows(tiny, monkeypatch) -> None:
         await model.close()
 
 
-async def test_int4_is_used_for_small_decode_steps_only(tiny) -> None:
+async def test_int4_is_used_for_small_decode_steps_only(tiny_all_linear) -> None:
     """Default threshold: a prompt is prefilled on the bf16 weights, decoding on 4 bits; the
     reply differs from the bf16 engine's only by quantization (so it is not the same path)."""
+    tiny = tiny_all_linear
     replies = {}
     for dtype in ("bfloat16", "int4"):
         model = TransformersModel(
