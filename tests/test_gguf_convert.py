@@ -15,18 +15,9 @@ gguf = pytest.importorskip("gguf")
 from bot.models.gguf_convert import LAYER_NAMES as LAYER  # noqa: E402
 from bot.models.gguf_convert import TOP_NAMES as TOP  # noqa: E402
 from bot.models.gguf_convert import convert_llama_gguf, hf_name, unpermute  # noqa: E402
+from bot.models.gguf_lora import permute  # noqa: E402
 
 HEADS, KV_HEADS, HIDDEN, FFN, LAYERS, VOCAB = 4, 2, 64, 96, 2, 40
-
-
-def permute(weight, heads: int):
-    """llama.cpp's convert_hf_to_gguf q/k row order (the layout GGUF files hold)."""
-    rows = weight.shape[0]
-    return (
-        weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weight.shape)
-    )
 
 
 def hf_weights(seed: int = 0) -> dict:

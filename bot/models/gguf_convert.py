@@ -18,18 +18,13 @@ import re
 from pathlib import Path
 
 from bot.errors import ModelError
+from bot.models.gguf_lora import GGML_NAMES
 
-# llama.cpp tensor names → transformers' Llama names
-LAYER_NAMES = {
+# llama.cpp tensor names → transformers' Llama names: the LoRA converter's projections,
+# read the other way, and the two norms (which LoRAs never touch)
+LAYER_NAMES = {ggml: hf for hf, ggml in GGML_NAMES.items()} | {
     "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
     "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
 }
 TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
@@ -51,7 +46,7 @@ def hf_name(gguf_name: str) -> str:
 
 def unpermute(weight, heads: int):  # numpy [out, in] → numpy
     """Undo llama.cpp's q/k row order (its rotary pairs are interleaved, transformers' are
-    split in halves)."""
+    split in halves): the inverse of :func:`bot.models.gguf_lora.permute`."""
     rows = weight.shape[0]
     half = rows // heads // 2
     return weight.reshape(heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)

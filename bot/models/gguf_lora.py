@@ -32,7 +32,7 @@ GGML_NAMES = {
 _KEY = re.compile(r"layers\.(\d+)\.(\w+\.\w+)\.lora_([AB])\.weight$")
 
 
-def _permute(rows: np.ndarray, heads: int) -> np.ndarray:
+def permute(rows: np.ndarray, heads: int) -> np.ndarray:
     """llama.cpp's rotary layout: each head's two halves interleaved (rows only)."""
     return (
         rows.reshape(heads, 2, rows.shape[0] // heads // 2, *rows.shape[1:])
@@ -75,9 +75,9 @@ def convert(adapter_dir: Path, base_config_dir: Path, out: Path) -> int:
             raise ValueError(f"{key}: module {module} has no llama.cpp tensor name here")
         data = tensors[key].astype(np.float32)
         if half == "B" and module == "self_attn.q_proj":
-            data = _permute(data, heads)
+            data = permute(data, heads)
         elif half == "B" and module == "self_attn.k_proj":
-            data = _permute(data, kv_heads or heads)
+            data = permute(data, kv_heads or heads)
         name = f"blk.{layer}.{GGML_NAMES[module]}.weight.lora_{half.lower()}"
         writer.add_tensor(name, np.ascontiguousarray(data))
         pairs += half == "A"
