@@ -43,6 +43,18 @@ def characters(loras: list[str]) -> list[Character]:
     ]
 
 
+def server_settings(base_url: str, model: str) -> ModelSettings:
+    """The openai backend on ``base_url``, with room for every benchmark request at once."""
+    return ModelSettings(
+        backend="openai",
+        base_url=base_url,
+        model=model,
+        timeout_s=300.0,
+        max_concurrency=64,
+        max_queue=256,
+    )
+
+
 def start_llama_server(binary: str, threads: int, root: Path, gguf: Path | None = None):  # type: ignore[no-untyped-def]
     """llama-server on ``gguf`` (default: the bundled one) with the local run's four
     adapters, converted."""
@@ -83,15 +95,7 @@ async def run_openai(args) -> dict:  # type: ignore[no-untyped-def]
         }
         if server is not None:
             result["server_start_s"] = round(server.started_in, 2)
-        settings = ModelSettings(
-            backend="openai",
-            base_url=base_url,
-            model=args.model,
-            timeout_s=300.0,
-            max_concurrency=64,
-            max_queue=256,
-        )
-        model = OpenAIModel(settings, characters(loras))
+        model = OpenAIModel(server_settings(base_url, args.model), characters(loras))
         await model.start()
         greedy = Sampling(max_new_tokens=args.tokens, temperature=0, repetition_penalty=1.0)
         warm = GenerationRequest([{"role": "user", "content": "Hi"}], greedy)

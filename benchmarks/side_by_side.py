@@ -104,19 +104,12 @@ async def run_local(dtype: str, threads: int, adapters: list[Path], tokens: int)
 
 
 async def run_llama(binary: str, gguf: Path, threads: int, root: Path, tokens: int) -> dict:
-    from benchmarks.serving_openai import characters, start_llama_server
+    from benchmarks.serving_openai import characters, server_settings, start_llama_server
     from bot.models.openai_backend import OpenAIModel
 
     server = start_llama_server(binary, threads, root, gguf)
     try:
-        settings = ModelSettings(
-            backend="openai",
-            base_url=server.base_url,
-            model="smollm2",
-            timeout_s=300.0,
-            max_concurrency=64,
-            max_queue=256,
-        )
+        settings = server_settings(server.base_url, "smollm2")
         model = OpenAIModel(settings, characters(["0", "1", "2", "3"]))
         await model.start()
         try:
