@@ -36,6 +36,9 @@ class ModelSettings:
     batch_wait_ms: float = 5.0  # serving: how long a request waits for others to join
     max_queue: int = 64  # serving: waiting requests before "busy"
     threads: int | str = "auto"  # matmul threads: "auto" (yield cores to busy neighbours) or N
+    # "auto": a plain Llama runs on charbot's own code in the model process (no transformers
+    # or peft imports: seconds off every start); "transformers": always transformers + peft
+    engine: str = "auto"
     cache_dir: Path = Path("data/models")  # converted model cache (relative to the config file)
     # backend = "openai": an OpenAI-compatible server (vLLM, llama-server, Ollama, LM Studio).
     base_url: str | None = None  # the API root, e.g. "http://127.0.0.1:8000/v1"
@@ -47,6 +50,7 @@ class ModelSettings:
 
 
 BACKENDS = ("transformers", "openai", "echo")
+ENGINES = ("auto", "transformers")
 
 
 def parse_threads(value: str | int) -> int | None:
@@ -271,6 +275,8 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         parse_threads(model.threads)
     except ValueError as exc:
         where.fail("[model] threads", str(exc))
+    if model.engine not in ENGINES:
+        where.fail("[model] engine", f"{model.engine!r} is not one of {', '.join(ENGINES)}")
     base_dir = path.resolve().parent
     model = dataclasses.replace(model, cache_dir=_resolve(base_dir, model.cache_dir))
     storage = dataclasses.replace(

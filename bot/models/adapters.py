@@ -39,6 +39,8 @@ class LoadedAdapter:
 class AdapterRegistry:
     """Loads, shares, switches and unloads adapters on ``base`` (wrapped in peft lazily)."""
 
+    transformers = True  # the forward may be transformers' (it needs its Cache type)
+
     def __init__(self, base, dtype) -> None:  # (PreTrainedModel, torch.dtype)
         self.base = base
         self.dtype = dtype
@@ -115,7 +117,6 @@ class AdapterRegistry:
             self._inject(character, path, name)
             entry = LoadedAdapter(character, str(path), name, adapter_version(path))
             self.loaded[key] = entry
-            self.multi.add(self.peft, name)
         previous = self.current.get(character)
         self.current[character] = entry
         if previous is not None and previous is not entry:
@@ -132,11 +133,15 @@ class AdapterRegistry:
         if entry.users > 0 or self.current.get(entry.character) is entry:
             return
         self.loaded.pop((entry.character, entry.path), None)
+        self._delete(entry.name)
+
+    def _delete(self, name: str) -> None:
+        """Drop a loaded adapter's weights."""
         if self.peft is not None:
             with warnings.catch_warnings():  # "adapter X was active, now Y": meaningless here
                 warnings.simplefilter("ignore")
-                self.peft.base_model.delete_adapter(entry.name)
-            self.multi.remove(entry.name)
+                self.peft.base_model.delete_adapter(name)
+        self.multi.remove(name)
 
     def _check(self, character: str, path: str) -> None:
         """Fail with a clear reason before peft touches the model."""
@@ -190,6 +195,7 @@ class AdapterRegistry:
                     )
 
     def _inject(self, character: str, path: str, name: str) -> None:
+        """Load the checked adapter at ``path`` under ``name`` and stack its weights."""
         from peft import PeftModel
 
         try:
@@ -214,3 +220,4 @@ class AdapterRegistry:
             raise AdapterLoadError(character, path, f"peft could not load it: {exc}") from exc
         self.peft.eval()
         self._hook_new_lora_layers()
+        self.multi.add(self.peft, name)

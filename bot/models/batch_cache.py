@@ -4,17 +4,22 @@ All rows share one column index (so one forward call serves them all); a row tha
 with a shorter history has padding columns on the left, masked out. Buffers are
 preallocated with headroom and written in place, so a decode step does not copy the whole
 cache the way ``torch.cat`` in transformers' DynamicLayer does.
+
+The lean forward only calls :meth:`GrowLayer.update`; transformers' forward needs its own
+``Cache`` of ``DynamicLayer`` s, which :attr:`BatchKV.cache` builds on first use — so the
+standalone model process (bot/models/standalone.py) never imports transformers.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
 
 HEADROOM = 64  # columns allocated ahead, so most steps write in place
 
 
-class GrowLayer(DynamicLayer):
+class GrowLayer:
     """One layer's keys/values in a buffer ``[B, H, capacity, D]``; ``length`` columns used."""
 
     def __init__(self) -> None:
@@ -53,14 +58,41 @@ class GrowLayer(DynamicLayer):
         return self.length
 
 
+@functools.cache
+def _transformers_layer() -> type:
+    """GrowLayer as a transformers cache layer (its methods first, DynamicLayer's for the
+    rest), made once on first use."""
+    from transformers.cache_utils import DynamicLayer
+
+    return type("TransformersGrowLayer", (GrowLayer, DynamicLayer), {})
+
+
 class BatchKV:
     """The batch's cache plus, per row, which columns are real and the next position id."""
 
-    def __init__(self, num_layers: int, rows: int, device: torch.device | str = "cpu") -> None:
-        self.layers = [GrowLayer() for _ in range(num_layers)]
-        self.cache = Cache(layers=self.layers)
+    def __init__(
+        self,
+        num_layers: int,
+        rows: int,
+        device: torch.device | str = "cpu",
+        *,
+        transformers: bool = True,
+    ) -> None:
+        """``transformers=False``: layers for the lean forward only (no ``cache``)."""
+        layer = _transformers_layer() if transformers else GrowLayer
+        self.layers = [layer() for _ in range(num_layers)]
+        self._cache = None
         self.valid = torch.zeros((rows, 0), dtype=torch.bool, device=device)
         self.positions = torch.zeros(rows, dtype=torch.long, device=device)
+
+    @property
+    def cache(self):  # -> transformers.Cache
+        """The layers as a transformers ``Cache`` (for its model's forward)."""
+        if self._cache is None:
+            from transformers.cache_utils import Cache
+
+            self._cache = Cache(layers=self.layers)
+        return self._cache
 
     @property
     def rows(self) -> int:
@@ -113,7 +145,7 @@ class BatchKV:
     def merge(self, other: BatchKV) -> None:
         """Append ``other``'s rows; the shorter side is left-padded to the longer."""
         if self.rows == 0:
-            self.layers, self.cache = other.layers, other.cache
+            self.layers, self._cache = other.layers, other._cache
             self.valid, self.positions = other.valid, other.positions
             return
         length = max(self.length, other.length)

@@ -162,7 +162,8 @@ class LeanLlama:
         used by decode steps of up to ``INT4_MAX_ROWS`` rows."""
         try:
             config = model.config
-            if type(model).__name__ != "LlamaForCausalLM" or config.model_type != "llama":
+            kind = type(model).__name__
+            if kind not in ("LlamaForCausalLM", "StandaloneLlama") or config.model_type != "llama":
                 return None
             rope = getattr(config, "rope_parameters", None) or {}
             if rope.get("rope_type", "default") not in ROPE_TYPES:

@@ -4,6 +4,7 @@ thread and the separate model process."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 from bot.config import ModelSettings
 from bot.errors import ModelError
 from bot.models.local_files import ModelSource
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,7 +67,6 @@ def load_model(
     ``with_tokenizer=False`` (the model process) skips the tokenizer: its first load costs
     over a second of imports, and the parent process has one anyway.
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
     from bot.models.precision import pick_dtype
@@ -82,14 +84,50 @@ def load_model(
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
     model.eval()
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes = _prepare(model, settings, dtype)
+    return Loaded(model, tokenizer, dtype, weight_bytes)
+
+
+def load_standalone(source: ModelSource, settings: ModelSettings) -> Loaded | None:
+    """The base model without transformers (bot/models/standalone.py) where it is a plain
+    Llama in safetensors on disk and ``[model] engine`` is "auto"; None otherwise. No
+    tokenizer: this serves the model process."""
+    if settings.engine != "auto" or source.gguf_file is not None:
+        return None
+    from bot.models import standalone
+    from bot.models.precision import pick_dtype
+
+    directory = standalone.find_checkpoint(source.path)
+    if directory is None:
+        return None
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # transformers' loader reports what is wrong with it
+    reason = standalone.plain_llama(config)
+    if reason is not None:
+        log.info("%s: transformers serves it (%s)", settings.base, reason)
+        return None
+    dtype = pick_dtype(settings.dtype)
+    model = standalone.load(directory, dtype)
+    weight_bytes = _prepare(model, settings, dtype)
+    if model._charbot_lean is None:  # cannot happen for a plain Llama; transformers can
+        return None
+    return Loaded(model, None, dtype, weight_bytes)
+
+
+def _prepare(model, settings: ModelSettings, dtype) -> int:
+    """The scheduler's fast path on a loaded model; returns the bytes of its weights."""
+    import torch
+
     from bot.models.fast_linear import can_prepack, prepack_linears
     from bot.models.lean_llama import LeanLlama
 
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     pack = dtype == torch.bfloat16 and can_prepack(model)
     int4 = _wants_int4(settings.dtype, dtype)
-    # The scheduler's fast path, if the model is a plain Llama: it fuses (and packs) q/k/v
-    # and gate/up from the plain weights — before the rest is packed, as unpacking costs
+    # The lean forward, if the model is a plain Llama: it fuses (and packs) q/k/v and
+    # gate/up from the plain weights — before the rest is packed, as unpacking costs
     # seconds — and makes the 4-bit copies.
     model._charbot_lean = LeanLlama.build(model, pack=pack, int4=int4)
     if int4 and model._charbot_lean is None and settings.dtype == "auto":
@@ -107,7 +145,7 @@ def load_model(
 
     trim_heap()  # the float32 → bf16 load leaves ~200 MB of freed heap otherwise
     torch.set_grad_enabled(False)
-    return Loaded(model, tokenizer, dtype, weight_bytes)
+    return weight_bytes
 
 
 def _wants_int4(setting: str, dtype) -> bool:
@@ -133,15 +171,19 @@ def build_scheduler(loaded: Loaded, settings: ModelSettings, **extra):
     """A Scheduler over ``loaded`` with the settings' batching limits."""
     from bot.config import parse_threads
     from bot.models.adapters import AdapterRegistry
+    from bot.models.direct_adapters import DirectAdapters
     from bot.models.scheduler import Scheduler
+    from bot.models.standalone import StandaloneLlama
     from bot.models.threads import ThreadPolicy
 
     eos_ids, pad = stop_ids(loaded.model, loaded.tokenizer)
+    standalone = isinstance(loaded.model, StandaloneLlama)
+    registry = DirectAdapters if standalone else AdapterRegistry
     if "threads" not in extra:  # the model process made its policy before loading
         extra["threads"] = ThreadPolicy(parse_threads(settings.threads))
         extra["threads"].settle()
     return Scheduler(
-        AdapterRegistry(loaded.model, loaded.dtype),
+        registry(loaded.model, loaded.dtype),
         eos_ids=eos_ids,
         pad_id=pad if pad is not None else min(eos_ids, default=0),
         max_positions=getattr(loaded.model.config, "max_position_embeddings", 1 << 30),

@@ -9,7 +9,9 @@ The LoRA part runs in float32 (tiny bf16 matmuls cost 3-4× more than fp32 ones 
 CPU); the stacks are kept in the base dtype (half the memory in bf16) and the rows' weights
 are converted once per batch composition, not per step.
 
-peft still loads, validates and names the adapters; only the forward is replaced. Each
+peft still loads, validates and names the adapters; only the forward is replaced. (The
+standalone model process has no peft: bot/models/direct_adapters.py reads the adapter
+files itself and hands the weights to :meth:`MultiLora.add_weights`.) Each
 adapter gets a slot in the stacks (slot 0 = no adapter, all zeros); freed slots are reused
 and stacks grow 8 slots at a time. peft's own copies of the weights are released once
 stacked, and freed heap memory is handed back to the OS (glibc keeps it otherwise).
@@ -21,6 +23,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import types
+from typing import Any
 
 import torch
 
@@ -64,21 +67,33 @@ class MultiLora:
         """Stack the freshly loaded peft adapter ``name``."""
         from peft.tuners.lora import Linear as LoraLinear
 
+        weights = []
+        for module in peft_model.modules():
+            if not isinstance(module, LoraLinear):
+                continue
+            if not hasattr(module, "_stack_a"):
+                self._patch(module)  # every LoRA Linear gets stacks, even without this one
+            if name not in module.lora_A:
+                continue
+            a = module.lora_A[name].weight.data.float()
+            b = module.lora_B[name].weight.data.float() * module.scaling[name]
+            weights.append((module, a, b))
+            # peft's copies are never used for inference again: free them.
+            module.lora_A[name].weight.data = torch.empty(0)
+            module.lora_B[name].weight.data = torch.empty(0)
+        self.add_weights(name, weights)
+
+    def add_weights(self, name: str, weights: list[tuple[Any, torch.Tensor, torch.Tensor]]) -> None:
+        """Stack adapter ``name`` given as (module, A ``[r, in]``, B·scaling ``[out, r]``)."""
         slot = self.free.pop() if self.free else len(self.slots) + 1
         if slot >= self.capacity:
             self.capacity += GROW_SLOTS
             for module in self.modules:
                 _resize(module, self.capacity, module._stack_a.shape[1])
         self.slots[name] = slot
-        for module in peft_model.modules():
-            if not isinstance(module, LoraLinear):
-                continue
+        for module, a, b in weights:
             if not hasattr(module, "_stack_a"):
                 self._patch(module)
-            if name not in module.lora_A:
-                continue
-            a = module.lora_A[name].weight.data.float()
-            b = module.lora_B[name].weight.data.float() * module.scaling[name]
             rank = a.shape[0]
             if rank > module._stack_a.shape[1]:
                 _resize(module, self.capacity, rank)
@@ -86,9 +101,6 @@ class MultiLora:
             module._stack_b[slot].zero_()
             module._stack_a[slot, :rank] = a
             module._stack_b[slot, :, :rank] = b
-            # peft's copies are never used for inference again: free them.
-            module.lora_A[name].weight.data = torch.empty(0)
-            module.lora_B[name].weight.data = torch.empty(0)
         self.version += 1
         self._last = []
         trim_heap()
@@ -107,12 +119,15 @@ class MultiLora:
         trim_heap()
 
     def _patch(self, module) -> None:
-        base = module.base_layer
+        base = getattr(module, "base_layer", None)
+        if base is not None:  # a peft LoRA Linear: its forward adds the stacked rows' terms
+            module.forward = types.MethodType(_forward, module)
+        else:  # a plain Linear (bot/models/standalone.py): only the lean forward adds them
+            base = module
         module._stack_a = torch.zeros((self.capacity, 1, base.in_features), dtype=self.dtype)
         module._stack_b = torch.zeros((self.capacity, base.out_features, 1), dtype=self.dtype)
         module._gathered = (-1, None, None)
         module._multi_lora_owner = self
-        module.forward = types.MethodType(_forward, module)
         self.modules.append(module)
 
 

@@ -255,7 +255,8 @@ class Scheduler:
                 return
 
     def _prefill(self, jobs: list[Job]) -> None:
-        kv = BatchKV(len(self.registry.base.model.layers), len(jobs))
+        layers = len(self.registry.base.model.layers)
+        kv = BatchKV(layers, len(jobs), transformers=self.registry.transformers)
         ids, mask, positions = kv.prefill_inputs([j.prompt for j in jobs], self.pad_id)
         logits = self._call_model(jobs, ids, mask, positions, kv, prefill=True)
         if self._kv is None:

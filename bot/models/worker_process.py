@@ -57,13 +57,17 @@ def serve(conn, settings: ModelSettings, source: ModelSource) -> None:
     from bot.models.threads import ThreadPolicy
 
     threads = ThreadPolicy(parse_threads(settings.threads))
-    import transformers  # noqa: F401 - seconds of imports: the policy's first window
+    import torch  # noqa: F401 - over a second of imports: the policy's first window
 
-    from bot.models.loading import build_scheduler, load_model
+    from bot.models.loading import build_scheduler, load_model, load_standalone
 
     threads.settle()
     try:
-        loaded = load_model(source, settings, with_tokenizer=False)
+        # A plain Llama loads without transformers and peft (seconds of imports); the rest
+        # through them.
+        loaded = load_standalone(source, settings) or load_model(
+            source, settings, with_tokenizer=False
+        )
     except BaseException as exc:  # reported to the parent, which raises it from start()
         conn.send(("failed", _encode_error(exc)))
         return
@@ -139,7 +143,9 @@ def serve(conn, settings: ModelSettings, source: ModelSource) -> None:
                 return
 
     threading.Thread(target=read, name="charbot-pipe", daemon=True).start()
-    post(("ready", {"dtype": str(loaded.dtype), "weight_bytes": loaded.weight_bytes}))
+    engine = "transformers" if scheduler.registry.transformers else "standalone"
+    info = {"dtype": str(loaded.dtype), "weight_bytes": loaded.weight_bytes, "engine": engine}
+    post(("ready", info))
     scheduler.run_forever()
     post(("stopped",))
 

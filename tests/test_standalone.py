@@ -1,0 +1,192 @@
+"""The standalone model process: a plain Llama and its LoRAs without transformers or peft.
+
+Compared against the transformers engine on the same tiny checkpoint: the same greedy
+replies for the base model, for adapters on every projection, for rsLoRA with per-module
+alpha, and for rows on different adapters in one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import ModelSettings
+from bot.errors import AdapterLoadError
+from bot.models.base import AdapterSpec, GenerationRequest, Sampling
+from bot.models.standalone import find_checkpoint, plain_llama
+
+pytest.importorskip("torch")
+
+from bot.models.transformers_backend import TransformersModel
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [
+    [{"role": "user", "content": "Hi!"}],
+    [{"role": "user", "content": "A longer question, with ünïcödé, so rows differ in length."}],
+]
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_all_linear, tmp_path_factory) -> dict[str, Path]:
+    """The all-linear LoRA, an rsLoRA with a per-module alpha, and one that also trains the
+    output layer (modules_to_save), all on the tiny base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("standalone-adapters")
+    base = tiny_all_linear["base"]
+    made = {"all": tiny_all_linear["lora"]}
+    configs = {
+        "rslora": LoraConfig(
+            r=4,
+            lora_alpha=6,
+            use_rslora=True,
+            alpha_pattern={"v_proj": 20},
+            target_modules=["q_proj", "v_proj", "down_proj"],
+            init_lora_weights=False,
+        ),
+        "head": LoraConfig(
+            r=4, target_modules=["q_proj"], modules_to_save=["lm_head"], init_lora_weights=False
+        ),
+    }
+    for name, config in configs.items():
+        import torch
+
+        torch.manual_seed(7)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), config)
+        model.save_pretrained(root / name / "v1")
+        made[name] = root / name / "v1"
+    return made
+
+
+async def replies(model: TransformersModel, specs: list[AdapterSpec | None]) -> list[str]:
+    """Greedy replies for every prompt × spec, all submitted at once (one mixed batch)."""
+
+    async def one(messages, spec) -> str:
+        text = ""
+        async for chunk in model.stream(GenerationRequest(messages, Sampling(24, 0), spec)):
+            text += chunk.text
+        return text
+
+    return await asyncio.gather(*(one(p, s) for p in PROMPTS for s in specs))
+
+
+async def started(base: Path, **settings) -> TransformersModel:
+    model = TransformersModel(
+        ModelSettings(base=str(base), batch_wait_ms=50, threads=1, **settings), progress=False
+    )
+    await model.start()
+    return model
+
+
+@pytest.mark.parametrize("dtype", ["float32", "auto"])
+async def test_standalone_serves_like_transformers(tiny_all_linear, adapters, dtype):
+    specs = [
+        None,
+        AdapterSpec("bram", str(adapters["all"])),
+        AdapterSpec("rs", str(adapters["rslora"])),
+    ]
+    reference = await started(tiny_all_linear["base"], dtype=dtype, engine="transformers")
+    try:
+        assert reference.scheduler.info["engine"] == "transformers"
+        expected = await replies(reference, specs)
+    finally:
+        await reference.close()
+    model = await started(tiny_all_linear["base"], dtype=dtype)
+    try:
+        assert model.scheduler.info["engine"] == "standalone"
+        assert model.dtype == reference.dtype
+        assert await replies(model, specs) == expected
+        # The adapters changed the replies (or the comparison above would prove little).
+        assert len(set(expected[:3])) == 3
+        # Switching a character to a new version and unloading work as with peft.
+        assert await model.load_adapter("bram", str(adapters["rslora"])) == "v1"
+        assert model.loaded_adapters() == {"bram": "v1", "rs": "v1"}
+        await model.unload_adapter("bram")
+        assert model.loaded_adapters() == {"rs": "v1"}
+    finally:
+        await model.close()
+
+
+async def test_adapters_it_cannot_serve_name_the_fix(tiny_all_linear, adapters):
+    head = str(adapters["head"])
+    model = await started(tiny_all_linear["base"], dtype="float32")
+    try:
+        with pytest.raises(AdapterLoadError) as info:
+            await model.load_adapter("aria", head)
+        message = str(info.value)
+        assert "lm_head" in message and 'engine = "transformers"' in message
+        assert "\n" not in message and head in message
+        # The model keeps serving, with the adapters it can.
+        assert await model.load_adapter("bram", str(adapters["all"])) == "v1"
+    finally:
+        await model.close()
+    model = await started(tiny_all_linear["base"], dtype="float32", engine="transformers")
+    try:
+        assert await model.load_adapter("aria", head) == "v1"
+    finally:
+        await model.close()
+
+
+def test_the_model_process_imports_neither_transformers_nor_peft(tiny_all_linear):
+    """What the start-up time rests on: load, adapter and a decode step, no transformers."""
+    script = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+import torch
+from bot.config import ModelSettings
+from bot.models.batch_cache import BatchKV
+from bot.models.loading import build_scheduler, load_standalone
+from bot.models.local_files import ModelSource
+
+settings = ModelSettings(base={str(tiny_all_linear["base"])!r}, threads=1)
+loaded = load_standalone(ModelSource(settings.base, "tiny"), settings)
+scheduler = build_scheduler(loaded, settings)
+name = scheduler.registry.load("bram", {str(tiny_all_linear["lora"])!r}).name
+scheduler.registry.multi.set_rows([name])
+kv = BatchKV(len(loaded.model.model.layers), 1, transformers=False)
+ids, mask, positions = kv.prefill_inputs([[5, 6, 7]], 0)
+logits = scheduler.lean.forward(ids, mask, positions, kv, scheduler.registry.multi)
+assert logits.shape == (1, loaded.model.config.vocab_size), logits.shape
+print(sorted(m for m in ("transformers", "peft") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_what_goes_to_transformers():
+    plain = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    assert plain_llama(plain) is None
+    assert plain_llama({**plain, "rope_parameters": {"rope_type": "default"}}) is None
+    assert "llama3" in plain_llama({**plain, "rope_scaling": {"rope_type": "llama3"}})
+    assert "mistral" in plain_llama({"model_type": "mistral"})
+    assert plain_llama({**plain, "attention_bias": True}) == "attention_bias"
+    assert "gelu" in plain_llama({**plain, "hidden_act": "gelu"})
+
+
+def test_checkpoints_are_found_in_a_directory_or_the_hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    directory = tmp_path / "model"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert find_checkpoint(str(directory)) is None  # no safetensors: transformers loads it
+    (directory / "model.safetensors").write_bytes(b"")
+    assert find_checkpoint(str(directory)) == directory
+    # An HF id resolves to its snapshot in the local cache, never to a download.
+    hub = tmp_path / "hub"
+    snapshot = hub / "models--org--tiny" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (hub / "models--org--tiny" / "refs").mkdir()
+    (hub / "models--org--tiny" / "refs" / "main").write_text("abc123")
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    assert find_checkpoint("org/tiny") == snapshot
+    assert find_checkpoint("org/absent") is None
