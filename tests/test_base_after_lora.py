@@ -48,7 +48,7 @@ async def start(base: Path | str, dtype: str, path: str, **settings) -> Transfor
 async def greedy_ids(model, messages, adapter: AdapterSpec | None, n: int) -> list[int]:
     """The engine's greedy token ids, read from its scheduler (text would not round-trip:
     the tiny model's bytes need not form valid UTF-8)."""
-    from bot.models.scheduler import Job
+    from bot.models.jobs import Job
 
     job = Job(
         prompt=model._encode(list(messages)),

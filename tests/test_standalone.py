@@ -190,3 +190,14 @@ def test_checkpoints_are_found_in_a_directory_or_the_hub_cache(tmp_path, monkeyp
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
     assert find_checkpoint("org/tiny") == snapshot
     assert find_checkpoint("org/absent") is None
+
+
+def test_a_model_process_stopped_before_loading_exits_cleanly():
+    """The parent starts the model process before it has found the base model; when
+    finding it fails, the waiting child must end at once and without a traceback."""
+    from bot.models.worker_process import ProcessScheduler
+
+    process = ProcessScheduler(ModelSettings(threads=1))
+    process.spawn()
+    process.stop()
+    assert process._process.returncode == 0

@@ -12,46 +12,22 @@ Tokens go back to the event loop with one ``call_soon_threadsafe`` per step, not
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
-import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from bot.errors import Busy, ModelError
 from bot.models.adapters import AdapterRegistry
-from bot.models.base import AdapterSpec, Sampling
 from bot.models.batch_cache import BatchKV
+from bot.models.jobs import Job, send_to_loops
 from bot.models.threads import ThreadPolicy
 
 PREFILL_TOKENS = 4096  # padded prompt tokens per prefill forward
-
-
-@dataclass(eq=False)
-class Job:
-    """One request as the worker sees it. ``events`` receives ("token", id), ("done",
-    (finish_reason, adapter_version)) or ("error", exception) on the submitting loop."""
-
-    prompt: list[int]
-    sampling: Sampling
-    adapter: AdapterSpec | None
-    loop: asyncio.AbstractEventLoop | None = None
-    events: asyncio.Queue | None = None
-    id: int = 0  # names the job across the model-process pipe
-    cancelled: bool = False
-    adapter_name: str = ""
-    adapter_version: str | None = None
-    generated: int = 0
-    generator: torch.Generator | None = None
-    last_token: int = 0
-    used: set[int] = field(default_factory=set)  # tokens generated so far (repetition penalty)
-    submitted: float = field(default_factory=time.perf_counter)
 
 
 class Scheduler:
@@ -77,7 +53,7 @@ class Scheduler:
         self.max_batch_size = max(1, max_batch_size)
         self.batch_wait = batch_wait_ms / 1000
         self.max_queue = max_queue
-        self._send = send or _send_to_loops
+        self._send = send or send_to_loops
         self.threads = threads  # None: leave torch's thread count alone
         self._waiting: collections.deque[Job] = collections.deque()
         self._commands: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]]
@@ -365,18 +341,3 @@ class Scheduler:
             self.registry.release(job.adapter_name)
         self._rows, self._kv = [], None
         self._send([(job, ("error", error)) for job in jobs])
-
-
-def _send_to_loops(events: list[tuple[Job, tuple[str, Any]]]) -> None:
-    """Hand events to each job's event loop: one wake-up per loop per step."""
-    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-    for job, event in events:
-        by_loop.setdefault(job.loop, []).append((job.events, event))
-    for loop, items in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening
-            loop.call_soon_threadsafe(_deliver, items)
-
-
-def _deliver(items: list[tuple[asyncio.Queue, tuple[str, Any]]]) -> None:
-    for queue, event in items:
-        queue.put_nowait(event)

@@ -71,6 +71,15 @@ def process_ticks(pid: int | str) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def counters() -> tuple[float, int, int] | None:
+    """(time, busy ticks of the machine, ticks of this process and its parent), or None
+    without /proc: one end of a window."""
+    busy = system_busy_ticks()
+    if busy is None:
+        return None
+    return time.monotonic(), busy, process_ticks("self") + process_ticks(os.getppid())
+
+
 @dataclass
 class ThreadPolicy:
     """Sets torch's thread count once (fixed) or between decode steps (auto)."""
@@ -84,11 +93,16 @@ class ThreadPolicy:
     _tick: float = field(default_factory=_ticks_per_second)
 
     def __post_init__(self) -> None:
-        self._parent = os.getppid()
         if self.fixed is not None:
             self._apply(self.fixed)
-        else:  # the first window starts now; settle() or check() decides
+        elif self._last is None:  # the first window starts now; settle() or check() decides
             self._last = self.sample()
+
+    @classmethod
+    def opened_earlier(cls, fixed: int | None, window: tuple[float, int, int] | None):
+        """A policy whose first window began at ``window`` (:func:`counters`), e.g. before a
+        process's imports, so that settle() decides from seconds rather than moments."""
+        return cls(fixed, _last=window)
 
     def settle(self) -> int:
         """Decide now from the window since creation (the model process creates the policy
@@ -106,11 +120,7 @@ class ThreadPolicy:
             self.threads = count
 
     def sample(self) -> tuple[float, int, int] | None:
-        busy = system_busy_ticks()
-        if busy is None:
-            return None
-        ours = process_ticks("self") + process_ticks(self._parent)
-        return time.monotonic(), busy, ours
+        return counters()
 
     def check(self, now: float | None = None) -> None:
         """Call between steps: in auto mode, re-reads the counters at most every 0.5 s."""

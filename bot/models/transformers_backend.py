@@ -79,19 +79,30 @@ class TransformersModel(ChatModel):
         from bot.models.loading import build_scheduler, load_model, load_tokenizer
         from bot.models.local_files import resolve_base
 
-        source = resolve_base(self.settings.base, self.settings.cache_dir, progress=self.progress)
+        process = None
+        if self.worker == "process":
+            from bot.models.worker_process import ProcessScheduler
+
+            process = ProcessScheduler(self.settings)
+            process.spawn()  # imports torch while we find (once: convert) the base model
+        try:
+            source = resolve_base(
+                self.settings.base, self.settings.cache_dir, progress=self.progress
+            )
+        except BaseException:
+            if process is not None:
+                process.stop()
+            raise
         self.model_name = source.name
         self.source_path = source.path
-        if self.worker == "thread":
+        if process is None:
             loaded = load_model(source, self.settings)
             self.tokenizer, self.model = loaded.tokenizer, loaded.model
             self.dtype, self.weight_bytes = str(loaded.dtype), loaded.weight_bytes
             scheduler = build_scheduler(loaded, self.settings)
         else:
-            from bot.models.worker_process import ProcessScheduler
-
-            scheduler = ProcessScheduler(self.settings, source)
-            scheduler.spawn()  # the child loads the weights while we load the tokenizer
+            scheduler = process
+            scheduler.load(source)  # the child loads the weights while we load the tokenizer
             try:
                 self.tokenizer = load_tokenizer(source, self.settings)
                 scheduler.wait_ready()
@@ -129,7 +140,7 @@ class TransformersModel(ChatModel):
 
     # --- generation -----------------------------------------------------------------------
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
-        from bot.models.scheduler import Job
+        from bot.models.jobs import Job
 
         scheduler = self._require_started()
         prompt = self._encode(request.messages)

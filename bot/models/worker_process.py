@@ -16,7 +16,6 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,8 +25,8 @@ from typing import Any
 
 from bot.config import ModelSettings
 from bot.errors import AdapterLoadError, Busy, ModelError
+from bot.models.jobs import Job, send_to_loops
 from bot.models.local_files import ModelSource
-from bot.models.scheduler import Job, _send_to_loops
 
 START_TIMEOUT_S = 300  # a first start may convert nothing here, but loading can be slow
 
@@ -51,16 +50,15 @@ def _decode_error(data: tuple) -> Exception:
     return ModelError(data[1])
 
 
-def serve(conn, settings: ModelSettings, source: ModelSource) -> None:
-    """The child process: load, report ready, then run the scheduler on this main thread."""
+def serve(conn, settings: ModelSettings, source: ModelSource, window=None) -> None:
+    """The child process: load, report ready, then run the scheduler on this main thread.
+
+    ``window``: the thread policy's first window, opened when the process started."""
     from bot.config import parse_threads
+    from bot.models.loading import build_scheduler, load_model, load_standalone
     from bot.models.threads import ThreadPolicy
 
-    threads = ThreadPolicy(parse_threads(settings.threads))
-    import torch  # noqa: F401 - over a second of imports: the policy's first window
-
-    from bot.models.loading import build_scheduler, load_model, load_standalone
-
+    threads = ThreadPolicy.opened_earlier(parse_threads(settings.threads), window)
     threads.settle()
     try:
         # A plain Llama loads without transformers and peft (seconds of imports); the rest
@@ -161,9 +159,8 @@ class _suppress_closed:
 class ProcessScheduler:
     """The parent's handle on the model process (same surface as Scheduler)."""
 
-    def __init__(self, settings: ModelSettings, source: ModelSource) -> None:
+    def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings
-        self.source = source
         # The child's queue bound is the real one; this keeps the pipe from filling up.
         self.max_in_flight = settings.max_batch_size + settings.max_queue
         self.info: dict[str, Any] = {}
@@ -183,17 +180,21 @@ class ProcessScheduler:
 
     # --- lifecycle (blocking: call from a thread) -------------------------------------------
     def spawn(self) -> None:
-        """Start the child process; :meth:`wait_ready` blocks until it has loaded."""
+        """Start the child process: it imports torch (over a second) while this one finds
+        the base model (converting it on a first start); then :meth:`load`."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # find `bot` as we do
         fd = self._child_socket.fileno()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "bot.models.worker_process", str(fd)],
+            [sys.executable, "-m", "bot.models.worker_main", str(fd)],
             pass_fds=[fd],
             env=env,
         )
         self._child_socket.close()
-        self._conn.send((self.settings, self.source))
+
+    def load(self, source: ModelSource) -> None:
+        """Have the child load ``source``; :meth:`wait_ready` blocks until it has."""
+        self._conn.send(("load", self.settings, source))
 
     def wait_ready(self) -> None:
         if not self._conn.poll(START_TIMEOUT_S):
@@ -297,7 +298,7 @@ class ProcessScheduler:
                     events.append(
                         (job, (event, _decode_error(value) if event == "error" else value))
                     )
-                _send_to_loops(events)
+                send_to_loops(events)
             elif kind == "result":
                 _, request_id, ok, value, self._stats = message
                 future = self._futures.pop(request_id, None)
@@ -307,21 +308,8 @@ class ProcessScheduler:
                 break
         self._closed = True
         gone = ModelError("the model process stopped")
-        _send_to_loops([(job, ("error", gone)) for job in self._jobs.values()])
+        send_to_loops([(job, ("error", gone)) for job in self._jobs.values()])
         self._jobs.clear()
         for future in self._futures.values():
             future.set_exception(gone)
         self._futures.clear()
-
-
-def main() -> None:
-    """Entry point of the child: ``python -m bot.models.worker_process FD``."""
-    # Ctrl-C in a terminal reaches the whole process group; the parent decides when we stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = Connection(int(sys.argv[1]))
-    settings, source = conn.recv()
-    serve(conn, settings, source)
-
-
-if __name__ == "__main__":
-    main()
