@@ -51,6 +51,26 @@ def test_other_weights_are_within_half_a_step() -> None:
     )
 
 
+def test_the_4bit_output_layer_rescores_its_top_candidates_in_bf16() -> None:
+    """The top k of each row carry the bf16 layer's logits (so greedy and top-p picks are
+    made on them); the rest the 4-bit ones."""
+    from bot.models.lean_llama import rescored_head
+
+    torch.manual_seed(0)
+    weight = (torch.randn(512, 64) * 0.5).to(torch.bfloat16)
+    x = torch.randn(3, 64).to(torch.bfloat16)
+    quantized = int4.quantize(weight)
+    four_bit = int4.linear(x, quantized).float()
+    exact = torch.nn.functional.linear(x, weight).float()
+    assert not torch.equal(four_bit.argsort(-1), exact.argsort(-1))  # 4 bits do reorder
+    got = rescored_head(x, quantized, weight, k=16)
+    top = four_bit.topk(16, dim=-1).indices
+    assert torch.allclose(got.gather(1, top), exact.gather(1, top), atol=0.05, rtol=0.01)
+    rest = torch.ones_like(got, dtype=torch.bool).scatter_(1, top, False)
+    assert torch.equal(got[rest], four_bit[rest])
+    assert torch.equal(got.argmax(-1), exact.argmax(-1))
+
+
 def test_shapes_the_kernel_cannot_take_are_refused() -> None:
     assert int4.fits(torch.empty(64, 64)) and not int4.fits(torch.empty(64, 40))
     assert not int4.fits(torch.empty(24, 64))
