@@ -157,3 +157,32 @@ async def test_int4_needs_a_llama(tmp_path) -> None:
     settings = ModelSettings(base=str(tmp_path), dtype="int4")
     with pytest.raises(ModelError, match="int4"):
         load_model(ModelSource(str(tmp_path), "x"), settings)
+
+
+def test_saved_4bit_copies_are_reused_until_their_weights_change(tmp_path) -> None:
+    from bot.models.int4_cache import Int4Store
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"first")
+    torch.manual_seed(0)
+    weight = torch.randn(32, 64).to(torch.bfloat16)
+    first = Int4Store.for_checkpoint(tmp_path / "cache", tmp_path, [weights])
+    made = first.get("layers.0.qkv", weight)
+    first.save()
+    again = Int4Store.for_checkpoint(tmp_path / "cache", tmp_path, [weights])
+    assert again.saved  # read back, not quantized again
+    reused = again.get("layers.0.qkv", weight)
+    assert not again.made
+    assert torch.equal(reused.packed, made.packed)
+    assert torch.equal(reused.scales_zeros, made.scales_zeros)
+    x = torch.randn(2, 64).to(torch.bfloat16)
+    assert torch.equal(int4.linear(x, reused), int4.linear(x, made))
+    weights.write_bytes(b"other weights")  # a new checkpoint in the same place
+    changed = Int4Store.for_checkpoint(tmp_path / "cache", tmp_path, [weights])
+    assert not changed.saved
+    changed.get("layers.0.qkv", weight)
+    assert changed.made
+    changed.path.write_bytes(b"damaged")  # e.g. a disk that filled up: quantize again
+    damaged = Int4Store.for_checkpoint(tmp_path / "cache", tmp_path, [weights])
+    assert not damaged.saved
+    assert torch.equal(damaged.get("layers.0.qkv", weight).packed, made.packed)

@@ -20,8 +20,10 @@ the fused matmul (slower, but only used outside this path).
 
 from __future__ import annotations
 
+import functools
 import logging
 import types
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,13 @@ QKV = ("q_proj", "k_proj", "v_proj")
 GATE_UP = ("gate_proj", "up_proj")
 
 
+Quantize = Callable[[str, torch.Tensor], int4_weights.Int4Weight]
+
+
+def _quantize_now(name: str, weight: torch.Tensor) -> int4_weights.Int4Weight:
+    return int4_weights.quantize(weight)
+
+
 def _slice_forward(self, x: torch.Tensor) -> torch.Tensor:
     fused, start, stop = self._fused_slice
     return fused.linear(x)[..., start:stop]
@@ -50,10 +59,15 @@ def _slice_forward(self, x: torch.Tensor) -> torch.Tensor:
 class _Fused:
     """One weight made of several Linear layers' weights stacked by rows."""
 
-    def __init__(self, modules: list[torch.nn.Module], packed: bool, int4: bool = False) -> None:
+    def __init__(
+        self,
+        modules: list[torch.nn.Module],
+        packed: bool,
+        quantize: Callable[[torch.Tensor], int4_weights.Int4Weight] | None = None,
+    ) -> None:
         weight = torch.cat([m.weight.detach() for m in modules])
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT) if packed else None
-        self.int4 = int4_weights.quantize(weight) if int4 else None
+        self.int4 = quantize(weight) if quantize is not None else None
         self.weight = None if packed else weight
         self.slices = []
         start = 0
@@ -104,8 +118,12 @@ def _linear(module: torch.nn.Module, x: torch.Tensor, int4: bool = False) -> tor
 class LeanLlama:
     """Built once over a loaded Llama model; :meth:`forward` replaces ``model(...)``."""
 
-    def __init__(self, model, *, pack: bool = False, int4: bool = False) -> None:
+    def __init__(
+        self, model, *, pack: bool = False, int4: bool = False, quantize: Quantize | None = None
+    ) -> None:
         config = model.config
+        if int4 and quantize is None:
+            quantize = _quantize_now
         inner = model.model
         self.model = model
         self.embed = inner.embed_tokens
@@ -119,20 +137,22 @@ class LeanLlama:
         self.eps = config.rms_norm_eps
         self.dtype = model.dtype
         self.layers = []
-        for layer in inner.layers:
+        for index, layer in enumerate(inner.layers):
             attn, mlp = layer.self_attn, layer.mlp
-            qkv = _Fused([getattr(attn, n) for n in QKV], pack, int4)
-            gate_up = _Fused([getattr(mlp, n) for n in GATE_UP], pack, int4)
+            named = None if not int4 else functools.partial(quantize, f"layers.{index}.qkv")
+            qkv = _Fused([getattr(attn, n) for n in QKV], pack, named)
+            named = None if not int4 else functools.partial(quantize, f"layers.{index}.gate_up")
+            gate_up = _Fused([getattr(mlp, n) for n in GATE_UP], pack, named)
             self.layers.append((layer, qkv, gate_up))
             if int4:
-                for module in (attn.o_proj, mlp.down_proj):
-                    module._lean_int4 = int4_weights.quantize(module.weight)
+                for name, module in (("o", attn.o_proj), ("down", mlp.down_proj)):
+                    module._lean_int4 = quantize(f"layers.{index}.{name}", module.weight)
         # The output projection (a quarter of a 4-bit decode step in bf16): 4-bit logits for
         # the whole vocabulary, then the top RESCORE candidates computed again from the
         # bf16 rows (rescored_head). Kept: a reference to the bf16 weight, which prepacking
         # would otherwise replace (a tied head shares the embeddings' anyway).
         head = model.lm_head.weight.detach()
-        self.head_int4 = int4_weights.quantize(head) if int4 and int4_weights.fits(head) else None
+        self.head_int4 = quantize("head", head) if int4 and int4_weights.fits(head) else None
         self.head_weight = head if self.head_int4 is not None else None
         self.int4 = int4
         self.lora_modules = {}
@@ -162,11 +182,14 @@ class LeanLlama:
         return total + (self.head_int4.nbytes if self.head_int4 is not None else 0)
 
     @classmethod
-    def build(cls, model, *, pack: bool = False, int4: bool = False) -> LeanLlama | None:
+    def build(
+        cls, model, *, pack: bool = False, int4: bool = False, quantize: Quantize | None = None
+    ) -> LeanLlama | None:
         """The lean path for ``model``, or None when it is not a plain Llama.
 
         ``int4``: the decoder's projections also get 4-bit copies (bot/models/int4.py),
-        used by decode steps of up to ``INT4_MAX_ROWS`` rows."""
+        used by decode steps of up to ``INT4_MAX_ROWS`` rows; ``quantize(name, weight)``
+        makes each (default: quantize now; bot/models/int4_cache.py reads saved ones)."""
         try:
             config = model.config
             kind = type(model).__name__
@@ -181,7 +204,7 @@ class LeanLlama:
                 return None
             if int4 and not _int4_shapes_fit(model):
                 return None
-            return cls(model, pack=pack, int4=int4)
+            return cls(model, pack=pack, int4=int4, quantize=quantize)
         except (AttributeError, RuntimeError) as exc:
             log.info("lean Llama forward unavailable: %s", exc)
             return None

@@ -110,14 +110,19 @@ def load_standalone(source: ModelSource, settings: ModelSettings) -> Loaded | No
         return None
     dtype = pick_dtype(settings.dtype)
     model = standalone.load(directory, dtype)
-    weight_bytes = _prepare(model, settings, dtype)
+    from bot.models.int4_cache import Int4Store
+
+    files = standalone.weight_files(directory)
+    store = Int4Store.for_checkpoint(settings.cache_dir, directory, files)
+    weight_bytes = _prepare(model, settings, dtype, store)
     if model._charbot_lean is None:  # cannot happen for a plain Llama; transformers can
         return None
     return Loaded(model, None, dtype, weight_bytes)
 
 
-def _prepare(model, settings: ModelSettings, dtype) -> int:
-    """The scheduler's fast path on a loaded model; returns the bytes of its weights."""
+def _prepare(model, settings: ModelSettings, dtype, store=None) -> int:
+    """The scheduler's fast path on a loaded model; returns the bytes of its weights.
+    ``store``: an :class:`~bot.models.int4_cache.Int4Store` to read 4-bit copies from."""
     import torch
 
     from bot.models.fast_linear import can_prepack, prepack_linears
@@ -129,7 +134,10 @@ def _prepare(model, settings: ModelSettings, dtype) -> int:
     # The lean forward, if the model is a plain Llama: it fuses (and packs) q/k/v and
     # gate/up from the plain weights — before the rest is packed, as unpacking costs
     # seconds — and makes the 4-bit copies.
-    model._charbot_lean = LeanLlama.build(model, pack=pack, int4=int4)
+    quantize = store.get if store is not None else None
+    model._charbot_lean = LeanLlama.build(model, pack=pack, int4=int4, quantize=quantize)
+    if store is not None:
+        store.save()
     if int4 and model._charbot_lean is None and settings.dtype == "auto":
         model._charbot_lean = LeanLlama.build(model, pack=pack)  # not a Llama: no 4-bit
     elif int4 and model._charbot_lean is None:

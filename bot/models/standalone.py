@@ -205,7 +205,7 @@ def load(directory: Path, dtype: torch.dtype) -> StandaloneLlama:
     settings = _settings(config)
     expected = _shapes(settings)
     weights: dict[str, torch.Tensor] = {}
-    for file in _weight_files(directory):
+    for file in weight_files(directory):
         with safe_open(str(file), framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
                 if key in expected:
@@ -226,7 +226,8 @@ def load(directory: Path, dtype: torch.dtype) -> StandaloneLlama:
     return model.eval()
 
 
-def _weight_files(directory: Path) -> list[Path]:
+def weight_files(directory: Path) -> list[Path]:
+    """The checkpoint's safetensors files (one, or the shards its index names)."""
     index = directory / WEIGHTS_INDEX
     if index.is_file():
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
