@@ -207,3 +207,35 @@ async def test_prefill_in_groups_matches_solo(model, monkeypatch):
     monkeypatch.setattr(scheduler, "PREFILL_TOKENS", 40)  # every prompt its own group
     together = await asyncio.gather(*(reply(model, p, None) for p in PROMPTS))
     assert together == solo
+
+
+@pytest.mark.parametrize("shape", ["peaked", "flat", "ties"])
+@pytest.mark.parametrize("top_p", [0.0, 0.5, 0.9, 1.0])
+def test_the_nucleus_is_the_one_a_full_sort_finds(shape, top_p):
+    """top-p looks at the top NUCLEUS_CANDIDATES first; the kept tokens and their weights
+    must be those of sorting the whole vocabulary (flat rows need more than that)."""
+    import torch
+
+    from bot.models.scheduler import NUCLEUS_CANDIDATES, nucleus
+
+    torch.manual_seed(0)
+    vocab = 4 * NUCLEUS_CANDIDATES
+    logits = {
+        "peaked": torch.randn(vocab) * 4,
+        "flat": torch.randn(vocab) * 0.01,  # the nucleus holds most of the vocabulary
+        "ties": torch.tensor([3.0] * 5 + [1.0] * (vocab - 5)),
+    }[shape]
+    probs = torch.softmax(logits, -1)
+    ids, weights = nucleus(probs, top_p)
+    ordered = probs.sort(descending=True).values
+    before = ordered.cumsum(-1) - ordered
+    expected = ordered[: max(1, int((before < top_p).sum()))] if top_p < 1 else ordered
+    # The same probabilities are kept (among tied ones, which ids is either sort's choice),
+    # and none dropped is likelier than one kept.
+    assert torch.equal(weights.sort(descending=True).values, expected)
+    assert torch.equal(weights, probs[ids]) and len(set(ids.tolist())) == len(ids)
+    dropped = torch.ones(vocab, dtype=torch.bool)
+    dropped[ids] = False
+    assert not dropped.any() or float(probs[dropped].max()) <= float(weights.min())
+    if shape == "flat" and 0 < top_p < 1:
+        assert len(ids) > NUCLEUS_CANDIDATES  # the fallback really ran

@@ -28,6 +28,9 @@ from bot.models.jobs import Job, send_to_loops
 from bot.models.threads import ThreadPolicy
 
 PREFILL_TOKENS = 4096  # padded prompt tokens per prefill forward
+# top-p looks at this many of the likeliest tokens first: exact whenever they hold the
+# nucleus (nearly always), and 0.3 ms instead of 5.8 ms for sorting 49,152 probabilities
+NUCLEUS_CANDIDATES = 256
 
 
 class Scheduler:
@@ -307,13 +310,8 @@ class Scheduler:
             if s.temperature <= 0:
                 continue
             probs = torch.softmax(logits[row] / s.temperature, dim=-1)
-            if s.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                cumulative = sorted_probs.cumsum(-1)
-                # Keep the smallest prefix whose mass reaches top_p (always the top token).
-                sorted_probs[(cumulative - sorted_probs) >= s.top_p] = 0.0
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-            tokens[row] = int(torch.multinomial(probs, 1, generator=job.generator))
+            ids, weights = nucleus(probs, s.top_p)
+            tokens[row] = int(ids[torch.multinomial(weights, 1, generator=job.generator)])
         return tokens
 
     def _drop_finished(self) -> None:
@@ -341,3 +339,22 @@ class Scheduler:
             self.registry.release(job.adapter_name)
         self._rows, self._kv = [], None
         self._send([(job, ("error", error)) for job in jobs])
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, their probabilities) of the smallest set of likeliest tokens whose mass
+    reaches ``top_p`` (always the top token); every token when ``top_p`` >= 1.
+
+    Sorting the whole vocabulary each step cost 5.8 ms a row here (more than the model's
+    step); the nucleus is found among the top :data:`NUCLEUS_CANDIDATES` unless they hold
+    less than ``top_p`` of the mass, and only then is everything sorted."""
+    if top_p >= 1.0:
+        return torch.arange(probs.numel()), probs
+    count = min(NUCLEUS_CANDIDATES, probs.numel())
+    while True:
+        top, order = probs.topk(count)  # descending
+        cumulative = top.cumsum(-1)
+        if count == probs.numel() or float(cumulative[-1]) >= top_p:
+            keep = max(1, int(((cumulative - top) < top_p).sum()))
+            return order[:keep], top[:keep]
+        count = probs.numel()
