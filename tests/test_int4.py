@@ -186,3 +186,22 @@ def test_saved_4bit_copies_are_reused_until_their_weights_change(tmp_path) -> No
     damaged = Int4Store.for_checkpoint(tmp_path / "cache", tmp_path, [weights])
     assert not damaged.saved
     assert torch.equal(damaged.get("layers.0.qkv", weight).packed, made.packed)
+
+
+def test_copies_of_checkpoints_that_are_gone_are_pruned(tmp_path) -> None:
+    from bot.models.int4_cache import Int4Store
+
+    weight = torch.randn(32, 64).to(torch.bfloat16)
+    stores = []
+    for name in ("old", "new"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(name.encode())
+        files = [tmp_path / name / "model.safetensors"]
+        stores.append(Int4Store.for_checkpoint(tmp_path / "cache", tmp_path / name, files))
+    old, new = stores
+    old.get("head", weight)
+    old.save()
+    (tmp_path / "old" / "model.safetensors").unlink()  # that model was deleted
+    new.get("head", weight)
+    new.save()
+    assert new.path.is_file() and not old.path.exists()

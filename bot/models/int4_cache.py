@@ -96,3 +96,20 @@ class Int4Store:
         except (OSError, ValueError, RuntimeError) as exc:
             log.warning("could not save the 4-bit copies to %s: %s", self.path, exc)
         self.made.clear()
+        _prune(self.path.parent)
+
+
+def _prune(directory: Path) -> None:
+    """Delete copies whose checkpoint is gone (a deleted model, a test's temporary one), so
+    the folder does not grow with every directory a model was ever loaded from."""
+    from safetensors import safe_open
+
+    for path in directory.glob("*.safetensors"):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                key = (handle.metadata() or {}).get("key", "")
+            sources = [line.rsplit(" ", 2)[0] for line in key.splitlines()[3:]]
+            if sources and not all(os.path.exists(source) for source in sources):
+                path.unlink()
+        except Exception as exc:  # unreadable: leave it; the next save may replace it
+            log.debug("not pruning %s: %s", path, exc)
