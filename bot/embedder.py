@@ -31,11 +31,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from tokenizers import Tokenizer
 
+from bot.errors import ModelError  # one line naming the directory and what is wrong
+
 BATCH_SIZE = 64
-
-
-class ModelError(ValueError):
-    """A model directory this encoder cannot run; the message is one line naming it."""
 
 
 def _json(directory: Path, name: str) -> Any:
