@@ -6,7 +6,7 @@ Engines, each with the same thread count (``--threads``, default 1) and the same
 random r=8 LoRAs (q,k,v,o; converted to GGUF for llama-server):
 
 - charbot bf16: ``[model] dtype = "bfloat16"``;
-- charbot int4: ``dtype = "int4"`` (4-bit copies for decode steps of up to 8 rows);
+- charbot int4: ``dtype = "int4"`` (4-bit copies for decode steps of up to 6 rows);
 - llama-server bf16: the bundled Q4_1 GGUF turned into BF16 by llama.cpp's own
   ``llama-quantize`` (the same numbers as charbot's bf16 weights);
 - llama-server Q4_1: the bundled GGUF itself.
