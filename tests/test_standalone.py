@@ -201,3 +201,27 @@ def test_a_model_process_stopped_before_loading_exits_cleanly():
     process.spawn()
     process.stop()
     assert process._process.returncode == 0
+
+
+async def test_a_sharded_checkpoint_loads_like_one_file(tiny_all_linear, tmp_path):
+    """Checkpoints split into several safetensors files (an index names them) load too,
+    and the 4-bit copies are keyed on every shard."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(tiny_all_linear["base"]).save_pretrained(
+        sharded, max_shard_size="100KB"
+    )
+    AutoTokenizer.from_pretrained(tiny_all_linear["base"]).save_pretrained(sharded)
+    assert len(list(sharded.glob("model-*.safetensors"))) > 1
+    assert find_checkpoint(str(sharded)) == sharded
+    specs = [None, AdapterSpec("bram", str(tiny_all_linear["lora"]))]
+    texts = []
+    for base in (tiny_all_linear["base"], sharded):
+        model = await started(base, dtype="float32", cache_dir=tmp_path / "cache")
+        try:
+            assert model.scheduler.info["engine"] == "standalone"
+            texts.append(await replies(model, specs))
+        finally:
+            await model.close()
+    assert texts[0] == texts[1]
