@@ -109,7 +109,7 @@ def load_standalone(source: ModelSource, settings: ModelSettings) -> Loaded | No
         log.info("%s: transformers serves it (%s)", settings.base, reason)
         return None
     dtype = pick_dtype(settings.dtype)
-    model = standalone.load(directory, dtype)
+    model = standalone.load(directory, config, dtype)
     from bot.models.int4_cache import Int4Store
 
     files = standalone.weight_files(directory)

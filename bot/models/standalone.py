@@ -158,10 +158,10 @@ def _shapes(settings: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 class StandaloneLlama(nn.Module):
     """A Llama for causal LM with transformers' module names and no forward of its own."""
 
-    def __init__(self, config: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
-        """``weights``: every tensor :func:`_shapes` names, in the compute dtype."""
+    def __init__(self, settings: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
+        """``settings``: config.json filled in by :func:`_settings`; ``weights``: every
+        tensor :func:`_shapes` names, in the compute dtype."""
         super().__init__()
-        settings = _settings(config)
         self.config = SimpleNamespace(**settings)
         inner = nn.Module()
         embed = weights["model.embed_tokens.weight"]
@@ -181,7 +181,7 @@ class StandaloneLlama(nn.Module):
                 setattr(layer, name, _Norm(weights[f"{prefix}.{name}.weight"]))
             inner.layers.append(layer)
         inner.norm = _Norm(weights["model.norm.weight"])
-        inner.rotary_emb = _Rotary(settings["head_dim"], _rope_theta(config))
+        inner.rotary_emb = _Rotary(settings["head_dim"], settings["rope_parameters"]["rope_theta"])
         self.model = inner
         if settings["tie_word_embeddings"]:
             self.lm_head = _linear(embed)
@@ -195,13 +195,13 @@ class StandaloneLlama(nn.Module):
         return self.model.embed_tokens.weight.dtype
 
 
-def load(directory: Path, dtype: torch.dtype) -> StandaloneLlama:
-    """The checkpoint in ``directory`` (see :func:`find_checkpoint`) in ``dtype``, eval mode.
+def load(directory: Path, config: dict[str, Any], dtype: torch.dtype) -> StandaloneLlama:
+    """The checkpoint in ``directory`` (see :func:`find_checkpoint`; ``config`` is its
+    config.json, which :func:`plain_llama` accepted) in ``dtype``, eval mode.
 
     Raises ModelError when its weights do not fit its config."""
     from safetensors import safe_open
 
-    config = json.loads((directory / "config.json").read_text())
     settings = _settings(config)
     expected = _shapes(settings)
     weights: dict[str, torch.Tensor] = {}
@@ -221,7 +221,7 @@ def load(directory: Path, dtype: torch.dtype) -> StandaloneLlama:
                 f"{directory}: {key} has shape {tuple(tensor.shape)}, "
                 f"the config says {expected[key]}"
             )
-    model = StandaloneLlama(config, weights)
+    model = StandaloneLlama(settings, weights)
     model.generation_config = _generation_config(directory, config)
     return model.eval()
 
