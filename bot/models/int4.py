@@ -43,8 +43,13 @@ class Int4Weight:
 
 
 def fits(weight: torch.Tensor) -> bool:
-    """Whether the kernel takes this shape (in a multiple of the group, out of 16)."""
-    out_features, in_features = weight.shape
+    """Whether the kernel takes this weight's shape (see :func:`fits_shape`)."""
+    return fits_shape(*weight.shape)
+
+
+def fits_shape(out_features: int, in_features: int) -> bool:
+    """Whether the kernel takes an ``[out, in]`` weight: in a multiple of the group, out of
+    16."""
     return in_features % GROUP == 0 and out_features % 16 == 0
 
 

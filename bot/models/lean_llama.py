@@ -9,9 +9,11 @@ q and k together, keys/values go straight into :class:`~bot.models.batch_cache.B
 buffers, and single-token attention runs on the key/value heads without repeating them.
 
 The arithmetic is the same as transformers' (same op order and dtypes), so output is
-identical. LoRA adapters stacked by :mod:`bot.models.multi_lora` are applied to each
-projection's slice of the fused output. Models that are not plain Llama, or adapters on
-other modules than the decoder layers' projections, use the normal forward instead.
+identical — except in decode steps on the 4-bit copies (``dtype`` "auto" or "int4", up to
+``INT4_MAX_ROWS`` rows), which compute with other weights by design. LoRA adapters stacked
+by :mod:`bot.models.multi_lora` are applied to each projection's slice of the fused output.
+Models that are not plain Llama, or adapters on other modules than the decoder layers'
+projections, use the normal forward instead.
 
 The fused weights replace the separate ones (no copy is kept): the q/k/v and gate/up
 ``nn.Linear`` modules still work on their own (peft wraps them), computing their slice of
@@ -155,7 +157,6 @@ class LeanLlama:
         self.head_int4 = quantize("head", head) if int4 and int4_weights.fits(head) else None
         self.head_weight = head if self.head_int4 is not None else None
         self.int4 = int4
-        self.lora_modules = {}
         rotary = inner.rotary_emb
         positions = torch.arange(config.max_position_embeddings, dtype=torch.float32)
         freqs = positions[:, None] * rotary.inv_freq.float()[None, :]
@@ -294,12 +295,12 @@ def rescored_head(x: torch.Tensor, quantized, weight: torch.Tensor, k: int = RES
     ``quantized``, with each row's top ``k`` computed again from the bf16 ``weight``.
 
     The bundled model's output layer is its 8-bit embedding table: in 4 bits its logits
-    were up to 4.4 off (cosine 0.998), enough to swap close candidates. The bf16 argmax was
-    never below 4-bit rank 8 (benchmarks/int4_head.py), so the top 64 get bf16 logits — the
-    same dot products as the bf16 layer, summed in another order — and greedy and top-p
-    picks are made on them; the rest keep 4-bit logits, which only move the sampling
-    distribution of flat rows a little (figures in the README). The layer took 5.6 ms of a
-    ~24 ms one-row step in bf16 and ~2 ms this way."""
+    were up to 4.5 off (cosine 0.998), enough to swap close candidates. The bf16 argmax was
+    never below 4-bit rank 8 (benchmarks/int4_head.py), so the top 64 get bf16 logits — on
+    the default model bit for bit the bf16 layer's — and greedy and top-p picks are made on
+    them; the rest keep 4-bit logits, which only move the sampling distribution of flat
+    rows a little (figures in the README). For one row the layer took 5.5 ms in bf16 and
+    2.5 ms this way."""
     logits = int4_weights.linear(x, quantized).float()
     top = logits.topk(min(k, logits.shape[-1]), dim=-1, sorted=False).indices  # [B, k]
     exact = torch.bmm(weight[top], x.unsqueeze(-1)).squeeze(-1)  # [B, k] in x's dtype
@@ -310,11 +311,13 @@ def _int4_shapes_fit(model) -> bool:
     """Whether every projection the int4 form quantizes has a shape the kernel takes."""
     layer = model.model.layers[0]
     attn, mlp = layer.self_attn, layer.mlp
-    fused = (
-        torch.empty(sum(getattr(attn, n).out_features for n in QKV), attn.q_proj.in_features),
-        torch.empty(sum(getattr(mlp, n).out_features for n in GATE_UP), mlp.gate_proj.in_features),
-    )
-    return all(int4_weights.fits(w) for w in (*fused, attn.o_proj.weight, mlp.down_proj.weight))
+    shapes = [
+        (sum(getattr(attn, n).out_features for n in QKV), attn.q_proj.in_features),
+        (sum(getattr(mlp, n).out_features for n in GATE_UP), mlp.gate_proj.in_features),
+        tuple(attn.o_proj.weight.shape),
+        tuple(mlp.down_proj.weight.shape),
+    ]
+    return all(int4_weights.fits_shape(*shape) for shape in shapes)
 
 
 def _delta(module: torch.nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor | None:
