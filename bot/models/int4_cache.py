@@ -24,13 +24,24 @@ from bot.models import int4
 log = logging.getLogger(__name__)
 
 
+def _layout() -> list[str]:
+    """The key's first lines: what the packed layout depends on."""
+    return [f"torch {torch.__version__}", f"group {int4.GROUP}", f"tiles {int4.INNER_K_TILES}"]
+
+
 def source_key(weight_files: Iterable[Path]) -> str:
-    """What the copies depend on, as one string."""
-    parts = [f"torch {torch.__version__}", f"group {int4.GROUP}", f"tiles {int4.INNER_K_TILES}"]
+    """What the copies depend on, as one string: the layout, then a line per weight file
+    (path, size, modification time; :func:`_sources` reads the paths back)."""
+    parts = _layout()
     for path in weight_files:
         stat = path.stat()
         parts.append(f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}")
     return "\n".join(parts)
+
+
+def _sources(key: str) -> list[str]:
+    """The weight files named in a :func:`source_key`."""
+    return [line.rsplit(" ", 2)[0] for line in key.splitlines()[len(_layout()) :]]
 
 
 class Int4Store:
@@ -108,7 +119,7 @@ def _prune(directory: Path) -> None:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 key = (handle.metadata() or {}).get("key", "")
-            sources = [line.rsplit(" ", 2)[0] for line in key.splitlines()[3:]]
+            sources = _sources(key)
             if sources and not all(os.path.exists(source) for source in sources):
                 path.unlink()
         except Exception as exc:  # unreadable: leave it; the next save may replace it
