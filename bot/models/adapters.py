@@ -20,6 +20,8 @@ from bot.models.base import BASE_ADAPTER, AdapterSpec
 from bot.models.multi_lora import MultiLora
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# A LoRA weight in a saved peft adapter: (module path in the base model, "A" or "B")
+LORA_KEY = re.compile(r"base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
 
 
 def adapter_version(path: str) -> str:
@@ -172,7 +174,7 @@ class AdapterRegistry:
 
         with safe_open(str(weights), framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                match = re.match(r"base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$", key)
+                match = LORA_KEY.match(key)
                 if not match:
                     continue
                 module_path, which = match.groups()

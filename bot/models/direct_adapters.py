@@ -23,11 +23,10 @@ from typing import Any
 import torch
 
 from bot.errors import AdapterLoadError
-from bot.models.adapters import ADAPTER_WEIGHTS, AdapterRegistry
+from bot.models.adapters import ADAPTER_WEIGHTS, LORA_KEY, AdapterRegistry
 
 # The projections the lean forward adds LoRA terms to.
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_KEY = re.compile(r"base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
 ENGINE_FIX = 'fix: set [model] engine = "transformers" (it serves any peft LoRA)'
 
 
@@ -58,7 +57,7 @@ class DirectAdapters(AdapterRegistry):
         pairs: dict[str, dict[str, torch.Tensor]] = {}
         with safe_open(str(Path(path) / ADAPTER_WEIGHTS[0]), framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                match = _KEY.match(key)
+                match = LORA_KEY.match(key)
                 if match is None:
                     reason = f"it holds {key}, which is not a LoRA projection weight"
                     raise AdapterLoadError(character, path, f"{reason}; {ENGINE_FIX}")
