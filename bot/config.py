@@ -39,6 +39,9 @@ class ModelSettings:
     # "auto": a plain Llama runs on charbot's own code in the model process (no transformers
     # or peft imports: seconds off every start); "transformers": always transformers + peft
     engine: str = "auto"
+    # "auto": charbot's own matmul kernels for small decode steps where the CPU and a C
+    # compiler allow (bot/models/native.py); "torch": torch's kernels only
+    kernels: str = "auto"
     cache_dir: Path = Path("data/models")  # converted model cache (relative to the config file)
     # backend = "openai": an OpenAI-compatible server (vLLM, llama-server, Ollama, LM Studio).
     base_url: str | None = None  # the API root, e.g. "http://127.0.0.1:8000/v1"
@@ -51,6 +54,7 @@ class ModelSettings:
 
 BACKENDS = ("transformers", "openai", "echo")
 ENGINES = ("auto", "transformers")
+KERNELS = ("auto", "torch")
 
 
 def parse_threads(value: str | int) -> int | None:
@@ -277,6 +281,8 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         where.fail("[model] threads", str(exc))
     if model.engine not in ENGINES:
         where.fail("[model] engine", f"{model.engine!r} is not one of {', '.join(ENGINES)}")
+    if model.kernels not in KERNELS:
+        where.fail("[model] kernels", f"{model.kernels!r} is not one of {', '.join(KERNELS)}")
     base_dir = path.resolve().parent
     model = dataclasses.replace(model, cache_dir=_resolve(base_dir, model.cache_dir))
     storage = dataclasses.replace(

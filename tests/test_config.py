@@ -92,6 +92,12 @@ def test_unknown_engine(tmp_path: Path) -> None:
     assert "[model] engine" in message and "'lean'" in message and "auto, transformers" in message
 
 
+def test_unknown_kernels(tmp_path: Path) -> None:
+    text = MINIMAL.replace('backend = "echo"', 'backend = "echo"\nkernels = "fast"')
+    message = error_of(write(tmp_path, text))
+    assert "[model] kernels" in message and "'fast'" in message and "auto, torch" in message
+
+
 def test_token_in_file_is_refused(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, MINIMAL + '\n[discord]\ntoken = "abc.def"\n'))
     assert "token_env" in message and "abc.def" not in message

@@ -84,6 +84,10 @@ async def started(base: Path, **settings) -> TransformersModel:
     return model
 
 
+# bf16 + 4-bit on torch's kernels: charbot's round each row to int8 parts, a step function
+# of the row, so the last-bit differences the two engines' prompt batches may have can
+# flip a near tie on this random model (tests/test_int4.py checks those kernels against
+# peft with a tolerance).
 @pytest.mark.parametrize("dtype", ["float32", "auto"])
 async def test_standalone_serves_like_transformers(tiny_all_linear, adapters, dtype):
     specs = [
@@ -91,13 +95,16 @@ async def test_standalone_serves_like_transformers(tiny_all_linear, adapters, dt
         AdapterSpec("bram", str(adapters["all"])),
         AdapterSpec("rs", str(adapters["rslora"])),
     ]
-    reference = await started(tiny_all_linear["base"], dtype=dtype, engine="transformers")
+    kernels = "torch"
+    reference = await started(
+        tiny_all_linear["base"], dtype=dtype, engine="transformers", kernels=kernels
+    )
     try:
         assert reference.scheduler.info["engine"] == "transformers"
         expected = await replies(reference, specs)
     finally:
         await reference.close()
-    model = await started(tiny_all_linear["base"], dtype=dtype)
+    model = await started(tiny_all_linear["base"], dtype=dtype, kernels=kernels)
     try:
         assert model.scheduler.info["engine"] == "standalone"
         assert model.dtype == reference.dtype

@@ -46,6 +46,19 @@ class GrowLayer:
         self.values = self.vbuf[:, :, : self.length]
         return self.keys, self.values
 
+    def reserve(self, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The buffers with room for ``n`` more columns, and the first free column: for
+        writers that fill them in place (charbot's kernels), then call :meth:`commit`."""
+        if self.length + n > self.kbuf.shape[2]:
+            self._grow(self.length + n + max(HEADROOM, self.length // 2))
+        return self.kbuf, self.vbuf, self.length
+
+    def commit(self, n: int) -> None:
+        """``n`` columns after :meth:`reserve`'s were written."""
+        self.length += n
+        self.keys = self.kbuf[:, :, : self.length]
+        self.values = self.vbuf[:, :, : self.length]
+
     def _grow(self, capacity: int) -> None:
         b, h, _, d = self.kbuf.shape
         for attr in ("kbuf", "vbuf"):

@@ -11,8 +11,10 @@ gives back the same grid up to bf16 rounding of each group's scale and offset (r
 the group's largest weight, about what storing the weights in bf16 costs). The embedding and
 output projection (Q8_0 in the GGUF) stay as they are.
 
-torch's own CPU kernel (``aten._weight_int4pack_mm_for_cpu``, the one torchao and gpt-fast
-use) does the matmul; LoRA terms are added by the caller in float32 as before.
+Where charbot's own kernels load (bot/models/native.py), the copies are in their layout
+and they do the matmul (~2× faster for one row); else torch's own CPU kernel
+(``aten._weight_int4pack_mm_for_cpu``, the one torchao and gpt-fast use). LoRA terms are
+added by the caller in float32 as before.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import logging
 from dataclasses import dataclass
 
 import torch
+
+from bot.models import native
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,9 @@ class Int4Weight:
         return sum(t.numel() * t.element_size() for t in (self.packed, self.scales_zeros))
 
 
+Int4 = Int4Weight | native.NativeInt4  # a 4-bit copy in either layout
+
+
 def fits(weight: torch.Tensor) -> bool:
     """Whether the kernel takes this weight's shape (see :func:`fits_shape`)."""
     return fits_shape(*weight.shape)
@@ -53,8 +60,13 @@ def fits_shape(out_features: int, in_features: int) -> bool:
     return in_features % GROUP == 0 and out_features % 16 == 0
 
 
-def quantize(weight: torch.Tensor) -> Int4Weight:
-    """Asymmetric 4-bit codes per group of 32 along ``in``, rounded to nearest."""
+def quantize(weight: torch.Tensor, kernels: native.Kernels | None = None) -> Int4:
+    """Asymmetric 4-bit codes per group of 32 along ``in``, rounded to nearest: in the
+    layout of ``kernels`` where given and the weight fits it, else in torch's."""
+    if kernels is not None:
+        packed = native.pack_int4(weight, kernels)
+        if packed is not None:
+            return packed
     out_features, in_features = weight.shape
     # a copy even of a float32 weight: the steps below work in place
     groups = weight.detach().to(torch.float32, copy=True)
@@ -69,16 +81,20 @@ def quantize(weight: torch.Tensor) -> Int4Weight:
     return Int4Weight(packed, scales_zeros.to(torch.bfloat16).contiguous(), *weight.shape)
 
 
-def linear(x: torch.Tensor, weight: Int4Weight) -> torch.Tensor:
-    """``x @ W.T`` for any leading shape; the result has ``x``'s dtype."""
+def linear(x: torch.Tensor, weight: Int4) -> torch.Tensor:
+    """``x @ W.T`` for any leading shape (at most ``native.MAX_ROWS`` rows for charbot's
+    kernels); the result has ``x``'s dtype."""
     shape = x.shape
     rows = x.reshape(-1, shape[-1])
     dtype = rows.dtype
     if dtype != torch.bfloat16:
         rows = rows.to(torch.bfloat16)
-    out = torch.ops.aten._weight_int4pack_mm_for_cpu(
-        rows.contiguous(), weight.packed, GROUP, weight.scales_zeros
-    )
+    if isinstance(weight, native.NativeInt4):
+        out = weight.linear(rows)
+    else:
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            rows.contiguous(), weight.packed, GROUP, weight.scales_zeros
+        )
     if out.dtype != dtype:
         out = out.to(dtype)
     return out.view(*shape[:-1], weight.out_features)
@@ -97,7 +113,9 @@ def available() -> bool:
     return bool((got - expected).abs().max() <= 0.01 * expected.abs().max() + 1e-3)
 
 
-def dequantize(weight: Int4Weight) -> torch.Tensor:
+def dequantize(weight: Int4) -> torch.Tensor:
     """The bf16 ``[out, in]`` weight the kernel computes with (for checks and reports)."""
+    if isinstance(weight, native.NativeInt4):
+        return native.unpack_int4(weight).to(torch.bfloat16)
     eye = torch.eye(weight.in_features, dtype=torch.bfloat16)
     return linear(eye, weight).t().contiguous()

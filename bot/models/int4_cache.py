@@ -3,8 +3,9 @@
 Quantizing the default model's 121 projections and its output layer took 0.5–0.7 s of a
 ~3 s cached start here; reading them back from a safetensors file takes a fraction of that.
 One file per checkpoint directory, under ``[model] cache_dir``/int4. It records what it was
-made from — the weight files' sizes and times, torch's version (the kernel's packed layout
-is torch's own), the group size — and is made again when any of that changes. A file that
+made from — the weight files' sizes and times, the layout (charbot's kernels' own, or
+torch's, which depends on torch's version), the group size — and is made again when any of
+that changes. A file that
 cannot be read or written costs only the time: the copies are computed as before.
 """
 
@@ -19,20 +20,24 @@ from pathlib import Path
 
 import torch
 
-from bot.models import int4
+from bot.models import int4, native
 
 log = logging.getLogger(__name__)
 
+LAYOUT_LINES = 3  # the key's lines before its weight files'
 
-def _layout() -> list[str]:
+
+def _layout(kernels: native.Kernels | None) -> list[str]:
     """The key's first lines: what the packed layout depends on."""
-    return [f"torch {torch.__version__}", f"group {int4.GROUP}", f"tiles {int4.INNER_K_TILES}"]
+    # torch's version either way: weights charbot's layout does not take use torch's
+    first = f"charbot kernels {native.PAIR_BYTES}" if kernels is not None else "torch's kernel"
+    return [first, f"torch {torch.__version__}", f"group {int4.GROUP} tiles {int4.INNER_K_TILES}"]
 
 
-def source_key(weight_files: Iterable[Path]) -> str:
+def source_key(weight_files: Iterable[Path], kernels: native.Kernels | None = None) -> str:
     """What the copies depend on, as one string: the layout, then a line per weight file
     (path, size, modification time; :func:`_sources` reads the paths back)."""
-    parts = _layout()
+    parts = _layout(kernels)
     for path in weight_files:
         stat = path.stat()
         parts.append(f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}")
@@ -41,24 +46,36 @@ def source_key(weight_files: Iterable[Path]) -> str:
 
 def _sources(key: str) -> list[str]:
     """The weight files named in a :func:`source_key`."""
-    return [line.rsplit(" ", 2)[0] for line in key.splitlines()[len(_layout()) :]]
+    return [line.rsplit(" ", 2)[0] for line in key.splitlines()[LAYOUT_LINES:]]
 
 
 class Int4Store:
     """Hands out 4-bit copies by name: from the file where it matches, else quantized now
     (and written by :meth:`save`)."""
 
-    def __init__(self, path: Path, key: str) -> None:
+    def __init__(self, path: Path, key: str, kernels: native.Kernels | None = None) -> None:
         self.path = path
         self.key = key
+        self.kernels = kernels
         self.saved: dict[str, torch.Tensor] = {}
-        self.made: dict[str, int4.Int4Weight] = {}
+        self.made: dict[str, int4.Int4] = {}
         self._read()
 
     @classmethod
-    def for_checkpoint(cls, cache_dir: Path, directory: Path, weight_files: list[Path]):
-        name = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
-        return cls(cache_dir / "int4" / f"{name}.safetensors", source_key(weight_files))
+    def for_checkpoint(
+        cls,
+        cache_dir: Path,
+        directory: Path,
+        weight_files: list[Path],
+        kernels: native.Kernels | None = None,
+    ):
+        """The store for a checkpoint's copies in ``kernels``' layout (None: torch's)."""
+        digest = hashlib.sha256(str(directory.resolve()).encode())
+        if kernels is not None:  # both layouts' files can be kept side by side
+            digest.update(b"charbot kernels")
+        name = digest.hexdigest()[:16]
+        key = source_key(weight_files, kernels)
+        return cls(cache_dir / "int4" / f"{name}.safetensors", key, kernels)
 
     def _read(self) -> None:
         if not self.path.is_file():
@@ -74,13 +91,16 @@ class Int4Store:
             log.info("ignoring 4-bit cache %s: %s", self.path, exc)
             self.saved = {}
 
-    def get(self, name: str, weight: torch.Tensor) -> int4.Int4Weight:
+    def get(self, name: str, weight: torch.Tensor) -> int4.Int4:
         packed = self.saved.get(f"{name}.packed")
         scales = self.saved.get(f"{name}.scales")
+        blob = self.saved.get(f"{name}.native")
         out_features, in_features = weight.shape
+        if self.kernels is not None and blob is not None and blob.shape[0] * 4 == out_features:
+            return native.NativeInt4(blob, out_features, in_features, self.kernels)
         if packed is not None and scales is not None and scales.shape[1] == out_features:
             return int4.Int4Weight(packed, scales, out_features, in_features)
-        made = int4.quantize(weight)
+        made = int4.quantize(weight, self.kernels)
         self.made[name] = made
         return made
 
@@ -90,8 +110,11 @@ class Int4Store:
             return
         tensors = dict(self.saved)
         for name, weight in self.made.items():
-            tensors[f"{name}.packed"] = weight.packed
-            tensors[f"{name}.scales"] = weight.scales_zeros
+            if isinstance(weight, native.NativeInt4):
+                tensors[f"{name}.native"] = weight.blob
+            else:  # a shape charbot's layout does not take
+                tensors[f"{name}.packed"] = weight.packed
+                tensors[f"{name}.scales"] = weight.scales_zeros
         try:
             from safetensors.torch import save_file
 

@@ -10,7 +10,8 @@ buffers, and single-token attention runs on the key/value heads without repeatin
 
 The arithmetic is the same as transformers' (same op order and dtypes), so output is
 identical — except in decode steps on the 4-bit copies (``dtype`` "auto" or "int4", up to
-``INT4_MAX_ROWS`` rows), which compute with other weights by design. LoRA adapters stacked
+``INT4_MAX_ROWS`` rows), which compute with other weights by design, and in small steps on
+charbot's own kernels (bot/models/native.py), which sum in another order. LoRA adapters stacked
 by :mod:`bot.models.multi_lora` are applied to each projection's slice of the fused output.
 Models that are not plain Llama, or adapters on other modules than the decoder layers'
 projections, use the normal forward instead.
@@ -31,14 +32,20 @@ import torch
 import torch.nn.functional as F
 
 from bot.models import int4 as int4_weights
+from bot.models import native
 from bot.models.fast_linear import PACK_HINT
 from bot.models.multi_lora import BASE_SLOT, lora_delta
 
 log = logging.getLogger(__name__)
 
-# 4-bit decode steps up to this many rows: measured per step on the default model, the
-# int4 kernel was faster than bf16 up to 6 rows and slower from 8 (2 threads; even at 1).
+# 4-bit decode steps up to this many rows: measured per step on the default model, torch's
+# int4 kernel was faster than bf16 up to 6 rows and slower from 8 (2 threads; even at 1);
+# so was charbot's (benchmarks/kernels.py: 25 against 23 ms at 8 rows, 20 against 20 at 6).
 INT4_MAX_ROWS = 6
+# bf16 steps up to this many rows on charbot's kernel, more on oneDNN's (benchmarks/
+# kernels.py, a step's matmuls on one thread: 13.8/13.2/13.6/18.3 ms for 1/2/4/6 rows
+# against oneDNN's 25.8/26.3/20.2/19.7 ms).
+BLOCKED_MAX_ROWS = 4
 # 4-bit output layer: this many top candidates per row get their logits again in bf16.
 RESCORE = 64
 ROPE_TYPES = ("default", "linear", "llama3")  # position-only rotary: a table works
@@ -46,10 +53,11 @@ QKV = ("q_proj", "k_proj", "v_proj")
 GATE_UP = ("gate_proj", "up_proj")
 
 
-Quantize = Callable[[str, torch.Tensor], int4_weights.Int4Weight]
+Quantize = Callable[[str, torch.Tensor], int4_weights.Int4]
+Block = Callable[[torch.Tensor], native.BlockedBf16 | None]
 
 
-def _quantize_now(name: str, weight: torch.Tensor) -> int4_weights.Int4Weight:
+def _quantize_now(name: str, weight: torch.Tensor) -> int4_weights.Int4:
     return int4_weights.quantize(weight)
 
 
@@ -65,11 +73,13 @@ class _Fused:
         self,
         modules: list[torch.nn.Module],
         packed: bool,
-        quantize: Callable[[torch.Tensor], int4_weights.Int4Weight] | None = None,
+        quantize: Callable[[torch.Tensor], int4_weights.Int4] | None = None,
+        block: Block | None = None,
     ) -> None:
         weight = torch.cat([m.weight.detach() for m in modules])
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT) if packed else None
         self.int4 = quantize(weight) if quantize is not None else None
+        self.blocked = block(weight) if block is not None else None
         self.weight = None if packed else weight
         self.slices = []
         start = 0
@@ -85,9 +95,16 @@ class _Fused:
                 module.weight.data = weight[start:stop]
             start = stop
 
-    def linear(self, x: torch.Tensor, int4: bool = False) -> torch.Tensor:
-        if int4:
+    def linear(
+        self, x: torch.Tensor, mode: str | None = None, term: native.LoraTerm | None = None
+    ) -> torch.Tensor:
+        """``term``: a LoRA term for charbot's kernels (the 4-bit or blocked copy is theirs)."""
+        if term is not None:
+            return (self.int4 if mode == "int4" else self.blocked).linear(x, term)
+        if mode == "int4":
             return int4_weights.linear(x, self.int4)
+        if mode == "blocked" and self.blocked is not None:
+            return self.blocked.linear(x)
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
         return F.linear(x, self.weight)
@@ -105,12 +122,24 @@ def _base_linear(module: torch.nn.Module) -> torch.nn.Module:
     return module if base is None else _base_linear(base)
 
 
-def _linear(module: torch.nn.Module, x: torch.Tensor, int4: bool = False) -> torch.Tensor:
-    """The base projection (no LoRA term) of ``x``: 4-bit if ``int4``, else prepacked where
-    the weight is."""
+def _linear(
+    module: torch.nn.Module,
+    x: torch.Tensor,
+    mode: str | None = None,
+    term: native.LoraTerm | None = None,
+) -> torch.Tensor:
+    """The base projection of ``x`` (plus ``term``, a LoRA term for charbot's kernels): on
+    the 4-bit copy if ``mode`` is "int4", on the blocked bf16 copy if "blocked" and there is
+    one, else prepacked where the weight is."""
     base = _base_linear(module)
-    if int4:
+    if term is not None:
+        copy = base._lean_int4 if mode == "int4" else base._lean_blocked
+        return copy.linear(x, term)
+    if mode == "int4":
         return int4_weights.linear(x, base._lean_int4)
+    blocked = getattr(base, "_lean_blocked", None) if mode == "blocked" else None
+    if blocked is not None:
+        return blocked.linear(x)
     packed = getattr(base, "_packed_weight", None)
     if packed is not None:
         return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
@@ -121,11 +150,21 @@ class LeanLlama:
     """Built once over a loaded Llama model; :meth:`forward` replaces ``model(...)``."""
 
     def __init__(
-        self, model, *, pack: bool = False, int4: bool = False, quantize: Quantize | None = None
+        self,
+        model,
+        *,
+        pack: bool = False,
+        int4: bool = False,
+        quantize: Quantize | None = None,
+        kernels: native.Kernels | None = None,
     ) -> None:
         config = model.config
         if int4 and quantize is None:
             quantize = _quantize_now
+        # bf16 copies in charbot's block order for small steps: only without 4-bit copies
+        # (they take those steps) — it is a second copy of the weights
+        blocked = kernels is not None and not int4 and model.dtype == torch.bfloat16
+        block = functools.partial(native.block_bf16, kernels=kernels) if blocked else None
         inner = model.model
         self.model = model
         self.embed = inner.embed_tokens
@@ -142,13 +181,15 @@ class LeanLlama:
         for index, layer in enumerate(inner.layers):
             attn, mlp = layer.self_attn, layer.mlp
             named = None if not int4 else functools.partial(quantize, f"layers.{index}.qkv")
-            qkv = _Fused([getattr(attn, n) for n in QKV], pack, named)
+            qkv = _Fused([getattr(attn, n) for n in QKV], pack, named, block)
             named = None if not int4 else functools.partial(quantize, f"layers.{index}.gate_up")
-            gate_up = _Fused([getattr(mlp, n) for n in GATE_UP], pack, named)
+            gate_up = _Fused([getattr(mlp, n) for n in GATE_UP], pack, named, block)
             self.layers.append((layer, qkv, gate_up))
-            if int4:
-                for name, module in (("o", attn.o_proj), ("down", mlp.down_proj)):
+            for name, module in (("o", attn.o_proj), ("down", mlp.down_proj)):
+                if int4:
                     module._lean_int4 = quantize(f"layers.{index}.{name}", module.weight)
+                if block is not None:
+                    module._lean_blocked = block(module.weight.detach())
         # The output projection (a quarter of a 4-bit decode step in bf16): 4-bit logits for
         # the whole vocabulary, then the top RESCORE candidates computed again from the
         # bf16 rows (rescored_head). Kept: a reference to the bf16 weight, which prepacking
@@ -156,7 +197,20 @@ class LeanLlama:
         head = model.lm_head.weight.detach()
         self.head_int4 = quantize("head", head) if int4 and int4_weights.fits(head) else None
         self.head_weight = head if self.head_int4 is not None else None
+        self.head_blocked = block(head) if block is not None else None
+        copies = []
+        for layer, qkv, gate_up in self.layers:
+            copies += [qkv.int4, gate_up.int4]
+            for module in (layer.self_attn.o_proj, layer.mlp.down_proj):
+                copies.append(getattr(module, "_lean_int4", None))
+        # all in charbot's layout: one adapter's LoRA terms can go into the same calls
+        self.native_int4 = int4 and all(isinstance(w, native.NativeInt4) for w in copies)
         self.int4 = int4
+        # charbot's kernels also take the norms and one-query attention of small steps
+        fits = model.dtype == torch.bfloat16 and config.hidden_size % 16 == 0
+        self.kernels = kernels if fits else None
+        self.fast_attention = self.head_dim % 32 == 0 and self.head_dim <= 256 and self.groups <= 16
+        self.blocked = blocked
         rotary = inner.rotary_emb
         positions = torch.arange(config.max_position_embeddings, dtype=torch.float32)
         freqs = positions[:, None] * rotary.inv_freq.float()[None, :]
@@ -167,30 +221,38 @@ class LeanLlama:
         half = self.head_dim // 2
         # rotate_half(x) * sin == flip(x) * [-sin, sin] (halves swapped; negation is exact)
         self.sin_signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+        self.rope_tables = (self.cos, self.sin_signed)
         self._lora_version = -1
         self._lora_ok = True
 
     @property
-    def int4_bytes(self) -> int:
-        """Bytes of the 4-bit copies ([model] dtype = "int4"; 0 otherwise)."""
-        if not self.int4:
-            return 0
-        total = 0
+    def copy_bytes(self) -> int:
+        """Bytes of the 4-bit copies ([model] dtype = "int4" or "auto") or the blocked bf16
+        ones (charbot's kernels in bf16); 0 without either."""
+        copies = [self.head_int4, self.head_blocked]
         for layer, qkv, gate_up in self.layers:
-            total += qkv.int4.nbytes + gate_up.int4.nbytes
+            copies += [qkv.int4, gate_up.int4, qkv.blocked, gate_up.blocked]
             for module in (layer.self_attn.o_proj, layer.mlp.down_proj):
-                total += module._lean_int4.nbytes
-        return total + (self.head_int4.nbytes if self.head_int4 is not None else 0)
+                copies += [getattr(module, f"_lean_{kind}", None) for kind in ("int4", "blocked")]
+        return sum(copy.nbytes for copy in copies if copy is not None)
 
     @classmethod
     def build(
-        cls, model, *, pack: bool = False, int4: bool = False, quantize: Quantize | None = None
+        cls,
+        model,
+        *,
+        pack: bool = False,
+        int4: bool = False,
+        quantize: Quantize | None = None,
+        kernels: native.Kernels | None = None,
     ) -> LeanLlama | None:
         """The lean path for ``model``, or None when it is not a plain Llama.
 
         ``int4``: the decoder's projections also get 4-bit copies (bot/models/int4.py),
         used by decode steps of up to ``INT4_MAX_ROWS`` rows; ``quantize(name, weight)``
-        makes each (default: quantize now; bot/models/int4_cache.py reads saved ones)."""
+        makes each (default: quantize now; bot/models/int4_cache.py reads saved ones).
+        ``kernels``: charbot's own (bot/models/native.py); without 4-bit copies, bf16
+        steps of up to ``BLOCKED_MAX_ROWS`` rows run on them from blocked copies."""
         try:
             config = model.config
             kind = type(model).__name__
@@ -205,7 +267,7 @@ class LeanLlama:
                 return None
             if int4 and not _int4_shapes_fit(model):
                 return None
-            return cls(model, pack=pack, int4=int4, quantize=quantize)
+            return cls(model, pack=pack, int4=int4, quantize=quantize, kernels=kernels)
         except (AttributeError, RuntimeError) as exc:
             log.info("lean Llama forward unavailable: %s", exc)
             return None
@@ -230,58 +292,116 @@ class LeanLlama:
         rows = batch * length
         # Few rows: reading the weights is the cost, and 4-bit ones are 3.6× fewer bytes.
         # Many rows (a prompt, a big batch): the int4 kernel's arithmetic is the cost.
-        int4 = self.int4 and rows <= INT4_MAX_ROWS
+        if self.int4 and rows <= INT4_MAX_ROWS:
+            mode = "int4"
+        elif self.blocked and rows <= BLOCKED_MAX_ROWS:
+            mode = "blocked"
+        else:
+            mode = None
+        # All rows on one adapter, on charbot's kernels: its LoRA terms are added inside the
+        # matmul calls (the separate terms were ~7 ms of a one-stream step here).
+        in_call = lora and multi.uniform is not None
+        in_call = in_call and (mode == "blocked" or (mode == "int4" and self.native_int4))
+        fast = self.kernels if mode is not None else None
         h = self.embed(ids.view(rows))  # hidden states as [rows, hidden]: oneDNN likes 2D
-        cos = self.cos[positions].unsqueeze(2)  # [B, T, 1, D]
-        sin = self.sin_signed[positions].unsqueeze(2)
         if length == 1 and bool(mask.all()):
             mask = None  # one query on an unpadded history: nothing to mask
-        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
-        qk_heads = heads + kv_heads
-        half = dim // 2
+        rotary = None  # charbot's kernels read the tables themselves
+        if fast is None or mask is not None or length != 1:
+            rotary = (self.cos[positions].unsqueeze(2), self.sin_signed[positions].unsqueeze(2))
+        pending = None  # the last layer's output, added to h by the next norm
         for (layer, qkv_w, gate_up_w), cache in zip(self.layers, kv.layers, strict=True):
             attn, mlp = layer.self_attn, layer.mlp
-            x = self._norm(h, layer.input_layernorm.weight)
-            qkv = qkv_w.linear(x, int4)
-            if lora:
-                _add_deltas(qkv, attn, QKV, qkv_w.slices, x, batch)
-            qkv = qkv.view(batch, length, heads + 2 * kv_heads, dim)
-            qk = qkv[:, :, :qk_heads]
-            flipped = qk.unflatten(-1, (2, half)).flip(-2).flatten(-2)
-            qk = (qk * cos).add_(flipped * sin)
-            k = qk[:, :, heads:].transpose(1, 2)
-            v = qkv[:, :, qk_heads:].transpose(1, 2)
-            keys, values = cache.update(k, v)
-            if length == 1:  # query heads grouped by their key/value head (no repeat)
-                q = qk[:, 0, :heads].view(batch, kv_heads, self.groups, dim)
-                out = F.scaled_dot_product_attention(
-                    q, keys, values, attn_mask=mask, scale=self.scaling
-                )
-                out = out.view(rows, heads * dim)
+            h, x = self._residual_norm(h, pending, layer.input_layernorm.weight, fast)
+            if in_call:
+                qkv = qkv_w.linear(x, mode, _lora_term(qkv_w, attn, QKV, qkv_w.slices, multi))
             else:
-                q = qk[:, :, :heads].transpose(1, 2)
-                keys = _repeat_kv(keys, self.groups)
-                values = _repeat_kv(values, self.groups)
-                out = F.scaled_dot_product_attention(
-                    q, keys, values, attn_mask=mask, scale=self.scaling
-                )
-                out = out.transpose(1, 2).reshape(rows, heads * dim)
-            o = _project(attn.o_proj, out, batch, int4) if lora else _linear(attn.o_proj, out, int4)
-            h = h + o
-            x = self._norm(h, layer.post_attention_layernorm.weight)
-            gu = gate_up_w.linear(x, int4)
-            if lora:
-                _add_deltas(gu, mlp, GATE_UP, gate_up_w.slices, x, batch)
+                qkv = qkv_w.linear(x, mode)
+                if lora:
+                    _add_deltas(qkv, attn, QKV, qkv_w.slices, x, batch)
+            out = self._attention(qkv, (batch, length), positions, rotary, mask, cache, fast)
+            if in_call:
+                o = _linear(attn.o_proj, out, mode, _single_term(attn, "o_proj", multi))
+            elif lora:
+                o = _project(attn.o_proj, out, batch, mode)
+            else:
+                o = _linear(attn.o_proj, out, mode)
+            h, x = self._residual_norm(h, o, layer.post_attention_layernorm.weight, fast)
+            if in_call:
+                term = _lora_term(gate_up_w, mlp, GATE_UP, gate_up_w.slices, multi)
+                gu = gate_up_w.linear(x, mode, term)
+            else:
+                gu = gate_up_w.linear(x, mode)
+                if lora:
+                    _add_deltas(gu, mlp, GATE_UP, gate_up_w.slices, x, batch)
             inter = gu.shape[-1] // 2
-            act = F.silu(gu[:, :inter]).mul_(gu[:, inter:])
+            if fast is not None and inter % 16 == 0:
+                act = fast.silu_mul(gu)
+            else:
+                act = F.silu(gu[:, :inter]).mul_(gu[:, inter:])
             down = mlp.down_proj
-            d = _project(down, act, batch, int4) if lora else _linear(down, act, int4)
-            h = h + d
+            if in_call:
+                d = _linear(down, act, mode, _single_term(mlp, "down_proj", multi))
+            elif lora:
+                d = _project(down, act, batch, mode)
+            else:
+                d = _linear(down, act, mode)
+            pending = d
+        h = h + pending
         last = h.view(batch, length, -1)[:, -1]
         x = self._norm(last, self.final_norm.weight)
-        if int4 and self.head_int4 is not None:
+        if mode == "int4" and self.head_int4 is not None:
             return rescored_head(x, self.head_int4, self.head_weight)
+        if mode == "blocked" and self.head_blocked is not None:
+            return self.head_blocked.linear(x).float()
         return self.lm_head(x).float()
+
+    def _attention(self, qkv, shape, positions, rotary, mask, cache, fast) -> torch.Tensor:
+        """Self-attention of a layer from its fused q/k/v output ``[rows, ...]``, updating
+        its ``cache``; ``[rows, heads * dim]``. One unmasked position per row on charbot's
+        kernels (``fast``) is three calls: rotary into the cache, attention, no views."""
+        batch, length = shape
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        rows = batch * length
+        if rotary is None and self.fast_attention and cache.kbuf is not None:
+            buffers = cache.reserve(1)
+            q = fast.rope_to_cache(
+                qkv, (heads, kv_heads, dim), self.rope_tables, positions, buffers[:2], buffers[2]
+            )
+            cache.commit(1)
+            q = q.view(batch, kv_heads, self.groups, dim)
+            return fast.decode_attention(q, *buffers[:2], self.scaling, buffers[2] + 1)
+        qk_heads = heads + kv_heads
+        if rotary is None:  # a first step with no cache yet (not reached from the scheduler)
+            rotary = (self.cos[positions].unsqueeze(2), self.sin_signed[positions].unsqueeze(2))
+        cos, sin = rotary
+        qkv = qkv.view(batch, length, heads + 2 * kv_heads, dim)
+        qk = qkv[:, :, :qk_heads]
+        flipped = qk.unflatten(-1, (2, dim // 2)).flip(-2).flatten(-2)
+        qk = (qk * cos).add_(flipped * sin)
+        k = qk[:, :, heads:].transpose(1, 2)
+        v = qkv[:, :, qk_heads:].transpose(1, 2)
+        keys, values = cache.update(k, v)
+        if length == 1:  # query heads grouped by their key/value head (no repeat)
+            q = qk[:, 0, :heads].view(batch, kv_heads, self.groups, dim)
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, scale=self.scaling
+            )
+            return out.view(rows, heads * dim)
+        q = qk[:, :, :heads].transpose(1, 2)
+        keys = _repeat_kv(keys, self.groups)
+        values = _repeat_kv(values, self.groups)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
+        return out.transpose(1, 2).reshape(rows, heads * dim)
+
+    def _residual_norm(self, h, delta, weight, fast):
+        """``h + delta`` (``delta`` None: ``h``) and its RMSNorm; on charbot's kernels
+        (``fast``) in one call that adds in place."""
+        if fast is not None:
+            return h, fast.rms_norm(h, weight, self.eps, delta)
+        if delta is not None:
+            h = h + delta
+        return h, self._norm(h, weight)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # LlamaRMSNorm's arithmetic (float32, then the weight in x's dtype) with torch's
@@ -320,6 +440,39 @@ def _int4_shapes_fit(model) -> bool:
     return all(int4_weights.fits_shape(*shape) for shape in shapes)
 
 
+def _lora_term(holder, owner, names, slices, multi) -> native.LoraTerm | None:
+    """The LoRA term of the one adapter all rows use, on the projections ``names`` of
+    ``owner`` (fused as ``slices``), for charbot's kernels: the A matrices stacked, each B
+    placed at its projection's slice. Cached on ``holder`` until rows or adapters change."""
+    cached = getattr(holder, "_lean_term", None)
+    if cached is not None and cached[0] == multi.version:
+        return cached[1]
+    parts = []
+    for name, (start, stop) in zip(names, slices, strict=True):
+        module = getattr(owner, name)
+        if hasattr(module, "_multi_lora_owner"):
+            slot = multi.uniform
+            parts.append((module._stack_a[slot].float(), module._stack_b[slot], start, stop))
+    term = None
+    if parts:
+        a = torch.cat([part[0] for part in parts])
+        bt = torch.zeros(a.shape[0], slices[-1][1])
+        row = 0
+        for part_a, part_b, start, stop in parts:
+            bt[row : row + part_a.shape[0], start:stop] = part_b.t()
+            row += part_a.shape[0]
+        term = native.LoraTerm(a, bt)
+    holder._lean_term = (multi.version, term)
+    return term
+
+
+def _single_term(owner, name: str, multi) -> native.LoraTerm | None:
+    """:func:`_lora_term` for a projection of its own (o_proj, down_proj)."""
+    module = getattr(owner, name)
+    width = _base_linear(module).out_features
+    return _lora_term(module, owner, (name,), [(0, width)], multi)
+
+
 def _delta(module: torch.nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor | None:
     """The LoRA term of a projection that multi_lora patched; None for a plain Linear."""
     if not hasattr(module, "_multi_lora_owner"):
@@ -344,9 +497,9 @@ def _add_deltas(
             fused[:, start:stop].add_(delta)
 
 
-def _project(module: torch.nn.Module, x: torch.Tensor, batch: int, int4: bool) -> torch.Tensor:
+def _project(module: torch.nn.Module, x: torch.Tensor, batch: int, mode: str | None):
     """A maybe LoRA-patched projection of ``x``: the base part, plus the rows' LoRA terms."""
-    out = _linear(module, x, int4)
+    out = _linear(module, x, mode)
     delta = _delta(module, x, batch)
     return out if delta is None else out.add_(delta)  # in place: back to the base dtype
 

@@ -113,33 +113,57 @@ def load_standalone(source: ModelSource, settings: ModelSettings) -> Loaded | No
     from bot.models.int4_cache import Int4Store
 
     files = standalone.weight_files(directory)
-    store = Int4Store.for_checkpoint(settings.cache_dir, directory, files)
-    weight_bytes = _prepare(model, settings, dtype, store)
+    kernels = load_kernels(settings, dtype)
+    store = Int4Store.for_checkpoint(settings.cache_dir, directory, files, kernels)
+    weight_bytes = _prepare(model, settings, dtype, store, kernels)
     if model._charbot_lean is None:  # cannot happen for a plain Llama; transformers can
         return None
     return Loaded(model, None, dtype, weight_bytes)
 
 
-def _prepare(model, settings: ModelSettings, dtype, store=None) -> int:
-    """The scheduler's fast path on a loaded model; returns the bytes of its weights.
-    ``store``: an :class:`~bot.models.int4_cache.Int4Store` to read 4-bit copies from."""
+def load_kernels(settings: ModelSettings, dtype):
+    """charbot's own matmul kernels (bot/models/native.py) for a bf16 model where ``[model]
+    kernels`` is "auto" and this machine can build them; else None (torch's kernels)."""
     import torch
 
+    if settings.kernels != "auto" or dtype != torch.bfloat16:
+        return None
+    from bot.models import native
+
+    return native.load(settings.cache_dir)
+
+
+def _prepare(model, settings: ModelSettings, dtype, store=None, kernels=None) -> int:
+    """The scheduler's fast path on a loaded model; returns the bytes of its weights.
+    ``store``: an :class:`~bot.models.int4_cache.Int4Store` to read 4-bit copies from;
+    ``kernels``: charbot's own (:func:`load_kernels`; looked up here when no store)."""
+    import torch
+
+    from bot.models import int4 as int4_weights
     from bot.models.fast_linear import can_prepack, prepack_linears
     from bot.models.lean_llama import LeanLlama
+
+    if store is None:
+        kernels = load_kernels(settings, dtype)
 
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     pack = dtype == torch.bfloat16 and can_prepack(model)
     int4 = _wants_int4(settings.dtype, dtype)
+
     # The lean forward, if the model is a plain Llama: it fuses (and packs) q/k/v and
     # gate/up from the plain weights — before the rest is packed, as unpacking costs
     # seconds — and makes the 4-bit copies.
-    quantize = store.get if store is not None else None
-    model._charbot_lean = LeanLlama.build(model, pack=pack, int4=int4, quantize=quantize)
+    def quantize_now(name: str, weight):
+        return int4_weights.quantize(weight, kernels)
+
+    quantize = store.get if store is not None else quantize_now
+    model._charbot_lean = LeanLlama.build(
+        model, pack=pack, int4=int4, quantize=quantize, kernels=kernels
+    )
     if store is not None:
         store.save()
     if int4 and model._charbot_lean is None and settings.dtype == "auto":
-        model._charbot_lean = LeanLlama.build(model, pack=pack)  # not a Llama: no 4-bit
+        model._charbot_lean = LeanLlama.build(model, pack=pack)  # no Llama: no fast path
     elif int4 and model._charbot_lean is None:
         raise ModelError(
             f'[model] dtype = "int4" works for Llama-architecture models; {settings.base!r} '
@@ -148,7 +172,7 @@ def _prepare(model, settings: ModelSettings, dtype, store=None) -> int:
     if pack:
         prepack_linears(model)  # what the fast path did not take: o/down, lm_head, others
     if model._charbot_lean is not None:
-        weight_bytes += model._charbot_lean.int4_bytes
+        weight_bytes += model._charbot_lean.copy_bytes
     from bot.models.multi_lora import trim_heap
 
     trim_heap()  # the float32 → bf16 load leaves ~200 MB of freed heap otherwise

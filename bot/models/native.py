@@ -1,0 +1,412 @@
+"""charbot's own one-row matmul kernels (``cpu_kernels.c``), built on first use.
+
+Why: a decode step reads every weight once for a handful of rows. torch's CPU kernels read
+them at 6-10 GB/s for one row here, while one core can read ~18 GB/s; the kernels in
+``cpu_kernels.c`` stream blocked weights at about that speed (README: Performance). They
+need AVX-512 with BF16 and VNNI (AMD Zen 4 and later, Intel Xeon from Cooper Lake).
+
+The C file ships with the package and is compiled once per machine with the system's C
+compiler into ``[model] cache_dir``/kernels (0.5 s), then loaded with ctypes (which lets go
+of the GIL for the call). Without a compiler, on another CPU, or with ``[model] kernels =
+"torch"``, :func:`load` says why in one log line and returns None: decoding then uses
+torch's kernels, only slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+MAX_ROWS = 8  # the kernels' own limit (MAX_ROWS in the C file)
+FLAGS = (
+    "-O3",
+    "-mavx512f",
+    "-mavx512bw",
+    "-mavx512vl",
+    "-mavx512bf16",
+    "-mavx512vnni",
+    "-mf16c",
+    "-mfma",
+    "-fPIC",
+    "-shared",
+)
+# /proc/cpuinfo's names for what those flags let the compiler use
+CPU_FEATURES = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni", "f16c", "fma")
+PAIR_BYTES = 160  # a block's bytes per 64 inputs: 4 features × (32 code bytes + 4 fp16 pairs)
+FP16_LIMIT = 60000.0  # int4 scales and minimums are fp16: larger weights stay on torch's kernel
+
+
+class Kernels:
+    """The loaded library: :meth:`int4_linear` and :meth:`bf16_linear` on packed weights."""
+
+    def __init__(self, library: ctypes.CDLL, path: Path) -> None:
+        self.path = path
+        pointer, size = ctypes.c_void_p, ctypes.c_int
+        arguments = [pointer, size, size, pointer, size, pointer, size, pointer, pointer]
+        self._int4 = library.charbot_int4_linear
+        self._bf16 = library.charbot_bf16_linear
+        for function in (self._int4, self._bf16):
+            function.argtypes = arguments
+            function.restype = ctypes.c_int
+        self._norm = library.charbot_rms_norm
+        self._norm.argtypes = [pointer, size, size, pointer, ctypes.c_float, pointer, pointer]
+        self._attention = library.charbot_decode_attention
+        long = ctypes.c_long
+        self._attention.argtypes = [
+            *(pointer, long, size, size, size, size),  # q, its row stride, shape
+            *(pointer, pointer, long, long, size),  # keys, values, their strides, length
+            ctypes.c_float,
+            pointer,
+        ]
+        self._rope = library.charbot_rope_to_cache
+        self._rope.argtypes = [
+            *(pointer, size, size, size, size),  # qkv and its shape
+            *(pointer, pointer, pointer),  # cos, signed sin, positions
+            *(pointer, pointer, pointer, long, long, size),  # q out, cache buffers, column
+        ]
+        self._silu_mul = library.charbot_silu_mul
+        self._silu_mul.argtypes = [pointer, size, size, pointer]
+        for function in (self._norm, self._attention, self._rope, self._silu_mul):
+            function.restype = ctypes.c_int
+
+    def rope_to_cache(
+        self,
+        qkv: torch.Tensor,
+        shape: tuple[int, int, int],
+        tables: tuple[torch.Tensor, torch.Tensor],
+        positions: torch.Tensor,
+        buffers: tuple[torch.Tensor, torch.Tensor],
+        column: int,
+    ) -> torch.Tensor:
+        """Rotary embedding for one position per row of the fused q/k/v output ``qkv``
+        ``[rows, (heads + 2 kv_heads) * dim]`` (``shape``: heads, kv_heads, dim; ``tables``:
+        cos and signed sin ``[positions, dim]``): the rotated keys and the values are written
+        into the cache ``buffers`` at ``column``, the rotated queries returned ``[rows,
+        heads * dim]``."""
+        heads, kv_heads, dim = shape
+        rows = qkv.shape[0]
+        keys, values = buffers
+        q = torch.empty(rows, heads * dim, dtype=torch.bfloat16)
+        status = self._rope(
+            *(qkv.data_ptr(), rows, heads, kv_heads, dim),
+            *(tables[0].data_ptr(), tables[1].data_ptr(), positions.contiguous().data_ptr()),
+            *(q.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.stride(0), keys.stride(1)),
+            column,
+        )
+        if status != 0:
+            raise ValueError(f"charbot's rotary kernel refused a head size of {dim}")
+        return q
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """``silu(gate) * up`` in bf16 from the fused ``[rows, 2 * inter]`` output."""
+        rows, width = gate_up.shape
+        out = torch.empty(rows, width // 2, dtype=torch.bfloat16)
+        if self._silu_mul(gate_up.data_ptr(), rows, width // 2, out.data_ptr()) != 0:
+            raise ValueError(f"charbot's SiLU kernel refused rows of {width // 2}")
+        return out
+
+    def rms_norm(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        eps: float,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """LlamaRMSNorm of bf16 rows ``x`` ``[rows, n]`` (n a multiple of 16); with
+        ``residual``, ``x += residual`` first, in place (the decoder's ``h = h + o``)."""
+        rows, n = x.shape
+        out = torch.empty_like(x)
+        extra = None if residual is None else residual.contiguous().data_ptr()
+        status = self._norm(x.data_ptr(), rows, n, weight.data_ptr(), eps, out.data_ptr(), extra)
+        if status != 0:
+            raise ValueError(f"charbot's RMSNorm kernel refused rows of {n}")
+        return out
+
+    def decode_attention(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        scale: float,
+        length: int | None = None,
+    ) -> torch.Tensor:
+        """Unmasked attention of one query position per row: ``q`` ``[B, kv_heads, groups,
+        dim]``, ``keys``/``values`` ``[B, kv_heads, T, dim]`` (each position's dim values
+        contiguous) of which the first ``length`` positions (default all); bf16 ``[B,
+        kv_heads * groups * dim]``. ``dim`` a multiple of 32 up to 256, at most 16 groups."""
+        batch, kv_heads, groups, dim = q.shape
+        out = torch.empty(batch, kv_heads * groups * dim, dtype=torch.bfloat16)
+        status = self._attention(
+            *(q.data_ptr(), q.stride(0), batch, kv_heads, groups, dim),
+            *(keys.data_ptr(), values.data_ptr(), keys.stride(0), keys.stride(1)),
+            keys.shape[2] if length is None else length,
+            scale,
+            out.data_ptr(),
+        )
+        if status != 0:  # attention_fits was checked: this is out of memory
+            raise MemoryError(f"charbot's attention kernel failed ({status})")
+        return out
+
+    def int4_linear(
+        self, x: torch.Tensor, weight: NativeInt4, lora: LoraTerm | None = None
+    ) -> torch.Tensor:
+        """``x @ W.T`` (+ ``lora``'s term) in bf16 for ``x`` ``[rows, in]``."""
+        return self._call(self._int4, x, weight.blob, weight.out_features, lora)
+
+    def bf16_linear(
+        self, x: torch.Tensor, weight: BlockedBf16, lora: LoraTerm | None = None
+    ) -> torch.Tensor:
+        """``x @ W.T`` (+ ``lora``'s term) in bf16 for ``x`` ``[rows, in]``."""
+        return self._call(self._bf16, x, weight.blocks, weight.out_features, lora)
+
+    @staticmethod
+    def _call(function, x, weight: torch.Tensor, out_features: int, lora: LoraTerm | None):
+        rows, inputs = x.shape
+        rank, a, bt = (0, None, None) if lora is None else (lora.rank, lora.a_ptr, lora.bt_ptr)
+        if x.dtype != torch.bfloat16:
+            x = x.to(torch.bfloat16)
+        x = x.contiguous()
+        out = torch.empty(rows, out_features, dtype=torch.bfloat16)
+        # more rows than the kernel takes at once (callers avoid it: it is slow) in chunks
+        source, target, weights = x.data_ptr(), out.data_ptr(), weight.data_ptr()
+        for start in range(0, rows, MAX_ROWS):
+            count = min(MAX_ROWS, rows - start)
+            status = function(
+                source + 2 * start * inputs,
+                count,
+                inputs,
+                weights,
+                out_features,
+                target + 2 * start * out_features,
+                rank,
+                a,
+                bt,
+            )
+            if status != 0:  # shapes were checked when packing: this is out of memory
+                raise MemoryError(f"charbot's matmul kernel failed ({status})")
+        return out
+
+
+class LoraTerm:
+    """One adapter's term on a projection, as the kernels add it: ``A`` ``[rank, in]`` and
+    ``B`` (times its scale) transposed, ``[rank, out]``, both float32."""
+
+    __slots__ = ("a", "a_ptr", "bt", "bt_ptr", "rank")
+
+    def __init__(self, a: torch.Tensor, bt: torch.Tensor) -> None:
+        self.a = a.to(torch.float32).contiguous()
+        self.bt = bt.to(torch.float32).contiguous()
+        self.rank = self.a.shape[0]
+        self.a_ptr, self.bt_ptr = self.a.data_ptr(), self.bt.data_ptr()  # kept alive above
+
+
+@dataclass(frozen=True, slots=True)
+class NativeInt4:
+    """A ``[out, in]`` weight in the kernels' 4-bit layout (see cpu_kernels.c)."""
+
+    blob: torch.Tensor  # uint8 [out / 4, in / 64, PAIR_BYTES]
+    out_features: int
+    in_features: int
+    kernels: Kernels
+
+    @property
+    def nbytes(self) -> int:
+        return self.blob.numel()
+
+    def linear(self, x: torch.Tensor, lora: LoraTerm | None = None) -> torch.Tensor:
+        return self.kernels.int4_linear(x, self, lora)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedBf16:
+    """A bf16 ``[out, in]`` weight in the kernels' block order (see cpu_kernels.c)."""
+
+    blocks: torch.Tensor  # bf16 [out / 4, in / 32, 4, 32]
+    out_features: int
+    in_features: int
+    kernels: Kernels
+
+    @property
+    def nbytes(self) -> int:
+        return self.blocks.numel() * self.blocks.element_size()
+
+    def linear(self, x: torch.Tensor, lora: LoraTerm | None = None) -> torch.Tensor:
+        return self.kernels.bf16_linear(x, self, lora)
+
+
+def int4_fits(out_features: int, in_features: int) -> bool:
+    return in_features % 64 == 0 and out_features % 4 == 0
+
+
+def bf16_fits(out_features: int, in_features: int) -> bool:
+    return in_features % 32 == 0 and out_features % 4 == 0
+
+
+def pack_int4(weight: torch.Tensor, kernels: Kernels) -> NativeInt4 | None:
+    """Asymmetric 4-bit codes per group of 32 inputs (Q4_1's grid, fp16 scale and minimum);
+    None where the weight's shape or range does not fit."""
+    out_features, in_features = weight.shape
+    if not int4_fits(out_features, in_features):
+        return None
+    # a copy even of a float32 weight: the steps below work in place
+    groups = weight.detach().to(torch.float32, copy=True)
+    groups = groups.reshape(out_features, in_features // 32, 32)
+    low, high = torch.aminmax(groups, dim=-1)
+    if max(-float(low.min()), float(high.max())) > FP16_LIMIT:
+        return None
+    scale = ((high - low) / 15).to(torch.float16)
+    low = low.to(torch.float16)
+    # codes against the stored (fp16) scale and minimum, so that they round to them
+    divisor = scale.float().clamp_(min=1e-30)[..., None]
+    codes = groups.sub_(low.float()[..., None]).div_(divisor).round_().clamp_(0, 15)
+    codes = codes.to(torch.uint8)
+    nibbles = codes[..., :16] | (codes[..., 16:] << 4)  # [out, groups, 16]
+    blocks, pairs = out_features // 4, in_features // 64
+    code_bytes = nibbles.reshape(blocks, 4, pairs, 32).transpose(1, 2).reshape(blocks, pairs, 128)
+
+    def per_pair(values: torch.Tensor) -> torch.Tensor:  # [out, groups] → [blocks, pairs, 8]
+        return values.reshape(blocks, 4, pairs, 2).transpose(1, 2).reshape(blocks, pairs, 8)
+
+    numbers = torch.cat((per_pair(scale), per_pair(low)), dim=-1).contiguous()
+    blob = torch.cat((code_bytes, numbers.view(torch.uint8)), dim=-1).contiguous()
+    return NativeInt4(blob, out_features, in_features, kernels)
+
+
+def unpack_int4(weight: NativeInt4) -> torch.Tensor:
+    """The float32 ``[out, in]`` weight the 4-bit layout stands for (checks and reports)."""
+    blocks, pairs = weight.out_features // 4, weight.in_features // 64
+    code_bytes = weight.blob[..., :128].reshape(blocks, pairs, 4, 2, 16)
+    numbers = weight.blob[..., 128:].contiguous().view(torch.float16).float()
+    codes = torch.cat((code_bytes & 15, code_bytes >> 4), dim=-1).float()  # [b, p, 4, 2, 32]
+    scale = numbers[..., :8].reshape(blocks, pairs, 4, 2, 1)
+    low = numbers[..., 8:].reshape(blocks, pairs, 4, 2, 1)
+    values = codes * scale + low  # [blocks, pairs, feature, group, 32]
+    return values.permute(0, 2, 1, 3, 4).reshape(weight.out_features, weight.in_features)
+
+
+def block_bf16(weight: torch.Tensor, kernels: Kernels) -> BlockedBf16 | None:
+    """A blocked copy of a bf16 weight; None where the shape does not fit."""
+    out_features, in_features = weight.shape
+    if weight.dtype != torch.bfloat16 or not bf16_fits(out_features, in_features):
+        return None
+    blocks = weight.detach().reshape(out_features // 4, 4, in_features // 32, 32)
+    blocks = blocks.transpose(1, 2).contiguous()
+    return BlockedBf16(blocks, out_features, in_features, kernels)
+
+
+def missing_cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The features the kernels need that this CPU lacks (all of them off x86 Linux)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return list(CPU_FEATURES)
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return list(CPU_FEATURES)
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            break
+    return [name for name in CPU_FEATURES if name not in flags]
+
+
+_loaded: dict[Path, Kernels | None] = {}
+
+
+def load(cache_dir: Path) -> Kernels | None:
+    """The kernels, compiled into ``cache_dir``/kernels if not there yet; None (and one log
+    line saying why) where they cannot be used here. Memoized per process."""
+    key = Path(cache_dir).resolve()
+    if key not in _loaded:
+        _loaded[key] = _load(key)
+    return _loaded[key]
+
+
+def _load(cache_dir: Path) -> Kernels | None:
+    missing = missing_cpu_features()
+    if missing:
+        log.info("charbot's CPU kernels need %s; using torch's kernels", ", ".join(missing))
+        return None
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
+    path = cache_dir / "kernels" / f"cpu_kernels-{digest}.so"
+    if not path.is_file():
+        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        if not compiler or not shutil.which(compiler):
+            log.info(
+                "no C compiler (cc) found: decoding uses torch's kernels; install gcc for "
+                "~1.5-2x faster single replies"
+            )
+            return None
+        if not _compile(compiler, path):
+            return None
+    try:
+        kernels = Kernels(ctypes.CDLL(str(path)), path)
+    except (OSError, AttributeError) as exc:
+        log.warning("cannot load %s (%s); using torch's kernels", path, exc)
+        return None
+    if not _agrees(kernels):
+        log.warning("%s computes wrong results on this machine; using torch's kernels", path)
+        return None
+    return kernels
+
+
+def _compile(compiler: str, path: Path) -> bool:
+    """Compile to a temporary name and rename: processes starting together do not read a
+    half-written library."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".so", dir=path.parent)
+        os.close(handle)
+    except OSError as exc:
+        log.warning("cannot write charbot's CPU kernels to %s (%s)", path.parent, exc)
+        return False
+    command = [compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            first = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
+            log.warning("compiling charbot's CPU kernels failed: %s; using torch's", first)
+            return False
+        os.replace(tmp, path)
+        return True
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("compiling charbot's CPU kernels failed: %s; using torch's", exc)
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _agrees(kernels: Kernels) -> bool:
+    """One small product of each kind against torch's (a wrongly built library fails)."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(8, 128, generator=generator).to(torch.bfloat16)
+    x = torch.randn(3, 128, generator=generator).to(torch.bfloat16)
+    packed, blocked = pack_int4(weight, kernels), block_bf16(weight, kernels)
+    a, b = torch.randn(4, 128, generator=generator), torch.randn(8, 4, generator=generator)
+    term = (x.float() @ a.t()) @ b.t()
+    lora = LoraTerm(a, b.t())
+    checks = (
+        (packed.linear(x), x.float() @ unpack_int4(packed).t()),
+        (blocked.linear(x), x.float() @ weight.float().t()),
+        (blocked.linear(x, lora), x.float() @ weight.float().t() + term),
+    )
+    # int4: the rows are int8 per group of 32, so ~1% of the largest product
+    return all(
+        bool((got.float() - want).abs().max() <= 0.03 * want.abs().max() + 1e-2)
+        for got, want in checks
+    )
