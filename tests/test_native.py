@@ -189,3 +189,21 @@ async def test_the_lean_path_runs_on_them(tiny_all_linear, dtype, monkeypatch) -
         assert await greedy_ids(model, SEA, None, 16) == base
     finally:
         await model.close()
+
+
+def test_threads_split_the_work_and_can_change_at_any_time(kernels) -> None:
+    """The same bits from any thread count, and no hang when the count changes between
+    calls (workers made just before a call must still take their part)."""
+    torch.manual_seed(0)
+    weight = torch.randn(64, 128).to(torch.bfloat16)
+    packed, blocked = native.pack_int4(weight, kernels), native.block_bf16(weight, kernels)
+    x = torch.randn(3, 128).to(torch.bfloat16)
+    kernels.set_threads(1)
+    expected = (packed.linear(x), blocked.linear(x))
+    try:
+        for count in (2, 1, 3, 2, 2):
+            assert kernels.set_threads(count) == count
+            assert torch.equal(packed.linear(x), expected[0])
+            assert torch.equal(blocked.linear(x), expected[1])
+    finally:
+        kernels.set_threads(torch.get_num_threads())

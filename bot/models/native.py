@@ -42,6 +42,7 @@ FLAGS = (
     "-mfma",
     "-fPIC",
     "-shared",
+    "-pthread",
 )
 # /proc/cpuinfo's names for what those flags let the compiler use
 CPU_FEATURES = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni", "f16c", "fma")
@@ -54,6 +55,7 @@ class Kernels:
 
     def __init__(self, library: ctypes.CDLL, path: Path) -> None:
         self.path = path
+        self.threads = 1
         pointer, size = ctypes.c_void_p, ctypes.c_int
         arguments = [pointer, size, size, pointer, size, pointer, size, pointer, pointer]
         self._int4 = library.charbot_int4_linear
@@ -77,6 +79,9 @@ class Kernels:
             *(pointer, pointer, pointer),  # cos, signed sin, positions
             *(pointer, pointer, pointer, long, long, size),  # q out, cache buffers, column
         ]
+        self._threads = library.charbot_threads
+        self._threads.argtypes = [size]
+        self._threads.restype = size
         self._silu_mul = library.charbot_silu_mul
         self._silu_mul.argtypes = [pointer, size, size, pointer]
         for function in (self._norm, self._attention, self._rope, self._silu_mul):
@@ -117,6 +122,12 @@ class Kernels:
         if self._silu_mul(gate_up.data_ptr(), rows, width // 2, out.data_ptr()) != 0:
             raise ValueError(f"charbot's SiLU kernel refused rows of {width // 2}")
         return out
+
+    def set_threads(self, count: int) -> int:
+        """Split the matmuls over ``count`` threads (this one included); returns how many
+        it runs (fewer if the system refused threads)."""
+        self.threads = self._threads(count)
+        return self.threads
 
     def rms_norm(
         self,
@@ -328,11 +339,21 @@ _loaded: dict[Path, Kernels | None] = {}
 
 def load(cache_dir: Path) -> Kernels | None:
     """The kernels, compiled into ``cache_dir``/kernels if not there yet; None (and one log
-    line saying why) where they cannot be used here. Memoized per process."""
+    line saying why) where they cannot be used here. Memoized per process. They use as many
+    threads as torch does (:func:`set_threads` follows ``[model] threads``)."""
     key = Path(cache_dir).resolve()
     if key not in _loaded:
         _loaded[key] = _load(key)
+        if _loaded[key] is not None:
+            _loaded[key].set_threads(torch.get_num_threads())
     return _loaded[key]
+
+
+def set_threads(count: int) -> None:
+    """Every loaded library splits its matmuls over ``count`` threads from now on."""
+    for kernels in _loaded.values():
+        if kernels is not None:
+            kernels.set_threads(count)
 
 
 def _load(cache_dir: Path) -> Kernels | None:

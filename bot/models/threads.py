@@ -118,6 +118,9 @@ class ThreadPolicy:
 
             torch.set_num_threads(count)
             self.threads = count
+            from bot.models import native  # charbot's kernels follow (a no-op if unused)
+
+            native.set_threads(count)
 
     def sample(self) -> tuple[float, int, int] | None:
         return counters()
