@@ -207,3 +207,39 @@ def test_threads_split_the_work_and_can_change_at_any_time(kernels) -> None:
             assert torch.equal(blocked.linear(x), expected[1])
     finally:
         kernels.set_threads(torch.get_num_threads())
+
+
+@pytest.fixture(scope="module")
+def tiny_wide(tmp_path_factory) -> dict[str, Path]:
+    """A tiny Llama whose heads are 32 wide (what the one-call layer needs) and an
+    all-projection LoRA for it."""
+    from tests.tiny_model import ALL_LINEAR, build_tiny_adapter, build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-wide")
+    base = build_tiny_model(root / "base", hidden_size=128)
+    lora = build_tiny_adapter(base, root / "bram" / "v1", targets=ALL_LINEAR)
+    return {"base": base, "lora": lora}
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int4"])
+async def test_one_call_per_layer_decodes_as_the_separate_calls_do(tiny_wide, dtype) -> None:
+    """The whole-layer call runs the same kernels in the same order: the same greedy
+    tokens, base and LoRA rows, as when each step of the layer is its own call."""
+    if native.load(Path("data/models")) is None:
+        pytest.skip("charbot's CPU kernels cannot be built here")
+    settings = ModelSettings(base=str(tiny_wide["base"]), dtype=dtype, batch_wait_ms=30)
+    model = TransformersModel(settings, progress=False, worker="thread")
+    await model.start()
+    try:
+        lean = model.scheduler.lean
+        mode = "int4" if dtype == "int4" else "blocked"
+        assert await model.load_adapter("bram", str(tiny_wide["lora"])) == "v1"
+        spec = AdapterSpec("bram", str(tiny_wide["lora"]))
+        whole = [await greedy_ids(model, SEA, None, 16), await greedy_ids(model, OTHER, spec, 16)]
+        assert lean._structs.get(mode)  # the one-call path served them
+        lean._structs[mode] = None  # now each step of a layer is its own call
+        apart = [await greedy_ids(model, SEA, None, 16), await greedy_ids(model, OTHER, spec, 16)]
+        assert whole == apart
+        assert whole[0] != whole[1]  # the LoRA changed the reply
+    finally:
+        await model.close()

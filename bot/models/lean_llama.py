@@ -224,6 +224,8 @@ class LeanLlama:
         self.rope_tables = (self.cos, self.sin_signed)
         self._lora_version = -1
         self._lora_ok = True
+        self._structs: dict[str, list[native.Layer] | None] = {}
+        self._structs_lora: dict[str, int | None] = {}
 
     @property
     def copy_bytes(self) -> int:
@@ -315,7 +317,14 @@ class LeanLlama:
         if fast is None or mask is not None or length != 1:
             rotary = (self.cos[positions].unsqueeze(2), self.sin_signed[positions].unsqueeze(2))
         pending = None  # the last layer's output, added to h by the next norm
-        for (layer, qkv_w, gate_up_w), cache in zip(self.layers, kv.layers, strict=True):
+        structs = None
+        if rotary is None and (in_call or not lora) and kv.layers[0].kbuf is not None:
+            structs = self._layer_structs(mode)
+        if structs is not None:  # a whole layer per call: one unmasked position per row
+            self._set_lora(structs, mode, lora, multi)
+            pending = self._decode_layers(structs, h, positions.contiguous(), kv)
+        layers = zip(self.layers, kv.layers, strict=True) if structs is None else ()
+        for (layer, qkv_w, gate_up_w), cache in layers:
             attn, mlp = layer.self_attn, layer.mlp
             h, x = self._residual_norm(h, pending, layer.input_layernorm.weight, fast)
             if in_call:
@@ -360,6 +369,81 @@ class LeanLlama:
         if mode == "blocked" and self.head_blocked is not None:
             return self.head_blocked.linear(x).float()
         return self.lm_head(x).float()
+
+    def _layer_structs(self, mode: str) -> list[native.Layer] | None:
+        """The layers described for charbot's whole-layer call on the ``mode`` copies
+        ("int4" or "blocked"), made on first use; None where a weight is not in their
+        layout or a size does not fit the kernels."""
+        if mode in self._structs:
+            return self._structs[mode]
+        structs = None
+        inter = self.layers[0][0].mlp.down_proj.in_features
+        if self.kernels is not None and self.fast_attention and inter % 16 == 0:
+            kind = native.NativeInt4 if mode == "int4" else native.BlockedBf16
+            structs = []
+            for layer, qkv, gate_up in self.layers:
+                attn, mlp = layer.self_attn, layer.mlp
+                o, down = _base_linear(attn.o_proj), _base_linear(mlp.down_proj)
+                if mode == "int4":
+                    weights = (qkv.int4, o._lean_int4, gate_up.int4, down._lean_int4)
+                else:
+                    weights = (qkv.blocked, o._lean_blocked, gate_up.blocked, down._lean_blocked)
+                if not all(isinstance(weight, kind) for weight in weights):
+                    structs = None
+                    break
+                struct = native.Layer(
+                    input_norm=layer.input_layernorm.weight.data_ptr(),
+                    post_norm=layer.post_attention_layernorm.weight.data_ptr(),
+                    cos=self.cos.data_ptr(),
+                    sin=self.sin_signed.data_ptr(),
+                    eps=self.eps,
+                    scale=self.scaling,
+                    heads=self.heads,
+                    kv_heads=self.kv_heads,
+                    dim=self.head_dim,
+                    hidden=o.out_features,
+                    inter=inter,
+                )
+                for name, weight in zip(("qkv", "o", "gate_up", "down"), weights, strict=True):
+                    getattr(struct, name).set_weight(weight)
+                structs.append(struct)
+        self._structs[mode] = structs
+        self._structs_lora[mode] = None
+        return structs
+
+    def _set_lora(self, structs: list[native.Layer], mode: str, lora: bool, multi) -> None:
+        """Point the layer descriptions at the LoRA terms of the one adapter all rows use
+        (none for base rows); redone only when the rows or adapters change."""
+        key = multi.version if lora else -1
+        if self._structs_lora[mode] == key:
+            return
+        for struct, (layer, qkv, gate_up) in zip(structs, self.layers, strict=True):
+            attn, mlp = layer.self_attn, layer.mlp
+            terms = (None, None, None, None)
+            if lora:
+                terms = (
+                    _lora_term(qkv, attn, QKV, qkv.slices, multi),
+                    _single_term(attn, "o_proj", multi),
+                    _lora_term(gate_up, mlp, GATE_UP, gate_up.slices, multi),
+                    _single_term(mlp, "down_proj", multi),
+                )
+            for name, term in zip(("qkv", "o", "gate_up", "down"), terms, strict=True):
+                getattr(struct, name).set_lora(term)
+        self._structs_lora[mode] = key
+
+    def _decode_layers(self, structs, h: torch.Tensor, positions, kv) -> torch.Tensor:
+        """All layers on charbot's whole-layer call; ``h`` is updated in place but for the
+        last layer's output, which is returned (the caller adds it)."""
+        rows = h.shape[0]
+        scratch = torch.empty(rows * structs[0].scratch_per_row(), dtype=torch.bfloat16)
+        outs = (torch.empty_like(h), torch.empty_like(h))  # this layer's, the one before's
+        pending = None
+        for index, (struct, cache) in enumerate(zip(structs, kv.layers, strict=True)):
+            out = outs[index % 2]
+            self.kernels.decode_layer(struct, h, pending, positions, cache.reserve(1), out, scratch)
+            cache.commit(1)
+            pending = out
+        return pending
 
     def _attention(self, qkv, shape, positions, rotary, mask, cache, fast) -> torch.Tensor:
         """Self-attention of a layer from its fused q/k/v output ``[rows, ...]``, updating

@@ -50,6 +50,63 @@ PAIR_BYTES = 160  # a block's bytes per 64 inputs: 4 features × (32 code bytes 
 FP16_LIMIT = 60000.0  # int4 scales and minimums are fp16: larger weights stay on torch's kernel
 
 
+class Projection(ctypes.Structure):
+    """``struct charbot_projection``: a packed weight and its LoRA term (rank 0: none)."""
+
+    _fields_ = [
+        ("weight", ctypes.c_void_p),
+        ("out_features", ctypes.c_int),
+        ("in_features", ctypes.c_int),
+        ("int4", ctypes.c_int),
+        ("rank", ctypes.c_int),
+        ("a", ctypes.c_void_p),
+        ("bt", ctypes.c_void_p),
+    ]
+
+    def set_weight(self, weight: NativeInt4 | BlockedBf16) -> None:
+        int4 = isinstance(weight, NativeInt4)
+        self.weight = (weight.blob if int4 else weight.blocks).data_ptr()
+        self.out_features, self.in_features, self.int4 = *_shape(weight), int(int4)
+
+    def set_lora(self, term: LoraTerm | None) -> None:
+        """``term``'s tensors must outlive the calls (the lean path caches them)."""
+        if term is None:
+            self.rank, self.a, self.bt = 0, None, None
+        else:
+            self.rank, self.a, self.bt = term.rank, term.a_ptr, term.bt_ptr
+
+
+class Layer(ctypes.Structure):
+    """``struct charbot_layer``: what :meth:`Kernels.decode_layer` reads of one layer."""
+
+    _fields_ = [
+        ("qkv", Projection),
+        ("o", Projection),
+        ("gate_up", Projection),
+        ("down", Projection),
+        ("input_norm", ctypes.c_void_p),
+        ("post_norm", ctypes.c_void_p),
+        ("cos", ctypes.c_void_p),
+        ("sin", ctypes.c_void_p),
+        ("eps", ctypes.c_float),
+        ("scale", ctypes.c_float),
+        ("heads", ctypes.c_int),
+        ("kv_heads", ctypes.c_int),
+        ("dim", ctypes.c_int),
+        ("hidden", ctypes.c_int),
+        ("inter", ctypes.c_int),
+    ]
+
+    def scratch_per_row(self) -> int:
+        """bf16 values of scratch space :meth:`Kernels.decode_layer` needs per row."""
+        qkv = (self.heads + 2 * self.kv_heads) * self.dim
+        return 2 * self.hidden + qkv + 2 * self.heads * self.dim + 3 * self.inter
+
+
+def _shape(weight) -> tuple[int, int]:
+    return weight.out_features, weight.in_features
+
+
 class Kernels:
     """The loaded library: :meth:`int4_linear` and :meth:`bf16_linear` on packed weights."""
 
@@ -82,6 +139,13 @@ class Kernels:
         self._threads = library.charbot_threads
         self._threads.argtypes = [size]
         self._threads.restype = size
+        self._layer = library.charbot_decode_layer
+        self._layer.argtypes = [
+            *(ctypes.POINTER(Layer), pointer, pointer, size, pointer),  # layer, h, pending
+            *(pointer, pointer, long, long, size),  # the cache buffers, strides, column
+            *(pointer, pointer),  # out, scratch
+        ]
+        self._layer.restype = ctypes.c_int
         self._silu_mul = library.charbot_silu_mul
         self._silu_mul.argtypes = [pointer, size, size, pointer]
         for function in (self._norm, self._attention, self._rope, self._silu_mul):
@@ -128,6 +192,35 @@ class Kernels:
         it runs (fewer if the system refused threads)."""
         self.threads = self._threads(count)
         return self.threads
+
+    def decode_layer(
+        self,
+        layer: Layer,
+        h: torch.Tensor,
+        pending: torch.Tensor | None,
+        positions: torch.Tensor,
+        buffers: tuple[torch.Tensor, torch.Tensor, int],
+        out: torch.Tensor,
+        scratch: torch.Tensor,
+    ) -> None:
+        """One decoder layer for one unmasked position per row: ``h`` (``[rows, hidden]``)
+        gets ``pending`` added in place; the layer's MLP output (the next one's
+        ``pending``) goes to ``out``; keys and values into the cache ``buffers`` (as
+        :meth:`rope_to_cache`). ``scratch``: at least ``rows × layer.scratch_per_row()``
+        bf16 values."""
+        keys, values, column = buffers
+        status = self._layer(
+            ctypes.byref(layer),
+            h.data_ptr(),
+            None if pending is None else pending.data_ptr(),
+            h.shape[0],
+            positions.data_ptr(),
+            *(keys.data_ptr(), values.data_ptr(), keys.stride(0), keys.stride(1), column),
+            out.data_ptr(),
+            scratch.data_ptr(),
+        )
+        if status != 0:
+            raise MemoryError(f"charbot's decoder layer kernel failed ({status})")
 
     def rms_norm(
         self,
