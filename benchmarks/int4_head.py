@@ -32,15 +32,29 @@ def sampling_distribution(logits, temperature: float = 0.5, top_p: float = 0.9):
     return out / out.sum(-1, keepdim=True)
 
 
-def collect_states(lean, ids: list[int], count: int):
-    """Final normed hidden states ``[count, hidden]`` from decoding ``ids`` in windows."""
+def decode_windows(lean, ids: list[int]):
+    """Teacher-forced decoding over ``ids`` in windows (60 prompt tokens, then 20 one-row
+    decode steps); yields each decode step's logits."""
     import torch
 
     from bot.models.batch_cache import BatchKV
     from bot.models.multi_lora import MultiLora
 
-    states = []
     multi = MultiLora()
+    for start in range(0, len(ids) - 79, 100):
+        kv = BatchKV(len(lean.layers), 1, transformers=False)
+        inputs, mask, positions = kv.prefill_inputs([ids[start : start + 60]], 0)
+        lean.forward(inputs, mask, positions, kv, multi)
+        for token in ids[start + 60 : start + 80]:
+            mask, positions = kv.decode_inputs()
+            yield lean.forward(torch.tensor([[token]]), mask, positions, kv, multi)
+
+
+def collect_states(lean, ids: list[int], count: int):
+    """Final normed hidden states ``[count, hidden]`` from decoding ``ids`` in windows."""
+    import torch
+
+    states = []
     original = lean._norm
 
     def norm(x, weight):  # the final norm is the one applied to the model's final weight
@@ -51,15 +65,9 @@ def collect_states(lean, ids: list[int], count: int):
 
     lean._norm = norm
     try:
-        start = 0
-        while len(states) < count and start + 80 <= len(ids):
-            kv = BatchKV(len(lean.layers), 1, transformers=False)
-            inputs, mask, positions = kv.prefill_inputs([ids[start : start + 60]], 0)
-            lean.forward(inputs, mask, positions, kv, multi)
-            for token in ids[start + 60 : start + 80]:
-                mask, positions = kv.decode_inputs()
-                lean.forward(torch.tensor([[token]]), mask, positions, kv, multi)
-            start += 100
+        for _ in decode_windows(lean, ids):
+            if len(states) >= count:
+                break
     finally:
         lean._norm = original
     return torch.cat(states[:count])

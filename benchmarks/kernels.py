@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.int4_head import sampling_distribution  # noqa: E402
+from benchmarks.int4_head import decode_windows, sampling_distribution  # noqa: E402
 
 ROWS = (1, 2, 3, 4, 6, 8)
 
@@ -101,25 +101,14 @@ def step_matmuls(model, kernels) -> dict[str, dict[int, float]]:
 def teacher_forced(model, ids: list[int], steps: int, **build) -> torch.Tensor:
     """float32 logits of ``steps`` one-row decode steps over ``ids`` on a lean path built
     with ``build``."""
+    import itertools
+
     import torch
 
-    from bot.models.batch_cache import BatchKV
     from bot.models.lean_llama import LeanLlama
-    from bot.models.multi_lora import MultiLora
 
     lean = LeanLlama.build(model, **build)
-    multi = MultiLora()
-    out = []
-    start = 0
-    while len(out) < steps and start + 80 <= len(ids):
-        kv = BatchKV(len(lean.layers), 1, transformers=False)
-        inputs, mask, positions = kv.prefill_inputs([ids[start : start + 60]], 0)
-        lean.forward(inputs, mask, positions, kv, multi)
-        for token in ids[start + 60 : start + 80]:
-            mask, positions = kv.decode_inputs()
-            out.append(lean.forward(torch.tensor([[token]]), mask, positions, kv, multi))
-        start += 100
-    return torch.cat(out[:steps])
+    return torch.cat(list(itertools.islice(decode_windows(lean, ids), steps)))
 
 
 def main() -> None:

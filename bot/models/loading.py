@@ -109,11 +109,17 @@ def load_standalone(source: ModelSource, settings: ModelSettings) -> Loaded | No
         log.info("%s: transformers serves it (%s)", settings.base, reason)
         return None
     dtype = pick_dtype(settings.dtype)
-    model = standalone.load(directory, config, dtype)
+    from concurrent.futures import ThreadPoolExecutor
+
+    # On a first start the kernels compile (0.5-1.3 s, a compiler process) while the
+    # weights are read.
+    with ThreadPoolExecutor(1) as pool:
+        building = pool.submit(load_kernels, settings, dtype)
+        model = standalone.load(directory, config, dtype)
+        kernels = building.result()
     from bot.models.int4_cache import Int4Store
 
     files = standalone.weight_files(directory)
-    kernels = load_kernels(settings, dtype)
     store = Int4Store.for_checkpoint(settings.cache_dir, directory, files, kernels)
     weight_bytes = _prepare(model, settings, dtype, store, kernels)
     if model._charbot_lean is None:  # cannot happen for a plain Llama; transformers can

@@ -1,4 +1,5 @@
-"""charbot's own one-row matmul kernels (``cpu_kernels.c``), built on first use.
+"""charbot's own CPU kernels for small decode steps (``cpu_kernels.c``): matmuls, and a
+whole decoder layer in one call.
 
 Why: a decode step reads every weight once for a handful of rows. torch's CPU kernels read
 them at 6-10 GB/s for one row here, while one core can read ~18 GB/s; the kernels in
@@ -6,46 +7,26 @@ them at 6-10 GB/s for one row here, while one core can read ~18 GB/s; the kernel
 need AVX-512 with BF16 and VNNI (AMD Zen 4 and later, Intel Xeon from Cooper Lake).
 
 The C file ships with the package and is compiled once per machine with the system's C
-compiler into ``[model] cache_dir``/kernels (0.5 s), then loaded with ctypes (which lets go
-of the GIL for the call). Without a compiler, on another CPU, or with ``[model] kernels =
-"torch"``, :func:`load` says why in one log line and returns None: decoding then uses
-torch's kernels, only slower.
+compiler into ``[model] cache_dir``/kernels (bot/models/native_build.py; ~2 s, started by
+the bot process while it finds the model), then loaded with ctypes. Without a compiler,
+on another CPU, or with ``[model] kernels = "torch"``, :func:`load` says why in one log
+line and returns None: decoding then uses torch's kernels, only slower.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from bot.models import native_build
+from bot.models.native_build import MAX_ROWS
+
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("cpu_kernels.c")
-MAX_ROWS = 8  # the kernels' own limit (MAX_ROWS in the C file)
-FLAGS = (
-    "-O3",
-    "-mavx512f",
-    "-mavx512bw",
-    "-mavx512vl",
-    "-mavx512bf16",
-    "-mavx512vnni",
-    "-mf16c",
-    "-mfma",
-    "-fPIC",
-    "-shared",
-    "-pthread",
-)
-# /proc/cpuinfo's names for what those flags let the compiler use
-CPU_FEATURES = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni", "f16c", "fma")
 PAIR_BYTES = 160  # a block's bytes per 64 inputs: 4 features × (32 code bytes + 4 fp16 pairs)
 FP16_LIMIT = 60000.0  # int4 scales and minimums are fp16: larger weights stay on torch's kernel
 
@@ -411,22 +392,6 @@ def block_bf16(weight: torch.Tensor, kernels: Kernels) -> BlockedBf16 | None:
     return BlockedBf16(blocks, out_features, in_features, kernels)
 
 
-def missing_cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
-    """The features the kernels need that this CPU lacks (all of them off x86 Linux)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return list(CPU_FEATURES)
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return list(CPU_FEATURES)
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.partition(":")[2].split())
-            break
-    return [name for name in CPU_FEATURES if name not in flags]
-
-
 _loaded: dict[Path, Kernels | None] = {}
 
 
@@ -450,23 +415,9 @@ def set_threads(count: int) -> None:
 
 
 def _load(cache_dir: Path) -> Kernels | None:
-    missing = missing_cpu_features()
-    if missing:
-        log.info("charbot's CPU kernels need %s; using torch's kernels", ", ".join(missing))
+    path = native_build.build(cache_dir)
+    if path is None:
         return None
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
-    path = cache_dir / "kernels" / f"cpu_kernels-{digest}.so"
-    if not path.is_file():
-        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-        if not compiler or not shutil.which(compiler):
-            log.info(
-                "no C compiler (cc) found: decoding uses torch's kernels; install gcc for "
-                "~1.5-2x faster single replies"
-            )
-            return None
-        if not _compile(compiler, path):
-            return None
     try:
         kernels = Kernels(ctypes.CDLL(str(path)), path)
     except (OSError, AttributeError) as exc:
@@ -476,33 +427,6 @@ def _load(cache_dir: Path) -> Kernels | None:
         log.warning("%s computes wrong results on this machine; using torch's kernels", path)
         return None
     return kernels
-
-
-def _compile(compiler: str, path: Path) -> bool:
-    """Compile to a temporary name and rename: processes starting together do not read a
-    half-written library."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".so", dir=path.parent)
-        os.close(handle)
-    except OSError as exc:
-        log.warning("cannot write charbot's CPU kernels to %s (%s)", path.parent, exc)
-        return False
-    command = [compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            first = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
-            log.warning("compiling charbot's CPU kernels failed: %s; using torch's", first)
-            return False
-        os.replace(tmp, path)
-        return True
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("compiling charbot's CPU kernels failed: %s; using torch's", exc)
-        return False
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _agrees(kernels: Kernels) -> bool:

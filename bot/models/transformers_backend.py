@@ -85,6 +85,10 @@ class TransformersModel(ChatModel):
 
             process = ProcessScheduler(self.settings)
             process.spawn()  # imports torch while we find (once: convert) the base model
+        if self.settings.kernels == "auto":  # once per machine: compiled meanwhile too
+            from bot.models.native_build import build_in_background
+
+            build_in_background(self.settings.cache_dir)
         try:
             source = resolve_base(
                 self.settings.base, self.settings.cache_dir, progress=self.progress
