@@ -198,13 +198,18 @@ class LeanLlama:
         self.head_int4 = quantize("head", head) if int4 and int4_weights.fits(head) else None
         self.head_weight = head if self.head_int4 is not None else None
         self.head_blocked = block(head) if block is not None else None
-        copies = []
+        copies, blocks = [], []
         for layer, qkv, gate_up in self.layers:
             copies += [qkv.int4, gate_up.int4]
+            blocks += [qkv.blocked, gate_up.blocked]
             for module in (layer.self_attn.o_proj, layer.mlp.down_proj):
                 copies.append(getattr(module, "_lean_int4", None))
+                blocks.append(getattr(module, "_lean_blocked", None))
         # all in charbot's layout: one adapter's LoRA terms can go into the same calls
         self.native_int4 = int4 and all(isinstance(w, native.NativeInt4) for w in copies)
+        # a shape the blocked layout does not take: no blocked steps at all (simpler, and
+        # no default model has one)
+        blocked = blocked and all(copy is not None for copy in blocks)
         self.int4 = int4
         # charbot's kernels also take the norms and one-query attention of small steps
         fits = model.dtype == torch.bfloat16 and config.hidden_size % 16 == 0
@@ -301,7 +306,7 @@ class LeanLlama:
         else:
             mode = None
         # All rows on one adapter, on charbot's kernels: its LoRA terms are added inside the
-        # matmul calls (the separate terms were ~7 ms of a one-stream step here).
+        # matmul calls (as separate ops they took a one-stream reply from 49 to 38 tok/s).
         in_call = lora and multi.uniform is not None
         in_call = in_call and (mode == "blocked" or (mode == "int4" and self.native_int4))
         fast = self.kernels if mode is not None else None
