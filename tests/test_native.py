@@ -3,6 +3,7 @@ arithmetic on random data, how they are built and refused, and the lean path on 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -134,6 +135,15 @@ def test_rotary_and_attention_of_one_position(kernels) -> None:
         grouped.float(), keys[:, :, :length].float(), values[:, :, :length].float()
     )
     assert relative_error(got, want.reshape(batch, -1)) <= 2 * BF16_STEP
+    # row 0 left-padded by 3 positions: as if its history had begun there
+    valid = torch.ones(batch, length, dtype=torch.bool)
+    valid[0, :3] = False
+    got = kernels.decode_attention(grouped, keys, values, dim**-0.5, length, valid)
+    mask = valid[:, None, None, :]
+    want = F.scaled_dot_product_attention(
+        grouped.float(), keys[:, :, :length].float(), values[:, :, :length].float(), mask
+    )
+    assert relative_error(got, want.reshape(batch, -1)) <= 2 * BF16_STEP
 
 
 def test_built_once_then_reused_and_refused_with_a_reason(tmp_path, monkeypatch, caplog):
@@ -226,7 +236,8 @@ def tiny_wide(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("dtype", ["bfloat16", "int4"])
 async def test_one_call_per_layer_decodes_as_the_separate_calls_do(tiny_wide, dtype) -> None:
     """The whole-layer call runs the same kernels in the same order: the same greedy
-    tokens, base and LoRA rows, as when each step of the layer is its own call."""
+    tokens, base and LoRA rows, as when each step of the layer is its own call, and as
+    when a base row and a LoRA row share the steps (each row's term in the calls)."""
     if native.load(Path("data/models")) is None:
         pytest.skip("charbot's CPU kernels cannot be built here")
     settings = ModelSettings(base=str(tiny_wide["base"]), dtype=dtype, batch_wait_ms=30)
@@ -239,6 +250,12 @@ async def test_one_call_per_layer_decodes_as_the_separate_calls_do(tiny_wide, dt
         spec = AdapterSpec("bram", str(tiny_wide["lora"]))
         whole = [await greedy_ids(model, SEA, None, 16), await greedy_ids(model, OTHER, spec, 16)]
         assert lean._structs.get(mode)  # the one-call path served them
+        # the two together: rows on different adapters, each row's LoRA term in the calls
+        mixed = await asyncio.gather(
+            greedy_ids(model, SEA, None, 16), greedy_ids(model, OTHER, spec, 16)
+        )
+        assert model.scheduler.max_rows_seen >= 2
+        assert list(mixed) == whole
         lean._structs[mode] = None  # now each step of a layer is its own call
         apart = [await greedy_ids(model, SEA, None, 16), await greedy_ids(model, OTHER, spec, 16)]
         assert whole == apart

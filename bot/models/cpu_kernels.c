@@ -120,11 +120,14 @@ static int quantize_rows(const uint16_t *x, int rows, int k) {
 }
 
 /* lora_out[m, :] = (x[m] A.T) B.T; returns NULL without a LoRA (rank 0), or out of memory
-   (the caller then fails the call). */
+   (the caller then fails the call). A negative rank: rows on different adapters, a and bt
+   are arrays of one pointer per row (NULL: no term), each adapter's of rank -rank. */
 static const float *lora_terms(const uint16_t *x, int rows, int k, int n, int rank,
                                const float *a, const float *bt, int *failed) {
     *failed = 0;
-    if (rank <= 0) return NULL;
+    if (rank == 0) return NULL;
+    const int per_row = rank < 0;
+    if (per_row) rank = -rank;
     size_t need = (size_t)rows * n;
     if (need > lora_capacity) {
         free(lora_out);
@@ -135,14 +138,17 @@ static const float *lora_terms(const uint16_t *x, int rows, int k, int n, int ra
     for (int m = 0; m < rows; m++) {
         float *out = lora_out + (size_t)m * n;
         memset(out, 0, n * sizeof(float));
+        const float *row_a = per_row ? ((const float *const *)a)[m] : a;
+        const float *row_bt = per_row ? ((const float *const *)bt)[m] : bt;
+        if (!row_a) continue;
         for (int r = 0; r < rank; r++) {
-            const float *ar = a + (size_t)r * k;
+            const float *ar = row_a + (size_t)r * k;
             __m512 acc = _mm512_setzero_ps();
             for (int i = 0; i < k; i += 16)
                 acc = _mm512_fmadd_ps(load_bf16(x + (size_t)m * k + i), _mm512_loadu_ps(ar + i), acc);
             const float t = _mm512_reduce_add_ps(acc);
             const __m512 tv = _mm512_set1_ps(t);
-            const float *br = bt + (size_t)r * n;
+            const float *br = row_bt + (size_t)r * n;
             int j = 0;
             for (; j + 16 <= n; j += 16)
                 _mm512_storeu_ps(out + j, _mm512_fmadd_ps(_mm512_loadu_ps(br + j), tv, _mm512_loadu_ps(out + j)));
@@ -426,13 +432,14 @@ int charbot_rms_norm(uint16_t *x, int rows, int n, const uint16_t *w, float eps,
 static __thread float *attention_scores;
 static __thread size_t scores_capacity;
 
-/* One query position per row against its cache, no mask: out[b, h * dim] for query heads
-   grouped by key/value head (groups of them share one), dim a multiple of 32. Strides are
-   in elements; a position's key and value are dim contiguous values. */
+/* One query position per row against its cache: out[b, h * dim] for query heads grouped
+   by key/value head (groups of them share one), dim a multiple of 32. Strides are in
+   elements; a position's key and value are dim contiguous values. valid (may be NULL: all):
+   one byte per row and position, 0 for padding, which gets no weight. */
 int charbot_decode_attention(const uint16_t *q, long q_row_stride, int batch, int kv_heads,
                              int groups, int dim, const uint16_t *k, const uint16_t *v,
                              long kv_row_stride, long kv_head_stride, int length, float scale,
-                             uint16_t *out) {
+                             uint16_t *out, const uint8_t *valid, long valid_stride) {
     if (dim % 32 || dim > 256 || groups > 16 || length < 1) return -2;
     size_t need = (size_t)groups * length;
     if (need > scores_capacity) {
@@ -451,6 +458,10 @@ int charbot_decode_attention(const uint16_t *q, long q_row_stride, int batch, in
             for (int g = 0; g < groups; g++) highest[g] = -INFINITY;
             for (int t = 0; t < length; t++) {
                 const uint16_t *key = keys + (size_t)t * dim;
+                if (valid && !valid[b * valid_stride + t]) {
+                    for (int g = 0; g < groups; g++) attention_scores[(size_t)g * length + t] = -INFINITY;
+                    continue;
+                }
                 for (int g = 0; g < groups; g++) {
                     __m512 acc = _mm512_setzero_ps();
                     for (int c = 0; c < chunks; c++)
@@ -547,7 +558,7 @@ int charbot_silu_mul(const uint16_t *gate_up, int rows, int inter, uint16_t *out
 struct charbot_projection {
     const void *weight; /* NativeInt4 blob or BlockedBf16 blocks */
     int out_features, in_features, int4;
-    int rank; /* one adapter's LoRA term, or 0 */
+    int rank; /* one adapter's LoRA term, or 0; < 0: per row (see lora_terms) */
     const float *a, *bt;
 };
 
@@ -567,12 +578,12 @@ static int project(const struct charbot_projection *p, const uint16_t *x, int ro
 }
 
 /* h [rows, hidden] += pending (if any), then the layer; its MLP output goes to `out` (the
-   next layer's pending residual). scratch: rows * (hidden + (heads + 2 kv_heads) * dim +
+   next layer's pending residual); valid as for charbot_decode_attention. scratch: rows * (hidden + (heads + 2 kv_heads) * dim +
    2 * heads * dim + 3 * inter + hidden) bf16 values. */
 int charbot_decode_layer(const struct charbot_layer *layer, uint16_t *h, const uint16_t *pending,
                          int rows, const int64_t *positions, uint16_t *kbuf, uint16_t *vbuf,
                          long row_stride, long head_stride, int column, uint16_t *out,
-                         uint16_t *scratch) {
+                         uint16_t *scratch, const uint8_t *valid, long valid_stride) {
     const int heads = layer->heads, kv = layer->kv_heads, dim = layer->dim;
     uint16_t *x = scratch;
     uint16_t *qkv = x + (size_t)rows * layer->hidden;
@@ -589,7 +600,7 @@ int charbot_decode_layer(const struct charbot_layer *layer, uint16_t *h, const u
     if (!status)
         status = charbot_decode_attention(q, (long)heads * dim, rows, kv, heads / kv, dim, kbuf,
                                           vbuf, row_stride, head_stride, column + 1, layer->scale,
-                                          attended);
+                                          attended, valid, valid_stride);
     if (!status) status = project(&layer->o, attended, rows, o);
     if (!status) status = charbot_rms_norm(h, rows, layer->hidden, layer->post_norm, layer->eps, x, o);
     if (!status) status = project(&layer->gate_up, x, rows, gate_up);

@@ -305,9 +305,10 @@ class LeanLlama:
             mode = "blocked"
         else:
             mode = None
-        # All rows on one adapter, on charbot's kernels: its LoRA terms are added inside the
-        # matmul calls (as separate ops they took a one-stream reply from 49 to 38 tok/s).
-        in_call = lora and multi.uniform is not None
+        # On charbot's kernels the rows' LoRA terms are added inside the matmul calls (as
+        # separate ops they took a one-stream reply from 49 to 38 tok/s): one adapter's for
+        # all rows, or each row's when one position per row uses different adapters.
+        in_call = lora and (multi.uniform is not None or length == 1)
         in_call = in_call and (mode == "blocked" or (mode == "int4" and self.native_int4))
         fast = self.kernels if mode is not None else None
         if self.kernels is not None:
@@ -318,16 +319,17 @@ class LeanLlama:
         h = self.embed(ids.view(rows))  # hidden states as [rows, hidden]: oneDNN likes 2D
         if length == 1 and bool(mask.all()):
             mask = None  # one query on an unpadded history: nothing to mask
-        rotary = None  # charbot's kernels read the tables themselves
-        if fast is None or mask is not None or length != 1:
+        rotary = None  # charbot's kernels read the tables themselves (and the padding)
+        if fast is None or length != 1:
             rotary = (self.cos[positions].unsqueeze(2), self.sin_signed[positions].unsqueeze(2))
         pending = None  # the last layer's output, added to h by the next norm
         structs = None
         if rotary is None and (in_call or not lora) and kv.layers[0].kbuf is not None:
             structs = self._layer_structs(mode)
-        if structs is not None:  # a whole layer per call: one unmasked position per row
+        if structs is not None:  # a whole layer per call: one position per row
             self._set_lora(structs, mode, lora, multi)
-            pending = self._decode_layers(structs, h, positions.contiguous(), kv)
+            valid = None if mask is None else mask.view(batch, -1)
+            pending = self._decode_layers(structs, h, positions.contiguous(), kv, valid)
         layers = zip(self.layers, kv.layers, strict=True) if structs is None else ()
         for (layer, qkv_w, gate_up_w), cache in layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -417,8 +419,8 @@ class LeanLlama:
         return structs
 
     def _set_lora(self, structs: list[native.Layer], mode: str, lora: bool, multi) -> None:
-        """Point the layer descriptions at the LoRA terms of the one adapter all rows use
-        (none for base rows); redone only when the rows or adapters change."""
+        """Point the layer descriptions at the rows' LoRA terms (none for base rows);
+        redone only when the rows or adapters change."""
         key = multi.version if lora else -1
         if self._structs_lora[mode] == key:
             return
@@ -436,7 +438,7 @@ class LeanLlama:
                 getattr(struct, name).set_lora(term)
         self._structs_lora[mode] = key
 
-    def _decode_layers(self, structs, h: torch.Tensor, positions, kv) -> torch.Tensor:
+    def _decode_layers(self, structs, h: torch.Tensor, positions, kv, valid) -> torch.Tensor:
         """All layers on charbot's whole-layer call; ``h`` is updated in place but for the
         last layer's output, which is returned (the caller adds it)."""
         rows = h.shape[0]
@@ -445,7 +447,8 @@ class LeanLlama:
         pending = None
         for index, (struct, cache) in enumerate(zip(structs, kv.layers, strict=True)):
             out = outs[index % 2]
-            self.kernels.decode_layer(struct, h, pending, positions, cache.reserve(1), out, scratch)
+            buffers = cache.reserve(1)
+            self.kernels.decode_layer(struct, h, pending, positions, buffers, out, scratch, valid)
             cache.commit(1)
             pending = out
         return pending
@@ -464,7 +467,8 @@ class LeanLlama:
             )
             cache.commit(1)
             q = q.view(batch, kv_heads, self.groups, dim)
-            return fast.decode_attention(q, *buffers[:2], self.scaling, buffers[2] + 1)
+            valid = None if mask is None else mask.view(batch, -1)
+            return fast.decode_attention(q, *buffers[:2], self.scaling, buffers[2] + 1, valid)
         qk_heads = heads + kv_heads
         if rotary is None:  # a first step with no cache yet (not reached from the scheduler)
             rotary = (self.cos[positions].unsqueeze(2), self.sin_signed[positions].unsqueeze(2))
@@ -539,33 +543,46 @@ def _torch_threads(count: int) -> None:
         torch.set_num_threads(count)
 
 
-def _lora_term(holder, owner, names, slices, multi) -> native.LoraTerm | None:
-    """The LoRA term of the one adapter all rows use, on the projections ``names`` of
-    ``owner`` (fused as ``slices``), for charbot's kernels: the A matrices stacked, each B
-    placed at its projection's slice. Cached on ``holder`` until rows or adapters change."""
+def _lora_term(holder, owner, names, slices, multi):
+    """The rows' LoRA terms on the projections ``names`` of ``owner`` (fused as ``slices``)
+    for charbot's kernels: a :class:`~bot.models.native.LoraTerm` when all rows use one
+    adapter, else :class:`~bot.models.native.RowTerms`; None when no row's adapter touches
+    them. Cached on ``holder`` until rows or adapters change."""
     cached = getattr(holder, "_lean_term", None)
     if cached is not None and cached[0] == multi.version:
         return cached[1]
-    parts = []
-    for name, (start, stop) in zip(names, slices, strict=True):
-        module = getattr(owner, name)
-        if hasattr(module, "_multi_lora_owner"):
-            slot = multi.uniform
-            parts.append((module._stack_a[slot].float(), module._stack_b[slot], start, stop))
-    term = None
-    if parts:
-        a = torch.cat([part[0] for part in parts])
-        bt = torch.zeros(a.shape[0], slices[-1][1])
-        row = 0
-        for part_a, part_b, start, stop in parts:
-            bt[row : row + part_a.shape[0], start:stop] = part_b.t()
-            row += part_a.shape[0]
-        term = native.LoraTerm(a, bt)
+    if multi.uniform is not None:
+        term = _slot_term(owner, names, slices, multi.uniform)
+    else:
+        terms = [
+            None if slot == BASE_SLOT else _slot_term(owner, names, slices, slot)
+            for slot in multi.rows.tolist()
+        ]
+        term = native.RowTerms(terms) if any(terms) else None
     holder._lean_term = (multi.version, term)
     return term
 
 
-def _single_term(owner, name: str, multi) -> native.LoraTerm | None:
+def _slot_term(owner, names, slices, slot: int) -> native.LoraTerm | None:
+    """One adapter's term (its stack ``slot``): the A matrices stacked, each B placed at
+    its projection's slice of the fused output."""
+    parts = []
+    for name, (start, stop) in zip(names, slices, strict=True):
+        module = getattr(owner, name)
+        if hasattr(module, "_multi_lora_owner"):
+            parts.append((module._stack_a[slot].float(), module._stack_b[slot], start, stop))
+    if not parts:
+        return None
+    a = torch.cat([part[0] for part in parts])
+    bt = torch.zeros(a.shape[0], slices[-1][1])
+    row = 0
+    for part_a, part_b, start, stop in parts:
+        bt[row : row + part_a.shape[0], start:stop] = part_b.t()
+        row += part_a.shape[0]
+    return native.LoraTerm(a, bt)
+
+
+def _single_term(owner, name: str, multi):
     """:func:`_lora_term` for a projection of its own (o_proj, down_proj)."""
     module = getattr(owner, name)
     width = _base_linear(module).out_features

@@ -49,7 +49,7 @@ class Projection(ctypes.Structure):
         self.weight = (weight.blob if int4 else weight.blocks).data_ptr()
         self.out_features, self.in_features, self.int4 = *_shape(weight), int(int4)
 
-    def set_lora(self, term: LoraTerm | None) -> None:
+    def set_lora(self, term: LoraTerm | RowTerms | None) -> None:
         """``term``'s tensors must outlive the calls (the lean path caches them)."""
         if term is None:
             self.rank, self.a, self.bt = 0, None, None
@@ -84,6 +84,15 @@ class Layer(ctypes.Structure):
         return 2 * self.hidden + qkv + 2 * self.heads * self.dim + 3 * self.inter
 
 
+def _valid(valid: torch.Tensor | None) -> tuple[int | None, int]:
+    """A padding mask as the kernels read it: bytes and a row stride (None: no padding)."""
+    if valid is None:
+        return None, 0
+    if valid.dtype != torch.bool or valid.stride(-1) != 1:
+        raise ValueError("the valid positions must be a bool tensor with rows in memory order")
+    return valid.data_ptr(), valid.stride(0)
+
+
 def _shape(weight) -> tuple[int, int]:
     return weight.out_features, weight.in_features
 
@@ -109,7 +118,7 @@ class Kernels:
             *(pointer, long, size, size, size, size),  # q, its row stride, shape
             *(pointer, pointer, long, long, size),  # keys, values, their strides, length
             ctypes.c_float,
-            pointer,
+            *(pointer, pointer, long),  # out, the valid-position bytes and their row stride
         ]
         self._rope = library.charbot_rope_to_cache
         self._rope.argtypes = [
@@ -124,7 +133,7 @@ class Kernels:
         self._layer.argtypes = [
             *(ctypes.POINTER(Layer), pointer, pointer, size, pointer),  # layer, h, pending
             *(pointer, pointer, long, long, size),  # the cache buffers, strides, column
-            *(pointer, pointer),  # out, scratch
+            *(pointer, pointer, pointer, long),  # out, scratch, valid positions
         ]
         self._layer.restype = ctypes.c_int
         self._silu_mul = library.charbot_silu_mul
@@ -183,6 +192,7 @@ class Kernels:
         buffers: tuple[torch.Tensor, torch.Tensor, int],
         out: torch.Tensor,
         scratch: torch.Tensor,
+        valid: torch.Tensor | None = None,
     ) -> None:
         """One decoder layer for one unmasked position per row: ``h`` (``[rows, hidden]``)
         gets ``pending`` added in place; the layer's MLP output (the next one's
@@ -199,6 +209,7 @@ class Kernels:
             *(keys.data_ptr(), values.data_ptr(), keys.stride(0), keys.stride(1), column),
             out.data_ptr(),
             scratch.data_ptr(),
+            *_valid(valid),
         )
         if status != 0:
             raise MemoryError(f"charbot's decoder layer kernel failed ({status})")
@@ -227,11 +238,13 @@ class Kernels:
         values: torch.Tensor,
         scale: float,
         length: int | None = None,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Unmasked attention of one query position per row: ``q`` ``[B, kv_heads, groups,
         dim]``, ``keys``/``values`` ``[B, kv_heads, T, dim]`` (each position's dim values
         contiguous) of which the first ``length`` positions (default all); bf16 ``[B,
-        kv_heads * groups * dim]``. ``dim`` a multiple of 32 up to 256, at most 16 groups."""
+        kv_heads * groups * dim]``. ``dim`` a multiple of 32 up to 256, at most 16 groups.
+        ``valid``: bool ``[B, ≥ length]``, False for padding positions (None: all real)."""
         batch, kv_heads, groups, dim = q.shape
         out = torch.empty(batch, kv_heads * groups * dim, dtype=torch.bfloat16)
         status = self._attention(
@@ -240,27 +253,30 @@ class Kernels:
             keys.shape[2] if length is None else length,
             scale,
             out.data_ptr(),
+            *_valid(valid),
         )
         if status != 0:  # attention_fits was checked: this is out of memory
             raise MemoryError(f"charbot's attention kernel failed ({status})")
         return out
 
     def int4_linear(
-        self, x: torch.Tensor, weight: NativeInt4, lora: LoraTerm | None = None
+        self, x: torch.Tensor, weight: NativeInt4, lora: LoraTerm | RowTerms | None = None
     ) -> torch.Tensor:
         """``x @ W.T`` (+ ``lora``'s term) in bf16 for ``x`` ``[rows, in]``."""
         return self._call(self._int4, x, weight.blob, weight.out_features, lora)
 
     def bf16_linear(
-        self, x: torch.Tensor, weight: BlockedBf16, lora: LoraTerm | None = None
+        self, x: torch.Tensor, weight: BlockedBf16, lora: LoraTerm | RowTerms | None = None
     ) -> torch.Tensor:
         """``x @ W.T`` (+ ``lora``'s term) in bf16 for ``x`` ``[rows, in]``."""
         return self._call(self._bf16, x, weight.blocks, weight.out_features, lora)
 
     @staticmethod
-    def _call(function, x, weight: torch.Tensor, out_features: int, lora: LoraTerm | None):
+    def _call(function, x, weight: torch.Tensor, out_features: int, lora):
         rows, inputs = x.shape
         rank, a, bt = (0, None, None) if lora is None else (lora.rank, lora.a_ptr, lora.bt_ptr)
+        if rank < 0 and rows > MAX_ROWS:  # per-row terms: one call (callers stay below)
+            raise ValueError(f"per-row LoRA terms take at most {MAX_ROWS} rows, not {rows}")
         if x.dtype != torch.bfloat16:
             x = x.to(torch.bfloat16)
         x = x.contiguous()
@@ -298,6 +314,25 @@ class LoraTerm:
         self.a_ptr, self.bt_ptr = self.a.data_ptr(), self.bt.data_ptr()  # kept alive above
 
 
+class RowTerms:
+    """Rows on different adapters: each row's :class:`LoraTerm` (None: no adapter), all of
+    the same rank (the stacks pad every adapter to it), as the kernels read them."""
+
+    __slots__ = ("_arrays", "a_ptr", "bt_ptr", "rank", "terms")
+
+    def __init__(self, terms: list[LoraTerm | None]) -> None:
+        self.terms = terms  # keeps the tensors the pointers point into alive
+        ranks = {term.rank for term in terms if term is not None}
+        if len(ranks) > 1:
+            raise ValueError(f"rows' LoRA terms differ in rank: {sorted(ranks)}")
+        self.rank = -(ranks.pop() if ranks else 0)  # negative: per row
+        pointers = ctypes.c_void_p * len(terms)
+        a = pointers(*(None if term is None else term.a_ptr for term in terms))
+        bt = pointers(*(None if term is None else term.bt_ptr for term in terms))
+        self._arrays = (a, bt)
+        self.a_ptr, self.bt_ptr = ctypes.addressof(a), ctypes.addressof(bt)
+
+
 @dataclass(frozen=True, slots=True)
 class NativeInt4:
     """A ``[out, in]`` weight in the kernels' 4-bit layout (see cpu_kernels.c)."""
@@ -311,7 +346,7 @@ class NativeInt4:
     def nbytes(self) -> int:
         return self.blob.numel()
 
-    def linear(self, x: torch.Tensor, lora: LoraTerm | None = None) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, lora: LoraTerm | RowTerms | None = None) -> torch.Tensor:
         return self.kernels.int4_linear(x, self, lora)
 
 
@@ -328,7 +363,7 @@ class BlockedBf16:
     def nbytes(self) -> int:
         return self.blocks.numel() * self.blocks.element_size()
 
-    def linear(self, x: torch.Tensor, lora: LoraTerm | None = None) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, lora: LoraTerm | RowTerms | None = None) -> torch.Tensor:
         return self.kernels.bf16_linear(x, self, lora)
 
 
