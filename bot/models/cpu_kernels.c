@@ -1,4 +1,5 @@
-/* One-row matmul kernels for CPU decoding (bot/models/native.py builds and loads them).
+/* Kernels for small CPU decode steps: matmuls, the steps between them, and a whole decoder
+   layer per call (bot/models/native_build.py builds them, bot/models/native.py loads them).
 
    Why: a decode step multiplies a few rows by every weight of the model, so it costs what
    reading the weights from memory costs. torch's kernels read them at 6-10 GB/s for one
@@ -13,17 +14,19 @@
      codes (16 bytes a group; byte i holds input i in its low nibble, input i + 16 in its
      high one), then 8 fp16 scales (feature 0 group 0, feature 0 group 1, feature 1 ...)
      and 8 fp16 minimums in the same order: 160 bytes, Q4_1's 5 bits a weight.
-     Rows are quantized to int8 per group of 32 (a scale each, like llama.cpp's Q8 rows)
-     so that vpdpbusd multiplies 64 code-input pairs at once; a weight is
-     code * scale + minimum, so a group's dot product is
-     scale * row_scale * sum(code * row_int8) + minimum * sum(row).
+     Rows are split per group of 32 into two int8 parts (x = scale * (128 high + low), ~15
+     bits; one part alone, like llama.cpp's Q8 rows, moved logits visibly) so that vpdpbusd
+     multiplies 64 code-input pairs at once; a weight is code * scale + minimum, so a
+     group's dot product is
+     scale * row_scale * sum(code * (128 high + low)) + minimum * sum(row).
 
    The matmuls split their output blocks over charbot_threads(n) threads ([model] threads
    sets n, as it sets torch's); with 2 threads one core's memory bandwidth is no longer the
    limit (a 4-bit step's matmuls: 5.7 -> 4.0 ms here).
 
-   A LoRA term for all rows (one adapter) can be added in the same call: with A [rank, k]
-   and B transposed [rank, n] in float32, y = x W.T + (x A.T) B.T, rounded to bf16 once.
+   LoRA terms can be added in the same call, one adapter's for all rows or one per row:
+   with A [rank, k] and B transposed [rank, n] in float32, y = x W.T + (x A.T) B.T, rounded
+   to bf16 once.
 
    Needs AVX-512 F/BW/VL, BF16, VNNI and F16C; native.py checks the CPU first.
    Results are bf16, rounded to nearest even like torch's. */
@@ -551,8 +554,7 @@ int charbot_silu_mul(const uint16_t *gate_up, int rows, int inter, uint16_t *out
     return 0;
 }
 
-/* A whole decoder layer for one position per row, unmasked (the lean forward's small
-   steps): the calls above in a row, without returning to Python between them (each return
+/* A whole decoder layer for one position per row (the lean forward's small steps): the calls above in a row, without returning to Python between them (each return
    cost ~5 us of ctypes and tensor set-up, ~10 a layer). */
 
 struct charbot_projection {

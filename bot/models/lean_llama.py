@@ -198,17 +198,12 @@ class LeanLlama:
         self.head_int4 = quantize("head", head) if int4 and int4_weights.fits(head) else None
         self.head_weight = head if self.head_int4 is not None else None
         self.head_blocked = block(head) if block is not None else None
-        copies, blocks = [], []
-        for layer, qkv, gate_up in self.layers:
-            copies += [qkv.int4, gate_up.int4]
-            blocks += [qkv.blocked, gate_up.blocked]
-            for module in (layer.self_attn.o_proj, layer.mlp.down_proj):
-                copies.append(getattr(module, "_lean_int4", None))
-                blocks.append(getattr(module, "_lean_blocked", None))
-        # all in charbot's layout: one adapter's LoRA terms can go into the same calls
+        # all in charbot's layout: the rows' LoRA terms can go into the same calls
+        copies = [copy for layer in self._copies("int4") for copy in layer]
         self.native_int4 = int4 and all(isinstance(w, native.NativeInt4) for w in copies)
         # a shape the blocked layout does not take: no blocked steps at all (simpler, and
         # no default model has one)
+        blocks = [copy for layer in self._copies("blocked") for copy in layer]
         blocked = blocked and all(copy is not None for copy in blocks)
         self.int4 = int4
         # charbot's kernels also take the norms and one-query attention of small steps
@@ -237,11 +232,26 @@ class LeanLlama:
         """Bytes of the 4-bit copies ([model] dtype = "int4" or "auto") or the blocked bf16
         ones (charbot's kernels in bf16); 0 without either."""
         copies = [self.head_int4, self.head_blocked]
-        for layer, qkv, gate_up in self.layers:
-            copies += [qkv.int4, gate_up.int4, qkv.blocked, gate_up.blocked]
-            for module in (layer.self_attn.o_proj, layer.mlp.down_proj):
-                copies += [getattr(module, f"_lean_{kind}", None) for kind in ("int4", "blocked")]
+        for kind in ("int4", "blocked"):
+            copies += [copy for layer in self._copies(kind) for copy in layer]
         return sum(copy.nbytes for copy in copies if copy is not None)
+
+    def _copies(self, kind: str) -> list[tuple]:
+        """Per layer, the q/k/v, o, gate/up and down copies of ``kind`` ("int4" or
+        "blocked"; None where there is none), in the order the one-call layer takes them."""
+        out = []
+        for layer, qkv, gate_up in self.layers:
+            o, down = _base_linear(layer.self_attn.o_proj), _base_linear(layer.mlp.down_proj)
+            attribute = f"_lean_{kind}"
+            out.append(
+                (
+                    getattr(qkv, kind),
+                    getattr(o, attribute, None),
+                    getattr(gate_up, kind),
+                    getattr(down, attribute, None),
+                )
+            )
+        return out
 
     @classmethod
     def build(
@@ -388,13 +398,7 @@ class LeanLlama:
         if self.kernels is not None and self.fast_attention and inter % 16 == 0:
             kind = native.NativeInt4 if mode == "int4" else native.BlockedBf16
             structs = []
-            for layer, qkv, gate_up in self.layers:
-                attn, mlp = layer.self_attn, layer.mlp
-                o, down = _base_linear(attn.o_proj), _base_linear(mlp.down_proj)
-                if mode == "int4":
-                    weights = (qkv.int4, o._lean_int4, gate_up.int4, down._lean_int4)
-                else:
-                    weights = (qkv.blocked, o._lean_blocked, gate_up.blocked, down._lean_blocked)
+            for (layer, _, _), weights in zip(self.layers, self._copies(mode), strict=True):
                 if not all(isinstance(weight, kind) for weight in weights):
                     structs = None
                     break
@@ -408,7 +412,7 @@ class LeanLlama:
                     heads=self.heads,
                     kv_heads=self.kv_heads,
                     dim=self.head_dim,
-                    hidden=o.out_features,
+                    hidden=weights[1].out_features,  # o_proj: back to the hidden size
                     inter=inter,
                 )
                 for name, weight in zip(("qkv", "o", "gate_up", "down"), weights, strict=True):
@@ -455,8 +459,8 @@ class LeanLlama:
 
     def _attention(self, qkv, shape, positions, rotary, mask, cache, fast) -> torch.Tensor:
         """Self-attention of a layer from its fused q/k/v output ``[rows, ...]``, updating
-        its ``cache``; ``[rows, heads * dim]``. One unmasked position per row on charbot's
-        kernels (``fast``) is three calls: rotary into the cache, attention, no views."""
+        its ``cache``; ``[rows, heads * dim]``. One position per row on charbot's kernels
+        (``fast``) is two calls: rotary into the cache, attention (padding masked)."""
         batch, length = shape
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         rows = batch * length

@@ -194,11 +194,11 @@ class Kernels:
         scratch: torch.Tensor,
         valid: torch.Tensor | None = None,
     ) -> None:
-        """One decoder layer for one unmasked position per row: ``h`` (``[rows, hidden]``)
+        """One decoder layer for one position per row: ``h`` (``[rows, hidden]``)
         gets ``pending`` added in place; the layer's MLP output (the next one's
         ``pending``) goes to ``out``; keys and values into the cache ``buffers`` (as
         :meth:`rope_to_cache`). ``scratch``: at least ``rows × layer.scratch_per_row()``
-        bf16 values."""
+        bf16 values; ``valid`` as for :meth:`decode_attention`."""
         keys, values, column = buffers
         status = self._layer(
             ctypes.byref(layer),
@@ -240,7 +240,7 @@ class Kernels:
         length: int | None = None,
         valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Unmasked attention of one query position per row: ``q`` ``[B, kv_heads, groups,
+        """Attention of one query position per row: ``q`` ``[B, kv_heads, groups,
         dim]``, ``keys``/``values`` ``[B, kv_heads, T, dim]`` (each position's dim values
         contiguous) of which the first ``length`` positions (default all); bf16 ``[B,
         kv_heads * groups * dim]``. ``dim`` a multiple of 32 up to 256, at most 16 groups.
@@ -255,7 +255,7 @@ class Kernels:
             out.data_ptr(),
             *_valid(valid),
         )
-        if status != 0:  # attention_fits was checked: this is out of memory
+        if status != 0:  # the caller checked the head size: this is out of memory
             raise MemoryError(f"charbot's attention kernel failed ({status})")
         return out
 
@@ -478,7 +478,7 @@ def _agrees(kernels: Kernels) -> bool:
         (blocked.linear(x), x.float() @ weight.float().t()),
         (blocked.linear(x, lora), x.float() @ weight.float().t() + term),
     )
-    # int4: the rows are int8 per group of 32, so ~1% of the largest product
+    # int4: the rows are rounded to two int8 parts, well inside this; bf16: one rounding
     return all(
         bool((got.float() - want).abs().max() <= 0.03 * want.abs().max() + 1e-2)
         for got, want in checks
