@@ -5,7 +5,9 @@ the matmuls of one decode step, and how far the logits move.
 
 Speed: all of one decode step's matmuls (30 layers' q/k/v, o, gate/up, down and the
 output layer; the real weights, which do not fit in cache) for 1 to 8 rows, in ms, best
-of 5: torch's bf16 (oneDNN, prepacked) and 4-bit kernels, and charbot's bf16 and 4-bit.
+of 5: torch's bf16 (oneDNN, prepacked) and 4-bit kernels, and charbot's bf16 and 4-bit;
+the last three again with their weights on transparent huge pages, as loading places them
+(bot/models/huge_pages.py; oneDNN's packed weights cannot be moved).
 
 Quality: teacher-forced decoding over this repository's README (windows of 60 prompt
 tokens, then 20 one-row decode steps), each way of computing against plain bf16: how often
@@ -52,7 +54,7 @@ def step_matmuls(model, kernels) -> dict[str, dict[int, float]]:
     """ms for one step's matmuls, per way and row count."""
     import torch
 
-    from bot.models import int4, native
+    from bot.models import huge_pages, int4, native
 
     weights = []
     for layer in model.model.layers:
@@ -72,6 +74,11 @@ def step_matmuls(model, kernels) -> dict[str, dict[int, float]]:
     if kernels is not None:
         ways["charbot bf16"] = [native.block_bf16(w, kernels) for w in weights]
         ways["charbot 4-bit"] = [int4.quantize(w, kernels) for w in weights]
+    if huge_pages.available():  # the same copies again, moved as loading moves them
+        for name in [name for name in ways if name != "torch bf16"]:
+            copies = [_copy(copy) for copy in ways[name]]
+            huge_pages.settle(t for copy in copies for t in _tensors(copy))
+            ways[f"{name}, huge pages"] = copies
     inputs = {size: {} for size in {w.shape[1] for w in weights}}
     result: dict[str, dict[int, float]] = {name: {} for name in ways}
     for rows in ROWS:
@@ -83,7 +90,7 @@ def step_matmuls(model, kernels) -> dict[str, dict[int, float]]:
                     x = xs[weight.shape[1]]
                     if name == "torch bf16":
                         torch.ops.mkldnn._linear_pointwise(x, copy, None, "none", [], "")
-                    elif name.endswith("4-bit"):
+                    elif "4-bit" in name:
                         int4.linear(x, copy)
                     else:
                         copy.linear(x)
@@ -96,6 +103,31 @@ def step_matmuls(model, kernels) -> dict[str, dict[int, float]]:
                 best = min(best, time.perf_counter() - start)
             result[name][rows] = best * 1000
     return result
+
+
+def _tensors(copy) -> list[torch.Tensor]:
+    from bot.models import native
+
+    if isinstance(copy, native.NativeInt4):
+        return [copy.blob]
+    if isinstance(copy, native.BlockedBf16):
+        return [copy.blocks]
+    return [copy.packed, copy.scales_zeros]
+
+
+def _copy(copy):
+    """``copy`` (a 4-bit or blocked weight) with tensors of its own."""
+    import dataclasses
+
+    from bot.models import native
+
+    if isinstance(copy, native.NativeInt4):
+        return dataclasses.replace(copy, blob=copy.blob.clone())
+    if isinstance(copy, native.BlockedBf16):
+        return dataclasses.replace(copy, blocks=copy.blocks.clone())
+    return dataclasses.replace(
+        copy, packed=copy.packed.clone(), scales_zeros=copy.scales_zeros.clone()
+    )
 
 
 def teacher_forced(model, ids: list[int], steps: int, **build) -> torch.Tensor:
@@ -130,9 +162,9 @@ def main() -> None:
     model, source = load_default()
     print(f"one decode step's matmuls, ms ({args.threads} thread(s), best of 5):")
     timings = step_matmuls(model, kernels)
-    print(f"{'rows':>14} " + " ".join(f"{rows:>6}" for rows in ROWS))
+    print(f"{'rows':>26} " + " ".join(f"{rows:>6}" for rows in ROWS))
     for name, row in timings.items():
-        print(f"{name:>14} " + " ".join(f"{row[rows]:6.1f}" for rows in ROWS))
+        print(f"{name:>26} " + " ".join(f"{row[rows]:6.1f}" for rows in ROWS))
 
     tokenizer = Tokenizer.from_file(str(Path(source.path) / "tokenizer.json"))
     ids = tokenizer.encode((ROOT / "README.md").read_text(encoding="utf-8")).ids

@@ -31,8 +31,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from bot.models import huge_pages, native
 from bot.models import int4 as int4_weights
-from bot.models import native
 from bot.models.fast_linear import PACK_HINT
 from bot.models.multi_lora import BASE_SLOT, lora_delta
 
@@ -231,10 +231,28 @@ class LeanLlama:
     def copy_bytes(self) -> int:
         """Bytes of the 4-bit copies ([model] dtype = "int4" or "auto") or the blocked bf16
         ones (charbot's kernels in bf16); 0 without either."""
+        return sum(copy.nbytes for copy in self._all_copies())
+
+    def to_huge_pages(self) -> int:
+        """Move the 4-bit and blocked copies (every small step reads all of them) onto huge
+        pages (bot/models/huge_pages.py); the bytes moved. Called once they are saved:
+        afterwards they share one mapping."""
+        tensors = []
+        for copy in self._all_copies():
+            if isinstance(copy, native.NativeInt4):
+                tensors.append(copy.blob)
+            elif isinstance(copy, native.BlockedBf16):
+                tensors.append(copy.blocks)
+            elif isinstance(copy, int4_weights.Int4Weight):
+                tensors += [copy.packed, copy.scales_zeros]
+        return huge_pages.settle(tensors)
+
+    def _all_copies(self) -> list:
+        """Every 4-bit and blocked copy, the output projection's included."""
         copies = [self.head_int4, self.head_blocked]
         for kind in ("int4", "blocked"):
             copies += [copy for layer in self._copies(kind) for copy in layer]
-        return sum(copy.nbytes for copy in copies if copy is not None)
+        return [copy for copy in copies if copy is not None]
 
     def _copies(self, kind: str) -> list[tuple]:
         """Per layer, the q/k/v, o, gate/up and down copies of ``kind`` ("int4" or
