@@ -35,13 +35,14 @@ def test_settled_tensors_keep_their_values_on_one_huge_page_mapping() -> None:
     codes = torch.randint(0, 255, (3 << 20,), dtype=torch.uint8)
     small = torch.randn(5)
     view = torch.randn(10, 10)[2:]  # part of a larger storage: left where it is
+    reshaped = torch.arange(12, dtype=torch.uint8).view(3, 4)  # its _base would stay
     before = [t.clone() for t in (weight, codes, small, view)]
-    view_address = view.data_ptr()
-    moved = huge_pages.settle([weight, codes, None, view, weight, small])
+    view_address, reshaped_address = view.data_ptr(), reshaped.data_ptr()
+    moved = huge_pages.settle([weight, codes, None, view, reshaped, weight, small])
     assert moved >= sum(t.numel() * t.element_size() for t in (weight, codes, small))
     for got, want in zip((weight, codes, small, view), before, strict=True):
         assert torch.equal(got, want)
-    assert view.data_ptr() == view_address
+    assert view.data_ptr() == view_address and reshaped.data_ptr() == reshaped_address
     # one mapping for all; the first on a 2 MiB boundary, each on a cache line
     storages = {t.untyped_storage().data_ptr() for t in (weight, codes, small)}
     assert len(storages) == 1
@@ -75,16 +76,21 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("dtype", ["bfloat16", "int4"])
 def test_loading_puts_the_kernels_copies_on_huge_pages(tmp_path, cache_dir, dtype) -> None:
     """What every small step reads — the blocked or 4-bit copies — ends up on one huge-page
-    mapping at load."""
+    mapping when the model process loads (4-bit ones also when read back from their file:
+    safetensors' views would have kept the file mapped beside the moved copies)."""
     if native.load(cache_dir) is None:
         pytest.skip("charbot's CPU kernels cannot be built here")
-    from bot.models.loading import load_model
+    from bot.models.loading import load_standalone
     from bot.models.local_files import resolve_base
     from tests.tiny_model import build_tiny_model
 
     base = build_tiny_model(tmp_path / "base", hidden_size=128)
     settings = ModelSettings(base=str(base), dtype=dtype, cache_dir=cache_dir)
-    loaded = load_model(resolve_base(settings.base, settings.cache_dir), settings)
+    loaded = load_standalone(resolve_base(settings.base, settings.cache_dir), settings)
+    if dtype == "int4":  # again: now the copies come from the saved file, not the quantizer
+        assert list((cache_dir / "int4").glob("*.safetensors"))
+        del loaded
+        loaded = load_standalone(resolve_base(settings.base, settings.cache_dir), settings)
     lean = loaded.model._charbot_lean
     copies = lean._all_copies()
     assert copies and all(isinstance(c, (native.NativeInt4, native.BlockedBf16)) for c in copies)

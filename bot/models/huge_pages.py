@@ -44,8 +44,8 @@ def available() -> bool:
 
 def settle(tensors: Iterable[torch.Tensor | None]) -> int:
     """Move each contiguous tensor's data onto one huge-page mapping, in place; the bytes
-    moved (0 where huge pages are not available). Tensors sharing storage, views and
-    non-contiguous ones are left where they are."""
+    moved (0 where huge pages are not available). Tensors sharing storage, views (their
+    ``_base`` would keep the old memory) and non-contiguous ones are left where they are."""
     if not available():
         return 0
     chosen, seen = [], set()
@@ -56,6 +56,8 @@ def settle(tensors: Iterable[torch.Tensor | None]) -> int:
         key = storage.data_ptr()
         if key in seen or storage.nbytes() != tensor.numel() * tensor.element_size():
             continue  # shared or a view: moving it would split what belongs together
+        if tensor._base is not None:
+            continue  # a view keeps its base, and so the old memory, alive: nothing gained
         seen.add(key)
         chosen.append(tensor)
     if not chosen:

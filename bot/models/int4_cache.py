@@ -86,7 +86,9 @@ class Int4Store:
             with safe_open(str(self.path), framework="pt") as handle:
                 if (handle.metadata() or {}).get("key") != self.key:
                     return  # made from other weights or another torch: quantize anew
-                self.saved = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+                # detached: safetensors' tensors are views of a flat one, which would keep
+                # the file's pages mapped after huge_pages.settle moved the copies
+                self.saved = {key: handle.get_tensor(key).detach() for key in handle.keys()}  # noqa: SIM118
         except Exception as exc:  # a damaged file raises safetensors' own error type
             log.info("ignoring 4-bit cache %s: %s", self.path, exc)
             self.saved = {}
@@ -103,6 +105,11 @@ class Int4Store:
         made = int4.quantize(weight, self.kernels)
         self.made[name] = made
         return made
+
+    def release(self) -> None:
+        """Forget the tensors read from the file: the copies made from them hold what they
+        use, and once moved onto huge pages nothing else needs the originals."""
+        self.saved = {}
 
     def save(self) -> None:
         """Write the file if anything had to be quantized (atomically: a rename)."""

@@ -170,6 +170,8 @@ def _prepare(model, settings: ModelSettings, dtype, store=None, kernels=None) ->
         store.save()
     if model._charbot_lean is not None:  # after saving: they then share one mapping
         model._charbot_lean.to_huge_pages()
+    if store is not None:
+        store.release()  # before trimming the heap: else the moved originals stay resident
     if int4 and model._charbot_lean is None and settings.dtype == "auto":
         model._charbot_lean = LeanLlama.build(model, pack=pack)  # no Llama: no fast path
     elif int4 and model._charbot_lean is None:
