@@ -3,6 +3,7 @@ echo backend), driven through Starlette's real app with httpx."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -328,3 +329,63 @@ async def test_a_failing_model_is_an_apology_in_the_chat(
         assert found[-1][0] == "done" and found[-1][1]["status"] == "error"
         rows = await browser.core.store.list_messages(platform="web")
         assert rows[-1].status == "error" and "told to fail" in (rows[-1].error or "")
+
+
+async def test_a_restart_answers_what_the_last_run_left_and_finishes_cut_off_replies(
+    browser: Browser,
+) -> None:
+    """A run that stopped after storing a web message, or mid-reply: the next start answers
+    the message (the page shows the answer when it reloads: the browser that asked is gone)
+    and stores the cut-off reply finished with "[interrupted]"."""
+    import time
+
+    from adapters.web.app import WebAdapter
+
+    await browser.say("first")  # the session's chat, as the page knows it
+    store = browser.core.store
+    viewer = (await store.list_messages(platform="web"))[0].chat_id
+
+    async def left(text: str, link: bool) -> Any:
+        return await store.store_inbound(
+            platform="web",
+            chat_id=viewer,
+            thread_id=None,
+            platform_message_id=f"u-{text}",
+            author_id=viewer,
+            author_name="User",
+            text=text,
+            reply_to_platform_id=None,
+            created_at=time.time(),
+            link_now=link,
+            wants_answer=True,
+        )
+
+    asked = await left("tell me a story", True)
+    await store.begin_reply(
+        conversation_id=asked.conversation_id,
+        platform="web",
+        chat_id=viewer,
+        reply_to_id=asked.message_id,
+        character="Mara",
+        text="Once upon a",
+        platform_message_id="w-cut",
+    )
+    # sent while that reply streamed (so not yet linked), stored, never answered
+    await left("are you there?", False)
+    web = WebAdapter(browser.core, browser.config, port=0)
+    await web.start()
+    try:
+        for _ in range(200):
+            rows = await store.list_messages(platform="web")
+            if any(r.text.endswith("are you there?") and r.role == "assistant" for r in rows):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await web.stop()
+    rows = await store.list_messages(platform="web")
+    # answered once (the echo repeats the user turns since the last complete reply)
+    answers = [r.text for r in rows if r.role == "assistant" and "are you there?" in r.text]
+    assert len(answers) == 1 and answers[0].startswith("You said: ")
+    assert "Once upon a [interrupted]" in [r.text for r in rows]
+    page = (await browser.get("/")).text
+    assert answers[0].split("\n")[-1] in page

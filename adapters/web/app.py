@@ -23,6 +23,7 @@ from adapters.base import PlatformAdapter
 from adapters.web import chat, login, reports, review, versions
 from adapters.web.context import Studio, make_templates
 from adapters.web.security import SecurityHeaders, admin_password
+from adapters.web.target import WebTarget
 from bot.config import Config
 from bot.core import Core
 from bot.errors import CharbotError
@@ -84,6 +85,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _recovery_target(chat_id: str, thread_id: str | None, reply_to: str | None) -> WebTarget:
+    return WebTarget()  # nobody reads its events; the store keeps the reply
+
+
 class WebAdapter(PlatformAdapter):
     """Serves the studio on ``host:port`` in the running event loop."""
 
@@ -121,6 +126,10 @@ class WebAdapter(PlatformAdapter):
             await asyncio.sleep(0.02)
         if self._task.done():
             self._task.result()  # raises what stopped it
+        # What a previous run stored but did not answer, answered in the background. The
+        # browser that asked is gone: the replies are stored and the chat page shows them
+        # on its next load (an open page's stream ended with that run).
+        await self.app.state.studio.core.recover(self.platform, _recovery_target)
 
     async def stop_intake(self) -> None:
         """Refuse new chat messages (503, "try again"); replies streaming now go on."""
