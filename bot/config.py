@@ -76,7 +76,7 @@ class StorageSettings:
 
     url: str = "sqlite:///data/charbot.db"
     max_wait_s: float = 60.0  # a locked/busy database is retried this long before giving up
-    busy_timeout_s: float = 5.0  # SQLite: how long one attempt waits for another's lock
+    busy_timeout_s: float = 5.0  # one attempt's wait for another's lock (PostgreSQL too)
 
 
 @dataclass(frozen=True, slots=True)

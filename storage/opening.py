@@ -30,8 +30,12 @@ def _safe(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
-def open_engine(url: str, parsed: URL | None) -> tuple[Engine, bool]:
+def open_engine(
+    url: str, parsed: URL | None, *, lock_timeout_s: float | None = None
+) -> tuple[Engine, bool]:
     """An engine for ``parsed`` (the store's blocking driver); whether it is SQLite.
+    ``lock_timeout_s``: on PostgreSQL, how long a statement waits for a lock before it
+    fails (and the store retries it); without it a lock held elsewhere blocks forever.
     Raises StorageError for a malformed URL, a missing driver or an unusable path."""
     if parsed is None:
         raise StorageError(
@@ -41,8 +45,16 @@ def open_engine(url: str, parsed: URL | None) -> tuple[Engine, bool]:
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite and parsed.database not in (None, "", ":memory:"):
         _check_sqlite_path(Path(parsed.database))
+    connect_args = {}
+    if parsed.get_backend_name() == "postgresql" and lock_timeout_s is not None:
+        # libpq's options (both psycopg drivers): a session setting from the first
+        # statement on, which no rollback undoes; added to any the URL already gives.
+        given = parsed.query.get("options", "")
+        given = given if isinstance(given, str) else " ".join(given)
+        timeout = f"-c lock_timeout={max(1, round(lock_timeout_s * 1000))}"
+        connect_args["options"] = f"{given} {timeout}".strip()
     try:
-        return create_engine(parsed), sqlite
+        return create_engine(parsed, connect_args=connect_args), sqlite
     except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
         raise _missing_driver(url, parsed, exc) from None
     except ArgumentError as exc:

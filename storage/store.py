@@ -70,8 +70,17 @@ def clean_text(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
 
 
+# PostgreSQL's errors that mean "another transaction is in the way; try again": a
+# serialization failure, a deadlock (the server aborted this side), a lock wait past
+# lock_timeout (set from [storage] busy_timeout_s, as SQLite's busy timeout is).
+PG_RETRY_STATES = frozenset({"40001", "40P01", "55P03"})
+
+
 def _is_busy(exc: OperationalError) -> bool:
-    """SQLite's "database is locked" / "database is busy": another writer holds the lock."""
+    """Another writer holds what this transaction needs: SQLite's "database is locked" /
+    "database is busy", or one of :data:`PG_RETRY_STATES`."""
+    if getattr(exc.orig, "sqlstate", None) in PG_RETRY_STATES:
+        return True
     message = str(exc.orig).lower()
     return "locked" in message or "busy" in message
 
@@ -243,7 +252,7 @@ class Store:
             # database; the store runs the matching blocking driver in its own thread (below).
             driver = _SYNC_DRIVERS.get(parsed.drivername, parsed.drivername)
             parsed = parsed.set(drivername=driver)
-        engine, sqlite = open_engine(url, parsed)
+        engine, sqlite = open_engine(url, parsed, lock_timeout_s=busy_timeout_s)
         if sqlite:
             event.listen(engine, "connect", _sqlite_pragmas(int(busy_timeout_s * 1000)))
         # One thread owns the database connection. For SQLite it is also the one writer,

@@ -210,3 +210,53 @@ async def test_reset_starts_a_new_conversation(store: Store) -> None:
     after = await store_text(store, "three")
     assert after.conversation_id not in (first, in_thread.conversation_id)
     assert after.parent_id is None  # the new conversation starts with no history
+
+
+async def test_a_postgresql_lock_held_elsewhere_is_waited_out_not_hung_on(pg_url: str) -> None:
+    """Another session holding a table lock (a migration, a maintenance script): each
+    attempt gives up after ``busy_timeout_s`` (PostgreSQL's lock_timeout) and is retried —
+    the user is told once, and the message is stored once when the lock goes; past
+    ``max_wait_s`` the store says so instead of blocking its thread for good."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from storage.store import StorageUnavailable
+
+    dsn = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    store = await Store.open(pg_url, busy_timeout_s=0.2, max_wait_s=30)
+    impatient = await Store.open(pg_url, busy_timeout_s=0.2, max_wait_s=0.5)
+    foreign = psycopg.connect(dsn)
+    try:
+        foreign.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")  # held until commit
+        told: list[int] = []
+        kwargs = dict(
+            platform="test",
+            chat_id="c1",
+            thread_id=None,
+            author_id="42",
+            author_name="Sam",
+            reply_to_platform_id=None,
+            created_at=1.0,
+            link_now=True,
+        )
+        waiting = asyncio.create_task(
+            store.store_inbound(
+                platform_message_id="m1",
+                text="during the lock",
+                on_wait=lambda: told.append(1),
+                **kwargs,
+            )
+        )
+        with pytest.raises(StorageUnavailable):
+            await asyncio.wait_for(
+                impatient.store_inbound(platform_message_id="m2", text="given up", **kwargs), 10
+            )
+        assert not waiting.done() and told == [1]
+        foreign.commit()
+        await asyncio.wait_for(waiting, 10)
+    finally:
+        foreign.close()
+    texts = [row.text for row in await store.list_messages()]
+    assert texts == ["during the lock"]
+    await store.close()
+    await impatient.close()
