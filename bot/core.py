@@ -461,7 +461,8 @@ class Core:
                 except Exception as exc:  # any model failure: apologise, keep running
                     log.exception("generation failed for %s in %s/%s", character.name, *key[:2])
                     status, error = "error", f"{type(exc).__name__}: {exc}"[:500]
-                    message_ids = list(renderer.message_ids)
+                    # what the user saw stays on record (the history reads only "ok" rows)
+                    text, message_ids = renderer.shown_text, list(renderer.message_ids)
                     await self._notice(target, APOLOGY)
         finally:
             self._runs[key].discard(run)

@@ -168,6 +168,12 @@ class StreamRenderer:
                 await self._typing
             self._typing = None
 
+    @property
+    def shown_text(self) -> str:
+        """What the platform shows now ("" before the first send): the parts as last sent
+        or edited, which may lag the text fed by up to one edit interval."""
+        return "\n".join(self._shown)
+
     async def feed(self, text: str) -> None:
         """The reply so far (the whole text, not a delta). Shows it if enough time passed."""
         self._text = text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,11 +19,21 @@ class FakeModelError(RuntimeError):
     """What FakeModel raises when told to fail."""
 
 
+@dataclass(frozen=True)
+class BrokenReply:
+    """A queued reply that streams ``text`` and then raises ``error`` (a model that dies
+    mid-reply)."""
+
+    text: str
+    error: Exception
+
+
 class FakeModel(ChatModel):
     """Streams queued replies word by word and records every request it was given.
 
     ``fail=True`` raises on every request; a queued reply that is an Exception instance is
-    raised for that request only. With the queue empty it replies ``default``.
+    raised for that request only, a :class:`BrokenReply` after its text. With the queue
+    empty it replies ``default``.
     """
 
     name: ClassVar[str] = "fake"
@@ -60,7 +71,8 @@ class FakeModel(ChatModel):
             raise FakeModelError("the fake model was told to fail")
         if isinstance(reply, Exception):
             raise reply
-        words = reply.split(" ")
+        broken = reply if isinstance(reply, BrokenReply) else None
+        words = (broken.text if broken else reply).split(" ")
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
@@ -68,6 +80,8 @@ class FakeModel(ChatModel):
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 yield Chunk(word if index == 0 else " " + word)
+            if broken is not None:
+                raise broken.error
         finally:
             self.active -= 1
         yield Chunk("", Usage(self.count_tokens(request.messages), len(words), "fake", None))

@@ -13,7 +13,7 @@ from bot.errors import AdapterLoadError, Busy, UnknownCharacter
 from bot.messages import Inbound
 from bot.models.base import AdapterSpec
 from tests.conftest import MakeCore
-from tests.fakes import FakeModel, RecordingTarget
+from tests.fakes import BrokenReply, FakeModel, RecordingTarget
 
 _counter = iter(range(1, 1_000_000))
 
@@ -157,6 +157,21 @@ async def test_model_failure_apologises_stores_an_error_and_keeps_running(
     assert "out of memory" in rows[1].error
     # The failed turn is not part of the story: the prompt has both questions, no error.
     assert turns(model.requests[1]) == [("user", "first\nsecond")]
+
+
+async def test_a_model_failing_mid_reply_keeps_what_the_user_saw(make_core: MakeCore) -> None:
+    model = FakeModel([BrokenReply("Once upon a time", RuntimeError("model process died"))])
+    core = await make_core(model=model)
+    target = RecordingTarget()
+    failed = await core.handle(inbound("tell me a story"), target)
+    assert failed is not None and failed.status == "error"
+    shown = list(target.messages.values())
+    assert shown == ["Once upon a time"] and "Sorry" in target.notices[0]
+    row = (await core.store.list_messages())[1]
+    assert (row.status, row.text) == ("error", "Once upon a time")
+    assert "model process died" in row.error
+    await core.handle(inbound("and then?"), RecordingTarget())
+    assert turns(model.requests[1]) == [("user", "tell me a story\nand then?")]
 
 
 async def test_busy_model_tells_the_user(make_core: MakeCore) -> None:
