@@ -30,8 +30,9 @@ class ModelSettings:
     temperature: float = 0.5
     top_p: float = 0.9
     repetition_penalty: float = 1.3  # > 1 discourages the reply repeating itself
-    context_tokens: int = 2048  # the prompt budget, in the model's own tokens
-    knowledge_tokens: int = 256  # of that, for lorebook entries and retrieved knowledge
+    # config.toml's values too (tests/test_config.py keeps them the same)
+    context_tokens: int = 1536  # the prompt budget, in the model's own tokens
+    knowledge_tokens: int = 192  # of that, for lorebook entries and retrieved knowledge
     max_batch_size: int = 16  # serving: rows in one batch
     batch_wait_ms: float = 5.0  # serving: how long a request waits for others to join
     max_queue: int = 64  # serving: waiting requests before "busy"

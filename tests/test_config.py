@@ -53,6 +53,25 @@ def test_the_shipped_config_is_valid() -> None:
     assert config.discord.enabled is False and config.telegram.enabled is False
 
 
+def test_leaving_a_model_setting_out_means_the_shipped_value() -> None:
+    """Every [model] value config.toml sets is also the default a config that leaves it
+    out gets (a user who trims the file keeps the tuned behaviour)."""
+    import dataclasses
+    import tomllib
+
+    from bot.config import ModelSettings
+
+    shipped = tomllib.loads((Path(__file__).parent.parent / "config.toml").read_text())["model"]
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelSettings)}
+    differ = {
+        key: (value, defaults[key])
+        for key, value in shipped.items()
+        if key in defaults and key != "cache_dir" and defaults[key] != value
+    }
+    assert differ == {}
+    assert ModelSettings().cache_dir == Path(shipped["cache_dir"])
+
+
 def test_bad_toml(tmp_path: Path) -> None:
     assert "not valid TOML" in error_of(write(tmp_path, "[model\nbackend = 1"))
 
