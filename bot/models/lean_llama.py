@@ -233,6 +233,16 @@ class LeanLlama:
         ones (charbot's kernels in bf16); 0 without either."""
         return sum(copy.nbytes for copy in self._all_copies())
 
+    @property
+    def step_bytes(self) -> int:
+        """Bytes a one-row decode step reads: its 4-bit or blocked copies where it runs on
+        them, else the decoder's and output layer's weights (the embedding gives one row)."""
+        if self.int4 or self.blocked:
+            return self.copy_bytes
+        weights = [p for layer, _, _ in self.layers for p in layer.parameters()]
+        weights.append(self.lm_head.weight)
+        return sum(p.numel() * p.element_size() for p in weights)
+
     def to_huge_pages(self) -> int:
         """Move the 4-bit and blocked copies (every small step reads all of them) onto huge
         pages (bot/models/huge_pages.py); the bytes moved. Called once they are saved:

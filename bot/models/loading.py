@@ -25,6 +25,12 @@ class Loaded:
     dtype: Any  # torch.dtype
     weight_bytes: int
 
+    @property
+    def step_bytes(self) -> int:
+        """What a one-row decode step reads from memory (see LeanLlama.step_bytes)."""
+        lean = getattr(self.model, "_charbot_lean", None)
+        return lean.step_bytes if lean is not None else self.weight_bytes
+
 
 # Tokenizers that are plain tokenizer.json files: loaded without AutoTokenizer, which reads the
 # model config and imports its model family first (1.1 s instead of 3.3 s here).

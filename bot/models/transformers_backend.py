@@ -56,6 +56,7 @@ class TransformersModel(ChatModel):
         self.scheduler = None  # Scheduler or ProcessScheduler once started
         self.load_seconds: float | None = None
         self.weight_bytes = 0  # the base model's parameters, as loaded
+        self.step_bytes = 0  # what one one-row decode step reads of them (or their copies)
         self.source_path: str | None = None  # what from_pretrained loaded
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -103,6 +104,7 @@ class TransformersModel(ChatModel):
             loaded = load_model(source, self.settings)
             self.tokenizer, self.model = loaded.tokenizer, loaded.model
             self.dtype, self.weight_bytes = str(loaded.dtype), loaded.weight_bytes
+            self.step_bytes = loaded.step_bytes
             scheduler = build_scheduler(loaded, self.settings)
         else:
             scheduler = process
@@ -117,6 +119,7 @@ class TransformersModel(ChatModel):
                 raise
             self.dtype = scheduler.info["dtype"]
             self.weight_bytes = scheduler.info["weight_bytes"]
+            self.step_bytes = scheduler.info["step_bytes"]
         self.dtype = self.dtype.removeprefix("torch.")
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s (%s) in %.1fs", source.name, self.dtype, self.load_seconds)

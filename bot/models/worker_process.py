@@ -142,7 +142,12 @@ def serve(conn, settings: ModelSettings, source: ModelSource, window=None) -> No
 
     threading.Thread(target=read, name="charbot-pipe", daemon=True).start()
     engine = "transformers" if scheduler.registry.transformers else "standalone"
-    info = {"dtype": str(loaded.dtype), "weight_bytes": loaded.weight_bytes, "engine": engine}
+    info = {
+        "dtype": str(loaded.dtype),
+        "weight_bytes": loaded.weight_bytes,
+        "step_bytes": loaded.step_bytes,
+        "engine": engine,
+    }
     post(("ready", info))
     scheduler.run_forever()
     post(("stopped",))
