@@ -4,8 +4,9 @@ For each shipped character: persona facts, in-world and out-of-world questions, 
 three-character scene, answered by the configured (default) model through the core with
 the shipped sampling settings and a fixed seed, on a throwaway database. Prints per
 character and overall: replies that show a name tag, replies that write another speaker's
-turn, persona-fact questions answered with the fact (knowledge retrieval on and off),
-mean cosine similarity to reference answers (all-MiniLM-L6-v2), and mean reply length.
+turn, replies that copy the knowledge files' "Q: … A: …" labels, persona-fact questions
+answered with the fact (knowledge retrieval on and off), mean cosine similarity to
+reference answers (all-MiniLM-L6-v2), and mean reply length.
 
     nice -n 10 .venv/bin/python benchmarks/persona.py [--config config.toml] [--json out.json]
         [--set temperature=0.5 --set max_new_tokens=120 ...] [--seed N]
@@ -129,6 +130,8 @@ SCENE = [
     ("Bram", "Bram, what do you make of these two?"),
 ]
 MARKERS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+# a knowledge file's question–answer form copied into a reply ("A: …", "- Q: … A: …")
+QA_LABEL = re.compile(r"(?:^|[\s\-*(])[QA]:\s")
 # What --set may change, and the type of each value.
 SAMPLING_KEYS: dict[str, type] = {
     "temperature": float,
@@ -213,6 +216,7 @@ def judge(answers: list[Answer], names: list[str]) -> dict[str, dict[str, float]
             "other_turn_pct": 100
             * sum(bool(turn.search(a.text)) or any(m in a.text for m in MARKERS) for a in subset)
             / len(subset),
+            "qa_label_pct": 100 * sum(bool(QA_LABEL.search(a.text)) for a in subset) / len(subset),
             "fact_pct": 100
             * sum(any(k in a.text.lower() for k in a.keywords) for a in facts)
             / max(1, len(facts)),
@@ -372,12 +376,13 @@ def print_table(title: str, table: dict[str, dict[str, float]]) -> None:
     print(f"\n{title}")
     print(
         f"{'character':<10} {'replies':>7} {'name tag':>9} {'other turn':>11} "
-        f"{'facts':>6} {'cosine':>7} {'chars':>6}"
+        f"{'Q:/A:':>9} {'facts':>6} {'cosine':>7} {'chars':>6}"
     )
     for group, row in table.items():
         print(
             f"{group:<10} {row['replies']:>7} {row['name_tag_pct']:>8.0f}% "
-            f"{row['other_turn_pct']:>10.0f}% {row['fact_pct']:>5.0f}% "
+            f"{row['other_turn_pct']:>10.0f}% {row.get('qa_label_pct', 0):>8.0f}% "
+            f"{row['fact_pct']:>5.0f}% "
             f"{row['cosine']:>7.2f} {row['chars']:>6.0f}"
         )
 

@@ -76,7 +76,9 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def _qa(question: str, answer: str) -> Fact:
-    return Fact(question.strip(), f"Q: {question.strip()} A: {answer.strip()}")
+    # Unlabelled: with "Q: … A: …" in the prompt, the default model began 6-8% of its
+    # replies with "A: " or wrote "- Q: …" lines (benchmarks/persona.py, five seeds).
+    return Fact(question.strip(), f"{question.strip()} {answer.strip()}")
 
 
 def _csv_facts(path: Path) -> Iterator[Fact]:

@@ -115,11 +115,11 @@ async def test_retrieval_answers_a_paraphrased_question(tmp_path: Path, minilm) 
     knowledge = Knowledge(tmp_path / "cache", 60, embedder=minilm, top_k=1, progress=False)
     knowledge.prepare([bram])
     notes = await knowledge.notes(bram, ["hello", "what's the name of your kitty?"], words)
-    assert notes == ["Q: What is your cat called? A: My cat is called Fathom."]
+    assert notes == ["What is your cat called? My cat is called Fathom."]
     notes = await knowledge.notes(
         bram, ["Which beverage do you have when the weather is bad?"], words
     )
-    assert notes == ["Q: What do you drink in a storm? A: Strong black tea with a spoon of honey."]
+    assert notes == ["What do you drink in a storm? Strong black tea with a spoon of honey."]
     # Built once, cached by content: a new Knowledge loads the same index, and a changed
     # file gets a new one.
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
@@ -148,7 +148,7 @@ async def test_the_stored_prompt_shows_what_was_inserted(
     await core.handle(inbound("In this storm, who is your feline friend?"), RecordingTarget())
     reply = (await core.store.list_messages())[-1]
     system = json.loads(reply.prompt_json)[0]["content"]
-    assert "- Storms come from the north.\n- Q: What is your cat called? A: Fathom." in system
+    assert "- Storms come from the north.\n- What is your cat called? Fathom." in system
 
 
 def test_bad_knowledge_files_name_the_file_line_and_fix(tmp_path: Path) -> None:
