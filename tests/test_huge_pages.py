@@ -67,6 +67,14 @@ def test_nothing_moves_where_huge_pages_are_off(tmp_path, monkeypatch) -> None:
     assert huge_pages.available() == hasattr(__import__("mmap"), "MADV_HUGEPAGE")
 
 
+@pytest.fixture(autouse=True)
+def grad_mode_kept():  # type: ignore[no-untyped-def]
+    """Loading turns autograd off for the thread that serves; tests run after these train."""
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
+
+
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")  # the kernels built once for both dtypes
