@@ -6,6 +6,9 @@ schema the code expects once every migration has run.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from sqlalchemy import (
     Boolean,
     Float,
@@ -14,11 +17,34 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     false,
 )
 from sqlalchemy import text as sql  # `text` is a column name in Message
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Lone UTF-16 surrogates (no database encoding accepts them) and NUL (PostgreSQL's text
+# refuses it).
+_UNSTORABLE = re.compile("[\ud800-\udfff\x00]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with lone UTF-16 surrogates and NUL characters replaced by U+FFFD, so a
+    message carrying one is stored (alike on every database) rather than dropped."""
+    return _UNSTORABLE.sub("\ufffd", text) if _UNSTORABLE.search(text) else text
+
+
+class CleanText(TypeDecorator[str]):
+    """Text cleaned by :func:`clean_text` on the way in: replies, corrections and errors
+    carry what a model or a user wrote, and one NUL would fail the whole write on
+    PostgreSQL."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return clean_text(value) if isinstance(value, str) else value
 
 
 class Base(DeclarativeBase):
@@ -54,7 +80,7 @@ class Message(Base):
     role: Mapped[str] = mapped_column(String(16))  # "user" | "assistant"
     author_id: Mapped[str] = mapped_column(String(64))
     author_name: Mapped[str] = mapped_column(String(256))
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(CleanText)
     # The message this one follows in the conversation tree: the replied-to message, or the
     # previous message of the conversation. Following it gives a reply's exact history.
     reply_to_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
@@ -69,7 +95,7 @@ class Message(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     # "ok" | "error" | "busy" | "interrupted" (cut off by a crash, finished at the next start)
     status: Mapped[str] = mapped_column(String(16), default="ok")
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(CleanText)
     created_at: Mapped[float] = mapped_column(Float)
     # A user message asking for an answer (migration 2): "pending", then "answered" or
     # "skipped" (too old after a restart). What picks its character is kept with it.
@@ -107,7 +133,7 @@ class StreamingReply(Base):
     chat_id: Mapped[str] = mapped_column(String(64))
     reply_to_id: Mapped[int] = mapped_column(ForeignKey("messages.id"))
     character: Mapped[str] = mapped_column(String(128))
-    text: Mapped[str] = mapped_column(Text)  # shown so far, as last saved
+    text: Mapped[str] = mapped_column(CleanText)  # shown so far, as last saved
     platform_message_ids: Mapped[str] = mapped_column(Text)  # a JSON list, in order
     started_at: Mapped[float] = mapped_column(Float)
 
@@ -153,7 +179,7 @@ class Correction(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"))
     user_id: Mapped[str] = mapped_column(String(64))
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(CleanText)
     created_at: Mapped[float] = mapped_column(Float)
     # Who wrote it: "user" | "reviewer" | "import" (a filled review file read back).
     source: Mapped[str] = mapped_column(String(16), default="user", server_default="user")
@@ -170,7 +196,7 @@ class Exclusion(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"))
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(CleanText)
     excluded_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -50,24 +49,16 @@ from storage.schema import (
     MessagePart,
     Rating,
     StreamingReply,
+    clean_text,
 )
 
 T = TypeVar("T")
 MessageRow = Row[Any]  # a row of `messages`; attributes are the column names
 log = logging.getLogger(__name__)
-# Lone UTF-16 surrogates (no database encoding accepts them) and NUL (PostgreSQL's text
-# refuses it).
-_SURROGATE = re.compile("[\ud800-\udfff\x00]")
 
 
 class StorageUnavailable(StorageError):
     """The database stayed locked or busy for longer than ``[storage] max_wait_s``."""
-
-
-def clean_text(text: str) -> str:
-    """``text`` with lone UTF-16 surrogates and NUL characters replaced by U+FFFD, so a
-    message carrying one is stored (alike on every database) rather than dropped."""
-    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
 
 
 # PostgreSQL's errors that mean "another transaction is in the way; try again": a

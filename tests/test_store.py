@@ -120,6 +120,32 @@ async def test_messages_round_trip_exactly(store: Store) -> None:
     assert await store.find_message("test", "other-chat", f"r2-{user}") is None
 
 
+async def test_replies_corrections_and_errors_with_nul_are_stored_not_refused(
+    store: Store,
+) -> None:
+    """A model's reply or a user's correction carrying NUL or a lone surrogate is stored
+    with U+FFFD in their place, on either database (PostgreSQL's text refuses NUL)."""
+    stored = await store_text(store, "hi")
+    reply = await store.add_reply(
+        conversation_id=stored.conversation_id,
+        platform="test",
+        chat_id="c1",
+        reply_to_id=stored.message_id,
+        character="Aria",
+        text="half\x00way \ud800",
+        platform_message_ids=["r1"],
+        prompt=[{"role": "user", "content": "hi"}],
+        sampling={},
+        model="fake",
+        status="error",
+        error="RuntimeError: bad byte \x00",
+    )
+    await store.add_correction(reply, "u1", "Bet\x00ter.")
+    row = next(r for r in await store.list_messages() if r.id == reply)
+    assert (row.text, row.error) == ("half\ufffdway \ufffd", "RuntimeError: bad byte \ufffd")
+    assert [c.text for c in await store.list_corrections()] == ["Bet\ufffdter."]
+
+
 async def test_history_follows_the_tree(store: Store) -> None:
     first_user, first_reply = await add_exchange(store, "one")
     second_user, second_reply = await add_exchange(store, "two")
