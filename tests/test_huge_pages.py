@@ -107,3 +107,37 @@ def test_loading_puts_the_kernels_copies_on_huge_pages(tmp_path, cache_dir, dtyp
     assert loaded.step_bytes == sum(t.numel() for t in tensors) * tensors[0].element_size()
     assert mapping_of(tensors[0].data_ptr())["THPeligible"] == "1"
     # the greedy tests in test_native.py and test_int4.py decode on these moved copies
+
+
+@needs_huge_pages
+def test_moving_after_steps_ran_keeps_the_one_call_layers_right(tmp_path, cache_dir) -> None:
+    """The one-call layer descriptions hold the copies' addresses; moving the copies after
+    a step made them must not leave them pointing at freed memory."""
+    kernels = native.load(cache_dir)
+    if kernels is None:
+        pytest.skip("charbot's CPU kernels cannot be built here")
+    import json
+
+    from bot.models import standalone
+    from bot.models.batch_cache import BatchKV
+    from bot.models.lean_llama import LeanLlama
+    from bot.models.multi_lora import MultiLora
+    from tests.tiny_model import build_tiny_model
+
+    base = build_tiny_model(tmp_path / "base", hidden_size=128)
+    config = json.loads((base / "config.json").read_text())
+    with torch.no_grad():
+        model = standalone.load(base, config, torch.bfloat16)
+        lean = LeanLlama.build(model, kernels=kernels)
+
+        def step() -> torch.Tensor:
+            kv = BatchKV(len(lean.layers), 1, transformers=False)
+            ids, mask, positions = kv.prefill_inputs([[5, 6, 7, 8, 9]], 0)
+            lean.forward(ids, mask, positions, kv, MultiLora())
+            mask, positions = kv.decode_inputs()
+            return lean.forward(torch.tensor([[10]]), mask, positions, kv, MultiLora())
+
+        before = step()
+        assert lean._structs.get("blocked")  # the one-call path ran
+        assert lean.to_huge_pages() > 0
+        assert torch.equal(step(), before)

@@ -255,7 +255,11 @@ class LeanLlama:
                 tensors.append(copy.blocks)
             elif isinstance(copy, int4_weights.Int4Weight):
                 tensors += [copy.packed, copy.scales_zeros]
-        return huge_pages.settle(tensors)
+        moved = huge_pages.settle(tensors)
+        # the one-call layer descriptions hold the copies' addresses: made again on use
+        self._structs.clear()
+        self._structs_lora.clear()
+        return moved
 
     def _all_copies(self) -> list:
         """Every 4-bit and blocked copy, the output projection's included."""
