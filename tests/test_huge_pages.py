@@ -54,15 +54,17 @@ def test_settled_tensors_keep_their_values_on_one_huge_page_mapping() -> None:
     assert huge_pages.settle([weight, codes]) == 0  # already settled: left alone
 
 
-def test_nothing_moves_where_huge_pages_are_off(tmp_path, monkeypatch) -> None:
+def test_nothing_moves_where_huge_pages_are_off(tmp_path, monkeypatch, caplog) -> None:
     setting = tmp_path / "enabled"
     setting.write_text("always madvise [never]\n")
     monkeypatch.setattr(huge_pages, "SETTING", setting)
     weight = torch.randn(64, 64)
     address = weight.data_ptr()
     assert not huge_pages.available()
-    assert huge_pages.settle([weight]) == 0
+    with caplog.at_level("INFO", logger="bot.models.huge_pages"):
+        assert huge_pages.settle([weight]) == 0
     assert weight.data_ptr() == address
+    assert "echo madvise | sudo tee" in caplog.text  # says how to turn them on
     setting.write_text("always [madvise] never\n")
     assert huge_pages.available() == hasattr(__import__("mmap"), "MADV_HUGEPAGE")
 
