@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -51,20 +52,27 @@ def store_text(
     )
 
 
-async def add_exchange(store: Store, text_in: str = "hi", chat: str = "c1") -> tuple[int, int]:
+async def add_exchange(
+    store: Store, text_in: str = "hi", chat: str = "c1", **reply_fields: Any
+) -> tuple[int, int]:
+    """A user message and its reply ("hello" unless ``reply_fields`` say otherwise)."""
     stored = await store_text(store, text_in, chat=chat, message_id=f"u-{text_in[:8]}")
     user, conversation = stored.message_id, stored.conversation_id
+    fields = {
+        "text": "hello",
+        "platform_message_ids": [f"r1-{user}", f"r2-{user}"],
+        "prompt": [{"role": "user", "content": text_in}],
+        "sampling": {"temperature": 0.7},
+        "model": "fake",
+        **reply_fields,
+    }
     reply = await store.add_reply(
         conversation_id=conversation,
         platform="test",
         chat_id=chat,
         reply_to_id=user,
         character="Aria",
-        text="hello",
-        platform_message_ids=[f"r1-{user}", f"r2-{user}"],
-        prompt=[{"role": "user", "content": text_in}],
-        sampling={"temperature": 0.7},
-        model="fake",
+        **fields,
     )
     return user, reply
 
@@ -125,20 +133,8 @@ async def test_replies_corrections_and_errors_with_nul_are_stored_not_refused(
 ) -> None:
     """A model's reply or a user's correction carrying NUL or a lone surrogate is stored
     with U+FFFD in their place, on either database (PostgreSQL's text refuses NUL)."""
-    stored = await store_text(store, "hi")
-    reply = await store.add_reply(
-        conversation_id=stored.conversation_id,
-        platform="test",
-        chat_id="c1",
-        reply_to_id=stored.message_id,
-        character="Aria",
-        text="half\x00way \ud800",
-        platform_message_ids=["r1"],
-        prompt=[{"role": "user", "content": "hi"}],
-        sampling={},
-        model="fake",
-        status="error",
-        error="RuntimeError: bad byte \x00",
+    _, reply = await add_exchange(
+        store, text="half\x00way \ud800", status="error", error="RuntimeError: bad byte \x00"
     )
     await store.add_correction(reply, "u1", "Bet\x00ter.")
     row = next(r for r in await store.list_messages() if r.id == reply)
