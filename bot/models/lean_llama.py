@@ -99,15 +99,7 @@ class _Fused:
         self, x: torch.Tensor, mode: str | None = None, term: native.LoraTerm | None = None
     ) -> torch.Tensor:
         """``term``: a LoRA term for charbot's kernels (the 4-bit or blocked copy is theirs)."""
-        if term is not None:
-            return (self.int4 if mode == "int4" else self.blocked).linear(x, term)
-        if mode == "int4":
-            return int4_weights.linear(x, self.int4)
-        if mode == "blocked" and self.blocked is not None:
-            return self.blocked.linear(x)
-        if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
-        return F.linear(x, self.weight)
+        return _matmul(x, mode, term, self.int4, self.blocked, self.packed, self.weight)
 
 
 def _base_linear(module: torch.nn.Module) -> torch.nn.Module:
@@ -128,22 +120,28 @@ def _linear(
     mode: str | None = None,
     term: native.LoraTerm | None = None,
 ) -> torch.Tensor:
-    """The base projection of ``x`` (plus ``term``, a LoRA term for charbot's kernels): on
-    the 4-bit copy if ``mode`` is "int4", on the blocked bf16 copy if "blocked" and there is
-    one, else prepacked where the weight is."""
+    """The base projection of ``x`` (plus ``term``, a LoRA term for charbot's kernels), as
+    :func:`_matmul` picks it."""
     base = _base_linear(module)
-    if term is not None:
-        copy = base._lean_int4 if mode == "int4" else base._lean_blocked
-        return copy.linear(x, term)
-    if mode == "int4":
-        return int4_weights.linear(x, base._lean_int4)
-    blocked = getattr(base, "_lean_blocked", None) if mode == "blocked" else None
-    if blocked is not None:
-        return blocked.linear(x)
+    int4, blocked = getattr(base, "_lean_int4", None), getattr(base, "_lean_blocked", None)
     packed = getattr(base, "_packed_weight", None)
+    return _matmul(x, mode, term, int4, blocked, packed, base.weight)
+
+
+def _matmul(x, mode, term, int4, blocked, packed, weight) -> torch.Tensor:
+    """``x`` times one projection's weight: on its 4-bit copy ``int4`` if ``mode`` is
+    "int4", on its blocked bf16 copy if "blocked" and there is one (with ``term``, a LoRA
+    term, added in charbot's call), else on oneDNN's ``packed`` weight where there is one,
+    else on the plain ``weight``."""
+    if term is not None:
+        return (int4 if mode == "int4" else blocked).linear(x, term)
+    if mode == "int4":
+        return int4_weights.linear(x, int4)
+    if mode == "blocked" and blocked is not None:
+        return blocked.linear(x)
     if packed is not None:
         return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-    return F.linear(x, base.weight)
+    return F.linear(x, weight)
 
 
 class LeanLlama:
@@ -372,44 +370,39 @@ class LeanLlama:
             self._set_lora(structs, mode, lora, multi)
             valid = None if mask is None else mask.view(batch, -1)
             pending = self._decode_layers(structs, h, positions.contiguous(), kv, valid)
+
+        def fused(weights: _Fused, owner, names: tuple[str, ...], x: torch.Tensor):
+            """A fused projection with the rows' LoRA terms: in the call, or added after."""
+            if in_call:
+                term = _lora_term(weights, owner, names, weights.slices, multi)
+                return weights.linear(x, mode, term)
+            out = weights.linear(x, mode)
+            if lora:
+                _add_deltas(out, owner, names, weights.slices, x, batch)
+            return out
+
+        def single(owner, name: str, x: torch.Tensor):
+            """A projection of its own (o_proj, down_proj), likewise."""
+            module = getattr(owner, name)
+            if in_call:
+                return _linear(module, x, mode, _single_term(owner, name, multi))
+            return _project(module, x, batch, mode) if lora else _linear(module, x, mode)
+
         layers = zip(self.layers, kv.layers, strict=True) if structs is None else ()
         for (layer, qkv_w, gate_up_w), cache in layers:
             attn, mlp = layer.self_attn, layer.mlp
             h, x = self._residual_norm(h, pending, layer.input_layernorm.weight, fast)
-            if in_call:
-                qkv = qkv_w.linear(x, mode, _lora_term(qkv_w, attn, QKV, qkv_w.slices, multi))
-            else:
-                qkv = qkv_w.linear(x, mode)
-                if lora:
-                    _add_deltas(qkv, attn, QKV, qkv_w.slices, x, batch)
+            qkv = fused(qkv_w, attn, QKV, x)
             out = self._attention(qkv, (batch, length), positions, rotary, mask, cache, fast)
-            if in_call:
-                o = _linear(attn.o_proj, out, mode, _single_term(attn, "o_proj", multi))
-            elif lora:
-                o = _project(attn.o_proj, out, batch, mode)
-            else:
-                o = _linear(attn.o_proj, out, mode)
+            o = single(attn, "o_proj", out)
             h, x = self._residual_norm(h, o, layer.post_attention_layernorm.weight, fast)
-            if in_call:
-                term = _lora_term(gate_up_w, mlp, GATE_UP, gate_up_w.slices, multi)
-                gu = gate_up_w.linear(x, mode, term)
-            else:
-                gu = gate_up_w.linear(x, mode)
-                if lora:
-                    _add_deltas(gu, mlp, GATE_UP, gate_up_w.slices, x, batch)
+            gu = fused(gate_up_w, mlp, GATE_UP, x)
             inter = gu.shape[-1] // 2
             if fast is not None and inter % 16 == 0:
                 act = fast.silu_mul(gu)
             else:
                 act = F.silu(gu[:, :inter]).mul_(gu[:, inter:])
-            down = mlp.down_proj
-            if in_call:
-                d = _linear(down, act, mode, _single_term(mlp, "down_proj", multi))
-            elif lora:
-                d = _project(down, act, batch, mode)
-            else:
-                d = _linear(down, act, mode)
-            pending = d
+            pending = single(mlp, "down_proj", act)
         h = h + pending
         last = h.view(batch, length, -1)[:, -1]
         x = self._norm(last, self.final_norm.weight)
