@@ -37,13 +37,10 @@ class GrowLayer:
             self.vbuf = value_states.new_empty(shape)
             self.is_initialized = True
             self.dtype, self.device = key_states.dtype, key_states.device
-        elif self.length + n > self.kbuf.shape[2]:
-            self._grow(self.length + n + max(HEADROOM, self.length // 2))
-        self.kbuf[:, :, self.length : self.length + n] = key_states
-        self.vbuf[:, :, self.length : self.length + n] = value_states
-        self.length += n
-        self.keys = self.kbuf[:, :, : self.length]
-        self.values = self.vbuf[:, :, : self.length]
+        keys, values, start = self.reserve(n)
+        keys[:, :, start : start + n] = key_states
+        values[:, :, start : start + n] = value_states
+        self.commit(n)
         return self.keys, self.values
 
     def reserve(self, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:

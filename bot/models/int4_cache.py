@@ -24,8 +24,6 @@ from bot.models import int4, native
 
 log = logging.getLogger(__name__)
 
-LAYOUT_LINES = 3  # the key's lines before its weight files'
-
 
 def _layout(kernels: native.Kernels | None) -> list[str]:
     """The key's first lines: what the packed layout depends on."""
@@ -46,7 +44,7 @@ def source_key(weight_files: Iterable[Path], kernels: native.Kernels | None = No
 
 def _sources(key: str) -> list[str]:
     """The weight files named in a :func:`source_key`."""
-    return [line.rsplit(" ", 2)[0] for line in key.splitlines()[LAYOUT_LINES:]]
+    return [line.rsplit(" ", 2)[0] for line in key.splitlines()[len(_layout(None)) :]]
 
 
 class Int4Store:

@@ -2,8 +2,9 @@
 whole decoder layer in one call.
 
 Why: a decode step reads every weight once for a handful of rows. torch's CPU kernels read
-them at 6-10 GB/s for one row here, while one core can read ~18 GB/s; the kernels in
-``cpu_kernels.c`` stream blocked weights at about that speed (README: Performance). They
+them at 6-10 GB/s for one row here; the kernels in ``cpu_kernels.c`` stream blocked weights
+at ~23 GB/s on one core, ~27 GB/s from huge pages (bot/models/huge_pages.py; README:
+Performance). They
 need AVX-512 with BF16 and VNNI (AMD Zen 4 and later, Intel Xeon from Cooper Lake).
 
 The C file ships with the package and is compiled once per machine with the system's C
@@ -51,10 +52,7 @@ class Projection(ctypes.Structure):
 
     def set_lora(self, term: LoraTerm | RowTerms | None) -> None:
         """``term``'s tensors must outlive the calls (the lean path caches them)."""
-        if term is None:
-            self.rank, self.a, self.bt = 0, None, None
-        else:
-            self.rank, self.a, self.bt = term.rank, term.a_ptr, term.bt_ptr
+        self.rank, self.a, self.bt = _lora_fields(term)
 
 
 class Layer(ctypes.Structure):
@@ -91,6 +89,11 @@ def _valid(valid: torch.Tensor | None) -> tuple[int | None, int]:
     if valid.dtype != torch.bool or valid.stride(-1) != 1:
         raise ValueError("the valid positions must be a bool tensor with rows in memory order")
     return valid.data_ptr(), valid.stride(0)
+
+
+def _lora_fields(term: LoraTerm | RowTerms | None) -> tuple[int, int | None, int | None]:
+    """A LoRA term as the kernels take it: rank (0: none; negative: per row), A, B.T."""
+    return (0, None, None) if term is None else (term.rank, term.a_ptr, term.bt_ptr)
 
 
 def _shape(weight) -> tuple[int, int]:
@@ -274,7 +277,7 @@ class Kernels:
     @staticmethod
     def _call(function, x, weight: torch.Tensor, out_features: int, lora):
         rows, inputs = x.shape
-        rank, a, bt = (0, None, None) if lora is None else (lora.rank, lora.a_ptr, lora.bt_ptr)
+        rank, a, bt = _lora_fields(lora)
         if rank < 0 and rows > MAX_ROWS:  # per-row terms: one call (callers stay below)
             raise ValueError(f"per-row LoRA terms take at most {MAX_ROWS} rows, not {rows}")
         if x.dtype != torch.bfloat16:
