@@ -77,7 +77,7 @@ def step_matmuls(model, kernels) -> dict[str, dict[int, float]]:
     if huge_pages.available():  # the same copies again, moved as loading moves them
         for name in [name for name in ways if name != "torch bf16"]:
             copies = [_copy(copy) for copy in ways[name]]
-            huge_pages.settle(t for copy in copies for t in _tensors(copy))
+            huge_pages.settle(t for copy in copies for t in copy.tensors)
             ways[f"{name}, huge pages"] = copies
     inputs = {size: {} for size in {w.shape[1] for w in weights}}
     result: dict[str, dict[int, float]] = {name: {} for name in ways}
@@ -105,29 +105,15 @@ def step_matmuls(model, kernels) -> dict[str, dict[int, float]]:
     return result
 
 
-def _tensors(copy) -> list[torch.Tensor]:
-    from bot.models import native
-
-    if isinstance(copy, native.NativeInt4):
-        return [copy.blob]
-    if isinstance(copy, native.BlockedBf16):
-        return [copy.blocks]
-    return [copy.packed, copy.scales_zeros]
-
-
 def _copy(copy):
     """``copy`` (a 4-bit or blocked weight) with tensors of its own."""
     import dataclasses
 
-    from bot.models import native
+    import torch
 
-    if isinstance(copy, native.NativeInt4):
-        return dataclasses.replace(copy, blob=copy.blob.clone())
-    if isinstance(copy, native.BlockedBf16):
-        return dataclasses.replace(copy, blocks=copy.blocks.clone())
-    return dataclasses.replace(
-        copy, packed=copy.packed.clone(), scales_zeros=copy.scales_zeros.clone()
-    )
+    values = {f.name: getattr(copy, f.name) for f in dataclasses.fields(copy)}
+    clones = {name: v.clone() for name, v in values.items() if isinstance(v, torch.Tensor)}
+    return dataclasses.replace(copy, **clones)
 
 
 def teacher_forced(model, ids: list[int], steps: int, **build) -> torch.Tensor:

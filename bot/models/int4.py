@@ -42,8 +42,13 @@ class Int4Weight:
     in_features: int
 
     @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """What holds the weight's data (as for charbot's layouts in bot/models/native.py)."""
+        return (self.packed, self.scales_zeros)
+
+    @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.packed, self.scales_zeros))
+        return sum(t.numel() * t.element_size() for t in self.tensors)
 
 
 Int4 = Int4Weight | native.NativeInt4  # a 4-bit copy in either layout

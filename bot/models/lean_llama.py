@@ -245,15 +245,7 @@ class LeanLlama:
         """Move the 4-bit and blocked copies (every small step reads all of them) onto huge
         pages (bot/models/huge_pages.py); the bytes moved. Called once they are saved:
         afterwards they share one mapping."""
-        tensors = []
-        for copy in self._all_copies():
-            if isinstance(copy, native.NativeInt4):
-                tensors.append(copy.blob)
-            elif isinstance(copy, native.BlockedBf16):
-                tensors.append(copy.blocks)
-            elif isinstance(copy, int4_weights.Int4Weight):
-                tensors += [copy.packed, copy.scales_zeros]
-        moved = huge_pages.settle(tensors)
+        moved = huge_pages.settle(t for copy in self._all_copies() for t in copy.tensors)
         # the one-call layer descriptions hold the copies' addresses: made again on use
         self._structs.clear()
         self._structs_lora.clear()

@@ -346,6 +346,11 @@ class NativeInt4:
     kernels: Kernels
 
     @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """What holds the weight's data (for moving it, as huge_pages.settle does)."""
+        return (self.blob,)
+
+    @property
     def nbytes(self) -> int:
         return self.blob.numel()
 
@@ -361,6 +366,11 @@ class BlockedBf16:
     out_features: int
     in_features: int
     kernels: Kernels
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """What holds the weight's data."""
+        return (self.blocks,)
 
     @property
     def nbytes(self) -> int:
