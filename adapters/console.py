@@ -21,9 +21,10 @@ from adapters.base import PlatformAdapter
 from bot.characters import Character
 from bot.core import Core
 from bot.errors import CharbotError
-from bot.lora_admin import adapter_command
+from bot.lora_admin import COMMAND, OLD_COMMAND, RENAMED, lora_command
 from bot.messages import Inbound
 from bot.reply import ReplyTarget
+from engine.errors import EngineError
 
 HELP = """Commands:
   /characters        list the characters
@@ -33,8 +34,8 @@ HELP = """Commands:
   /fix TEXT          give a better answer for the last reply
   /regen             a new version of the last reply
   /prev, /next       page through the versions of the last reply (the one shown is kept)
-  /adapter [VERSION] list the current character's LoRA versions, or switch (base: none;
-                     rollback: the previous one); /adapter PATH loads a directory for now
+  /lora [VERSION]    list the current character's LoRA versions, or switch (base: none;
+                     rollback: the previous one); /lora PATH loads a directory for now
   /help              this list
   /quit              leave (end of input does too)"""
 
@@ -234,7 +235,7 @@ class ConsoleAdapter(PlatformAdapter):
             command, _, argument = text.partition(" ")
             try:
                 return await self.command(command.lower(), argument.strip())
-            except CharbotError as exc:
+            except (CharbotError, EngineError) as exc:
                 self.say(f"[{exc}]")
                 return True
         try:
@@ -249,7 +250,7 @@ class ConsoleAdapter(PlatformAdapter):
                 ),
                 ConsoleTarget(self.out),
             )
-        except CharbotError as exc:
+        except (CharbotError, EngineError) as exc:
             self.say(f"[{exc}]")
             return True
         if result is not None and result.message_ids:
@@ -279,20 +280,10 @@ class ConsoleAdapter(PlatformAdapter):
             await core.reset(platform, chat)
             self.last_reply = None
             self.say("[conversation reset]")
-        elif command == "/adapter" and core.loras is not None and "/" not in argument:
-            # Versions by name: list, switch, roll back (persisted; see bot/lora_admin.py).
-            current = await core.current_character(platform, chat)
-            self.say(f"[{await adapter_command(core, current.name, argument, 'console')}]")
-        elif command == "/adapter":
-            if not argument:
-                self.say("[usage: /adapter PATH, or /adapter none]")
-            else:
-                current = await core.current_character(platform, chat)
-                path = None if argument.lower() == "none" else argument
-                version = await core.switch_adapter(current.name, path)
-                self.say(
-                    f"[{current.name} now uses {f'adapter {version}' if path else 'no adapter'}]"
-                )
+        elif command in (f"/{COMMAND}", f"/{OLD_COMMAND}"):
+            if command == f"/{OLD_COMMAND}":
+                self.say(f"[{RENAMED}]")
+            await self.lora(argument)
         elif command in ("/prev", "/next"):
             await self.page(-1 if command == "/prev" else 1)
         elif command in ("/good", "/bad", "/fix", "/regen"):
@@ -300,6 +291,20 @@ class ConsoleAdapter(PlatformAdapter):
         else:
             self.say(f"[unknown command {command}; /help lists them]")
         return True
+
+    async def lora(self, argument: str) -> None:
+        """/lora: versions by name (list, switch, roll back; persisted, see
+        bot/lora_admin.py), or a LoRA directory by path for this run."""
+        core, platform, chat = self.core, self.platform, self.chat_id
+        current = await core.current_character(platform, chat)
+        if core.loras is not None and "/" not in argument:
+            self.say(f"[{await lora_command(core, current.name, argument, 'console')}]")
+        elif not argument:
+            self.say(f"[usage: /{COMMAND} PATH, or /{COMMAND} none]")
+        else:
+            path = None if argument.lower() == "none" else argument
+            version = await core.switch_lora(current.name, path)
+            self.say(f"[{current.name} now uses {f'LoRA {version}' if path else 'no LoRA'}]")
 
     async def feedback(self, command: str, argument: str) -> None:
         if self.last_reply is None:

@@ -27,6 +27,7 @@ from bot.config import DiscordSettings
 from bot.core import Core
 from bot.errors import CharbotError
 from bot.messages import Inbound
+from engine.errors import EngineError
 from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -281,7 +282,7 @@ class DiscordAdapter(PlatformAdapter):
             result = await self.core.regenerate(
                 PLATFORM, str(payload.channel_id), str(payload.message_id), target
             )
-        except CharbotError as exc:
+        except (CharbotError, EngineError) as exc:
             await target.notice(str(exc))
             return
         if result is not None and result.message_ids:

@@ -18,7 +18,7 @@ from discord import app_commands
 from adapters.discord_access import place_of
 from adapters.discord_reply import NO_PINGS, Quote, visible_text
 from bot.errors import CharbotError
-from bot.lora_admin import adapter_command
+from bot.lora_admin import lora_command
 from bot.messages import Inbound
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ def register_commands(tree: app_commands.CommandTree, adapter: DiscordAdapter) -
             if version == "rollback"
             else [character or "", version or ""]
         )
-        text = await adapter_command(core, current.name, " ".join(words), f"discord:{user}")
+        text = await lora_command(core, current.name, " ".join(words), f"discord:{user}")
         await say(interaction, text)
 
     @tree.command(name="fix", description="Suggest a better text for a character's reply")

@@ -58,6 +58,7 @@ from bot.core import Core
 from bot.errors import CharbotError
 from bot.messages import Inbound
 from bot.reply import ReplyTarget
+from engine.errors import EngineError
 from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -363,7 +364,7 @@ class TelegramAdapter(PlatformAdapter):
         target = await swipe_target(self, message, topic_of(message))
         try:
             await self.core.regenerate(PLATFORM, chat_id, message_id, target)
-        except CharbotError as exc:
+        except (CharbotError, EngineError) as exc:
             await target.notice(str(exc))
         await self.core.swipes.regenerated(PLATFORM, chat_id, message_id)
 

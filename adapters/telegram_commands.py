@@ -18,7 +18,7 @@ from telegram.ext import Application, CommandHandler, ContextTypes, filters
 
 from adapters.telegram_reply import escape
 from bot.errors import CharbotError
-from bot.lora_admin import adapter_command
+from bot.lora_admin import lora_command
 
 if TYPE_CHECKING:
     from adapters.telegram_adapter import TelegramAdapter
@@ -163,7 +163,7 @@ def register_commands(app: Application, adapter: TelegramAdapter) -> None:  # ty
             await say(message, "Only the bot's admins ([telegram] admins) can switch versions.")
             return
         current = await core.current_character(PLATFORM, str(message.chat.id), default)
-        text = await adapter_command(core, current.name, argument, f"telegram:{user}")
+        text = await lora_command(core, current.name, argument, f"telegram:{user}")
         await say(message, escape(text))
 
     handlers = (start, help_, characters, character, reset, ask, fix, adapter_)

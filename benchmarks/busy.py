@@ -23,9 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serving import QUESTIONS, timed_reply  # noqa: E402
-from bot.config import ModelSettings  # noqa: E402
-from bot.models.base import GenerationRequest, Sampling  # noqa: E402
+from benchmarks.workload import QUESTIONS, timed_reply  # noqa: E402
+from engine import EngineSettings, GenerationRequest, Sampling, create_model  # noqa: E402
 
 HOG = "while True: pass"
 
@@ -51,12 +50,10 @@ async def measure(model, tokens: int) -> dict:
 
 
 async def run_policy(policy: str, tokens: int) -> dict:
-    from bot.models.transformers_backend import TransformersModel
-
-    settings = ModelSettings(
+    settings = EngineSettings(
         cache_dir=ROOT / "data" / "models", max_batch_size=32, max_queue=256, threads=policy
     )
-    model = TransformersModel(settings, progress=False)
+    model = create_model(settings, progress=False)
     await model.start()
     try:
         warm = GenerationRequest([{"role": "user", "content": "Hi"}], Sampling(8, 0))

@@ -29,8 +29,8 @@ from bot.characters import Character
 from bot.config import ModelSettings
 from bot.core import Core
 from bot.messages import Inbound
-from bot.models.echo import EchoModel
 from bot.reply import ReplyTarget
+from engine import EngineSettings, create_model
 from storage.store import Store
 
 
@@ -83,12 +83,12 @@ async def measure(mode: str, chats: int, messages: int, rate: float, db: Path) -
     store = await Store.open(f"sqlite:///{db}")
     core = Core(
         store=store,
-        model=EchoModel(),
+        model=create_model(EngineSettings(backend="echo")),
         characters=[Character(name="Mara", description="A navigator.")],
         settings=ModelSettings(backend="echo", context_tokens=1024),
     )
     await core.start()
-    gc.freeze()  # as bot.app does once the bot has started
+    gc.freeze()  # as charbot.wiring does once the bot has started
     latencies: list[float] = []
     started = time.perf_counter()
     if mode == "paced":

@@ -1,4 +1,4 @@
-"""Quick decode-speed check through the real TransformersModel (model process).
+"""Quick decode-speed check through the real local backend (model process).
 
     PYTHONPATH=. .venv/bin/python benchmarks/decode_quick.py [--repeat 3]
 
@@ -16,22 +16,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serving import QUESTIONS, timed_reply  # noqa: E402
-from bot.config import ModelSettings  # noqa: E402
-from bot.models.base import GenerationRequest, Sampling  # noqa: E402
+from benchmarks.workload import QUESTIONS, timed_reply  # noqa: E402
+from engine import EngineSettings, GenerationRequest, Sampling, create_model  # noqa: E402
 
 
 async def run(args) -> None:
-    from bot.models.transformers_backend import TransformersModel
-
-    settings = ModelSettings(
+    settings = EngineSettings(
         cache_dir=ROOT / "data" / "models",
         max_batch_size=32,
         max_queue=256,
         threads=args.threads,
         dtype=args.dtype,
     )
-    model = TransformersModel(settings, progress=False, worker=args.worker)
+    model = create_model(settings, progress=False, worker=args.worker)
     await model.start()
     greedy = Sampling(max_new_tokens=args.tokens, temperature=0)
     await timed_reply(model, GenerationRequest([{"role": "user", "content": "Hi"}], greedy))

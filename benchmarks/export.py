@@ -74,7 +74,7 @@ def build(path: Path) -> None:
     now = 1_700_000_000.0
     columns = (
         "id, conversation_id, platform, chat_id, platform_message_id, role, author_id, "
-        "author_name, text, reply_to_id, regenerated_from_id, character, adapter_version, model, "
+        "author_name, text, reply_to_id, regenerated_from_id, character, lora_version, model, "
         "prompt_json, sampling_json, status, created_at"
     )
     insert = f"INSERT INTO messages ({columns}) VALUES ({', '.join('?' * 18)})"

@@ -31,12 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import loop_persona as persona  # noqa: E402
-from bot.app import open_core  # noqa: E402
 from bot.characters import Character  # noqa: E402
 from bot.config import load_config  # noqa: E402
 from bot.core import Core  # noqa: E402
 from bot.messages import Inbound  # noqa: E402
 from bot.reply import ReplyTarget  # noqa: E402
+from charbot.wiring import open_core  # noqa: E402
 
 _ids = itertools.count(1)
 
@@ -184,7 +184,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         figures["ask_60_after_s"] = time.perf_counter() - answer_started
         figures["loop_s"] = time.perf_counter() - loop_started
         rows = [await core.store.get_message(r[3]) for r in after_c]
-        assert {r.adapter_version for r in rows} == {version.id}
+        assert {r.lora_version for r in rows} == {version.id}
 
     embedder = Embedder()
     ref_c = [a for _, a in persona.CORRECTED]

@@ -35,7 +35,7 @@ from adapters.telegram_adapter import TelegramAdapter
 from bot.characters import Character
 from bot.config import ModelSettings, TelegramSettings
 from bot.core import Core
-from bot.models.echo import EchoModel
+from engine import EngineSettings, create_model
 from storage.store import Store
 from tests.fake_telegram import FakeTelegram
 
@@ -96,7 +96,7 @@ async def run(messages: int, users: int, send_delay: float, max_replies: int) ->
         store = await Store.open(f"sqlite:///{db}")
         core = Core(
             store=store,
-            model=EchoModel(),
+            model=create_model(EngineSettings(backend="echo")),
             characters=[Character(name="Aria", description="A navigator.")],
             settings=ModelSettings(backend="echo"),
             max_replies=max_replies,

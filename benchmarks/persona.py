@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import inspect
 import itertools
 import json
 import re
@@ -43,8 +42,8 @@ from bot.characters import Character
 from bot.config import Config, load_config
 from bot.core import Core
 from bot.messages import Inbound
-from bot.models import create_model
 from bot.reply import ReplyTarget
+from charbot.wiring import build_model
 from storage.store import Store
 
 SEED = 1234
@@ -281,9 +280,7 @@ async def run(
 ) -> tuple[list[Answer], list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         store = await Store.open(f"sqlite:///{tmp}/persona.db")
-        factory: Any = create_model
-        arguments = (config.model, config.characters)
-        model = factory(*arguments[: len(inspect.signature(factory).parameters)])
+        model = build_model(config)
         core = Core(
             store=store,
             model=model,

@@ -29,29 +29,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bot.config import ModelSettings  # noqa: E402
-from bot.models.base import AdapterSpec, GenerationRequest, Sampling  # noqa: E402
+from benchmarks.workload import QUESTIONS, make_loras, one_stream, timed_reply  # noqa: E402
+from engine import EngineSettings, GenerationRequest, LoraSpec, Sampling, create_model  # noqa: E402
 
-QUESTIONS = [
-    "Tell me about your day.",
-    "What is the best way to learn to cook?",
-    "Describe the sea at night.",
-    "Why do cats purr?",
-    "Give me three tips for a job interview.",
-    "What would you pack for a trip to the mountains?",
-    "Explain what a rainbow is.",
-    "Write two lines about autumn.",
-]
 COLD_START = """
 import asyncio, sys, time
 t0 = time.perf_counter()
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from bot.config import ModelSettings
-from bot.models.base import GenerationRequest, Sampling
-from bot.models.transformers_backend import TransformersModel
+from engine import EngineSettings, GenerationRequest, Sampling, create_model
 async def main():
-    m = TransformersModel(ModelSettings(cache_dir=Path({cache!r})), progress=False)
+    m = create_model(EngineSettings(cache_dir=Path({cache!r})), progress=False)
     await m.start()
     async for _ in m.stream(GenerationRequest([{{"role": "user", "content": "Hi"}}],
                                               Sampling(1, 0))):
@@ -83,61 +71,6 @@ def read_bandwidth_gbs() -> float:
     return buf.numel() * 4 / best / 1e9
 
 
-def make_adapters(base_dir: str, root: Path, count: int, *, distinct: int) -> list[Path]:
-    """``distinct`` random r=8 LoRA adapters (q,k,v,o), copied to ``count`` directories."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    made = []
-    base = AutoModelForCausalLM.from_pretrained(base_dir)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-    peft_model = get_peft_model(base, config)
-    for i in range(distinct):
-        torch.manual_seed(i)
-        with torch.no_grad():  # small random B: distinct adapters that keep the text sane
-            for name, param in peft_model.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(0, 0.002)
-        out = root / f"char{i}" / "v1"
-        peft_model.save_pretrained(out)
-        made.append(out)
-    for i in range(distinct, count):
-        out = root / f"char{i}" / "v1"
-        shutil.copytree(made[i % distinct], out)
-        made.append(out)
-    return made
-
-
-async def timed_reply(model, request) -> tuple[int, float, float]:
-    """(completion tokens, time to first text, total seconds)."""
-    start = time.perf_counter()
-    first = None
-    usage = None
-    async for chunk in model.stream(request):
-        if first is None and chunk.text:
-            first = time.perf_counter() - start
-        usage = chunk.usage or usage
-    return usage.completion_tokens, first or 0.0, time.perf_counter() - start
-
-
-async def one_stream(model, request, runs: int = 3) -> tuple[float, float, str]:
-    """Best of ``runs``: (decode tok/s after the first token, time to first token, text)."""
-    best = None
-    for _ in range(runs):
-        start, first, text = time.perf_counter(), None, ""
-        async for chunk in model.stream(request):
-            if first is None and chunk.text:
-                first = time.perf_counter() - start
-            text += chunk.text
-            tokens = chunk.usage.completion_tokens if chunk.usage else 0
-        total = time.perf_counter() - start
-        rate = (tokens - 1) / (total - (first or 0.0))
-        if best is None or rate > best[0]:
-            best = (round(rate, 1), round(first or 0.0, 3), text)
-    return best
-
-
 def cold_start(cache: Path) -> float:
     code = COLD_START.format(root=str(ROOT), cache=str(cache))
     out = subprocess.run(
@@ -147,8 +80,6 @@ def cold_start(cache: Path) -> float:
 
 
 async def run(args) -> dict:
-    from bot.models.transformers_backend import TransformersModel
-
     result: dict = {"load_average": os.getloadavg()[0]}
     tmp = Path(tempfile.mkdtemp(prefix="charbot-bench-"))
     try:
@@ -158,13 +89,13 @@ async def run(args) -> dict:
             result["cold_start_s"] = {"first": round(first, 2), "cached": round(cached, 2)}
             print(f"cold start: first {first:.1f}s (converting), cached {cached:.1f}s")
 
-        settings = ModelSettings(
+        settings = EngineSettings(
             cache_dir=ROOT / "data" / "models",
             dtype=args.dtype,
             max_batch_size=32,
             max_queue=256,
         )
-        model = TransformersModel(settings, progress=False, worker=args.worker)
+        model = create_model(settings, progress=False, worker=args.worker)
         await model.start()
 
         result["dtype"] = str(model.dtype).removeprefix("torch.")
@@ -177,12 +108,12 @@ async def run(args) -> dict:
         model_pid = getattr(model.scheduler, "pid", None)
         rss_base = rss_mb(model_pid)
         # Memory first, on the fresh model: later batches leave KV-cache pages behind.
-        many = make_adapters(model.source_path, tmp / "many", 100, distinct=1)
+        many = make_loras(model.source_path, tmp / "many", 100, distinct=1)
         result["rss_mb"] = {"0": round(rss_base)}
         loaded = 0
         for target in (1, 20, 100):
             for path in many[loaded:target]:
-                await model.load_adapter(path.parent.name, str(path))
+                await model.load_lora(path.parent.name, str(path))
             loaded = target
             result["rss_mb"][str(target)] = round(rss_mb(model_pid))
         if model_pid is not None:
@@ -190,7 +121,7 @@ async def run(args) -> dict:
         print("rss:", result["rss_mb"])
         base_runs["100 adapters loaded"] = await one_stream(model, one)
         for path in many:
-            await model.unload_adapter(path.parent.name)
+            await model.unload_lora(path.parent.name)
         base_runs["after unloading"] = await one_stream(model, one)
 
         bandwidth = read_bandwidth_gbs()
@@ -211,8 +142,8 @@ async def run(args) -> dict:
             )
         print(f"base reply identical in every state: {result['base_reply_identical']}")
 
-        adapters = make_adapters(model.source_path, tmp, 4, distinct=4)
-        spec = AdapterSpec("char0", str(adapters[0]))
+        adapters = make_loras(model.source_path, tmp, 4, distinct=4)
+        spec = LoraSpec("char0", str(adapters[0]))
         one_lora = GenerationRequest(one.messages, greedy, spec)
         result["one_stream_adapter_tok_s"], _, _ = await one_stream(model, one_lora)
         print(f"one stream with an adapter: {result['one_stream_adapter_tok_s']} tok/s")
@@ -220,12 +151,12 @@ async def run(args) -> dict:
             GenerationRequest(
                 [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
                 greedy,
-                AdapterSpec(f"char{i % 4}", str(adapters[i % 4])),
+                LoraSpec(f"char{i % 4}", str(adapters[i % 4])),
             )
             for i in range(max(args.concurrency))
         ]
         for spec_path in adapters:  # loaded up front: the benchmark is about serving
-            await model.load_adapter(spec_path.parent.name, str(spec_path))
+            await model.load_lora(spec_path.parent.name, str(spec_path))
         sequential = [await timed_reply(model, r) for r in requests]
         result["concurrency"] = []
         for n in args.concurrency:
@@ -246,7 +177,7 @@ async def run(args) -> dict:
             print(row)
 
         for spec_path in adapters:
-            await model.unload_adapter(spec_path.parent.name)
+            await model.unload_lora(spec_path.parent.name)
         await model.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

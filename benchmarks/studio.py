@@ -82,8 +82,8 @@ def _pct(values: list[float], q: float) -> float:
 
 async def chat(messages: int) -> dict[str, Any]:
     from adapters.web.app import WebAdapter
-    from bot.app import open_core
     from bot.config import load_config
+    from charbot.wiring import open_core
 
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "config.toml"

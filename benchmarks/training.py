@@ -49,7 +49,8 @@ def records(count: int) -> list[dict]:  # type: ignore[type-arg]
 def main() -> None:
     import torch
 
-    from training.train import TrainPlan, _trainer, load_for_training, train, use_bf16, wrap_lora
+    from engine import load_training_model
+    from training.train import TrainPlan, _trainer, train, use_bf16, wrap_lora
     from training.train_data import Stage
     from training.versions import new_run
 
@@ -64,7 +65,7 @@ def main() -> None:
     model_settings = ModelSettings(cache_dir=ROOT / "data" / "models")
     bf16 = use_bf16(settings.bf16, "cpu")
     tmp = Path(tempfile.mkdtemp(prefix="charbot-train-bench-"))
-    model, tokenizer, _ = load_for_training(model_settings, progress=False)
+    model, tokenizer, _ = load_training_model(model_settings, progress=False)
     peft_model = wrap_lora(model, settings, None)
     data = records(args.pairs)
     plan = TrainPlan("Odile", "sft", [Stage("bench", data, 1)], [], settings, model_settings)
@@ -116,7 +117,7 @@ def main() -> None:
         "estimated_500x3_s": estimate,
     }
     if args.full:
-        model, tokenizer, path = load_for_training(model_settings, progress=False)
+        model, tokenizer, path = load_training_model(model_settings, progress=False)
         full = TrainPlan(
             "Odile", "sft", [Stage("full", records(500), 3)], [], settings, model_settings
         )

@@ -12,7 +12,7 @@ from bot.lorebook import Lorebook
 
 @dataclass(frozen=True, slots=True)
 class Character:
-    """One persona. ``adapter`` is a LoRA directory on the shared base model, or None."""
+    """One persona. ``lora`` is its LoRA directory on the shared base model, or None."""
 
     name: str
     description: str = ""
@@ -24,11 +24,11 @@ class Character:
     post_history_instructions: str = ""
     alternate_greetings: tuple[str, ...] = ()
     avatar_url: str | None = None
-    adapter: str | None = None
+    lora: str | None = None
     # backend = "openai": the served model name to ask for (a vLLM LoRA module, e.g. "bram"),
     # or the llama-server adapter id (its place in --lora-scaled) applied per request.
     model: str | None = None
-    lora: int | None = None
+    lora_id: int | None = None
     # Generation overrides; None means "use [model]".
     max_new_tokens: int | None = None
     temperature: float | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import re
 import tomllib
@@ -16,68 +17,28 @@ from typing import Any
 
 from bot.characters import Character, load_card
 from bot.errors import ConfigError
+from engine import (
+    BACKENDS,
+    ENGINES,
+    KERNELS,
+    EngineSettings,
+    backend_name,
+    parse_threads,
+)
+from storage.settings import StorageSettings
 
 
 @dataclass(frozen=True, slots=True)
-class ModelSettings:
-    """[model]: which backend and base model, and the default sampling settings."""
+class ModelSettings(EngineSettings):
+    """[model]: the engine's settings (engine.EngineSettings: backend, base model, serving),
+    plus the prompt's knowledge budget and the default sampling settings."""
 
-    backend: str = "transformers"  # one of BACKENDS
-    base: str = "smollm2"  # alias of the bundled SmolLM2-135M-Instruct, an HF id or a directory
-    dtype: str = "auto"  # "auto" (bf16 + 4-bit decoding) | "bfloat16" | "float32" | "int4"
-    # Sampling defaults: config.toml's, tuned on benchmarks/persona.py (README).
+    # Sampling defaults: config.toml's, tuned on benchmarks/persona.py (docs/persona.md).
     max_new_tokens: int = 160
     temperature: float = 0.5
     top_p: float = 0.9
     repetition_penalty: float = 1.3  # > 1 discourages the reply repeating itself
-    # config.toml's values too (tests/test_config.py keeps them the same)
-    context_tokens: int = 1536  # the prompt budget, in the model's own tokens
-    knowledge_tokens: int = 192  # of that, for lorebook entries and retrieved knowledge
-    max_batch_size: int = 16  # serving: rows in one batch
-    batch_wait_ms: float = 5.0  # serving: how long a request waits for others to join
-    max_queue: int = 64  # serving: waiting requests before "busy"
-    threads: int | str = "auto"  # matmul threads: "auto" (yield cores to busy neighbours) or N
-    # "auto": a plain Llama runs on charbot's own code in the model process (no transformers
-    # or peft imports: seconds off every start); "transformers": always transformers + peft
-    engine: str = "auto"
-    # "auto": charbot's own matmul kernels for small decode steps where the CPU and a C
-    # compiler allow (bot/models/native.py); "torch": torch's kernels only
-    kernels: str = "auto"
-    cache_dir: Path = Path("data/models")  # converted model cache (relative to the config file)
-    # backend = "openai": an OpenAI-compatible server (vLLM, llama-server, Ollama, LM Studio).
-    base_url: str | None = None  # the API root, e.g. "http://127.0.0.1:8000/v1"
-    api_key_env: str | None = None  # environment variable holding the API key (never the file)
-    model: str | None = None  # the served base model's name (per character: `model`, `lora`)
-    tokenizer: str | None = None  # HF id or directory to count prompt tokens exactly
-    timeout_s: float = 60.0  # connect, and the longest wait for the next streamed token
-    max_concurrency: int = 16  # requests in flight to the server at once
-
-
-BACKENDS = ("transformers", "openai", "echo")
-ENGINES = ("auto", "transformers")
-KERNELS = ("auto", "torch")
-
-
-def parse_threads(value: str | int) -> int | None:
-    """``[model] threads`` → a fixed count, or None for "auto". ValueError if neither."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise ValueError('must be at least 1, or "auto"')
-        return value
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return None
-    if isinstance(value, str) and value.strip().isdigit():
-        return parse_threads(int(value))
-    raise ValueError(f'{value!r} is not a thread count; use a whole number or "auto"')
-
-
-@dataclass(frozen=True, slots=True)
-class StorageSettings:
-    """[storage]: where conversations, ratings and corrections live."""
-
-    url: str = "sqlite:///data/charbot.db"
-    max_wait_s: float = 60.0  # a locked/busy database is retried this long before giving up
-    busy_timeout_s: float = 5.0  # one attempt's wait for another's lock (PostgreSQL too)
+    knowledge_tokens: int = 192  # of context_tokens, for lorebook entries and retrieved knowledge
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,8 +186,9 @@ _SECTIONS = {
     "web": WebSettings,
 }
 _TOP_LEVEL = {*_SECTIONS, "characters", "default_character", "clean", "training"}
+log = logging.getLogger(__name__)
 _CHARACTER_KEYS = {f.name for f in dataclasses.fields(Character)} - {"extensions", "lorebook"}
-_CHARACTER_KEYS |= {"card"}
+_CHARACTER_KEYS |= {"card", "adapter"}  # adapter: the older name of lora
 
 
 def config_path(cli_value: str | None) -> Path:
@@ -255,6 +217,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
     model: ModelSettings = sections["model"]
     if backend is not None:
         model = dataclasses.replace(model, backend=backend)
+    model = dataclasses.replace(model, backend=backend_name(model.backend))
     if model.backend not in BACKENDS:
         where.fail(
             "[model] backend",
@@ -491,6 +454,7 @@ def _characters(where: _Where, entries: Any, base: Path) -> list[Character]:
                 '[[characters]] table with name = "..." (see the example config.toml)',
             )
         _reject_unknown(where, f"characters #{index}", entry, _CHARACTER_KEYS)
+        entry = _older_lora_keys(where, label, entry)
         values: dict[str, Any] = {}
         if "card" in entry:
             card_path = _resolve(base, Path(str(entry["card"])))
@@ -507,12 +471,34 @@ def _characters(where: _Where, entries: Any, base: Path) -> list[Character]:
             where.fail(f"{label} name", "every character needs a name (or a card with one)")
         if name.lower() in {c.name.lower() for c in characters}:
             where.fail(f"{label} name", f"{name!r} is used twice; names must be unique")
-        if values.get("adapter"):
-            values["adapter"] = str(_resolve(base, Path(values["adapter"])))
+        if values.get("lora"):
+            values["lora"] = str(_resolve(base, Path(values["lora"])))
         if values.get("knowledge"):
             values["knowledge"] = _knowledge_files(where, label, base, values["knowledge"])
         characters.append(Character(**values))
     return characters
+
+
+def _older_lora_keys(where: _Where, label: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """A character's LoRA directory was ``adapter`` and its llama-server id ``lora = N``;
+    both still work, each with one line naming today's key."""
+    entry = dict(entry)
+    if isinstance(entry.get("lora"), int) and not isinstance(entry["lora"], bool):
+        log.warning(
+            "%s: %s lora = %d: a llama-server adapter id is now lora_id = %d "
+            "(lora is the LoRA directory)",
+            where.path,
+            label,
+            entry["lora"],
+            entry["lora"],
+        )
+        entry["lora_id"] = entry.pop("lora")
+    if "adapter" in entry:
+        if "lora" in entry:
+            where.fail(f"{label} adapter", "is the older name of lora; keep only lora")
+        log.warning("%s: %s adapter = ...: the key is now lora", where.path, label)
+        entry["lora"] = entry.pop("adapter")
+    return entry
 
 
 def _training(

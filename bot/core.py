@@ -13,12 +13,11 @@ from typing import Any
 
 from bot.characters import Character
 from bot.config import ModelSettings
-from bot.errors import Busy, CharbotError, UnknownCharacter
+from bot.errors import CharbotError, UnknownCharacter
 from bot.greeting import show_greeting
 from bot.history import Chain, ChainCache
 from bot.knowledge import Knowledge
 from bot.messages import Inbound
-from bot.models.base import AdapterSpec, ChatModel, GenerationRequest, Sampling, Usage
 from bot.progress import INTERRUPTED, ShownReply
 from bot.prompt import build_prompt
 from bot.recovery import Recovered, TargetFor, recover
@@ -26,6 +25,8 @@ from bot.reply import ReplyTarget, StreamRenderer
 from bot.sequencer import ChatLines, Turn
 from bot.swipes import Swipes
 from bot.turns import TurnFilter, cut_short_usage, scene_filter
+from engine import ChatModel, GenerationRequest, LoraSpec, Sampling, Usage
+from engine.errors import Busy
 from storage.store import StorageUnavailable, Store, StoredInbound, StoredTurn, clean_text
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class Core:
         self.model = model
         self.settings = settings
         self._characters = {c.name.lower(): c for c in characters}
-        # By name, not a copy: switch_adapter replaces the Character object.
+        # By name, not a copy: switch_lora replaces the Character object.
         self._default_key = self.character(default_character or characters[0].name).name.lower()
         self._lines = ChatLines()
         self._store_lines = ChatLines()
@@ -101,7 +102,7 @@ class Core:
         # Replies being written at once, over all chats. More only queue up in the model and
         # the platform's HTTP pool, and they would starve intake of the event loop.
         self._replying = asyncio.Semaphore(max_replies)
-        # The persisted LoRA choices (bot.loras.LoraSwitcher), set by bot.app; None in a
+        # The persisted LoRA choices (bot.loras.LoraSwitcher), set by charbot.wiring; None in a
         # core without versions (tests, benchmarks).
         self.loras: Any = None
         # A character is named when the message starts with its name ("Mara, ...") or
@@ -147,18 +148,18 @@ class Core:
             raise UnknownCharacter(name, [c.name for c in self._characters.values()])
         return found
 
-    async def switch_adapter(self, name: str, path: str | None) -> str | None:
-        """Give character ``name`` the LoRA adapter at ``path`` (None: the bare base model)
-        while the bot runs; return the adapter's version. Replies already generating finish
-        on the version they started with. A bad adapter raises AdapterLoadError and changes
+    async def switch_lora(self, name: str, path: str | None) -> str | None:
+        """Give character ``name`` the LoRA at ``path`` (None: the bare base model) while the
+        bot runs; return the LoRA's version. Replies already generating finish on the
+        version they started with. A bad LoRA raises LoraLoadError and changes
         nothing."""
         character = self.character(name)
         version = None
         if path is not None:
-            version = await self.model.load_adapter(character.name, path)
+            version = await self.model.load_lora(character.name, path)
         else:
-            await self.model.unload_adapter(character.name)
-        updated = dataclasses.replace(character, adapter=path)
+            await self.model.unload_lora(character.name)
+        updated = dataclasses.replace(character, lora=path)
         self._characters[character.name.lower()] = updated
         return version
 
@@ -173,6 +174,10 @@ class Core:
     ) -> Character:
         """The chat's current character, else ``default``, else the configured default."""
         return self._first_known(await self.store.chat_character(platform, chat_id), default)
+
+    def character_or_default(self, name: str | None) -> Character:
+        """The character named ``name``, else the default (a name no longer configured)."""
+        return self._first_known(name)
 
     def _first_known(self, *names: str | None) -> Character:
         """The first of ``names`` that is a configured character, else the default."""
@@ -423,9 +428,9 @@ class Core:
             self.model, character, chain, self.settings.context_tokens, user_name, notes
         )
         sampling = self.sampling_for(character)
-        adapter = AdapterSpec(character.name, character.adapter) if character.adapter else None
+        lora = LoraSpec(character.name, character.lora) if character.lora else None
         request = GenerationRequest(
-            messages=prompt, sampling=sampling, adapter=adapter, character=character.name
+            messages=prompt, sampling=sampling, lora=lora, lora_name=character.name
         )
 
         run = _Run()
@@ -481,7 +486,7 @@ class Core:
             prompt=prompt,
             sampling=sampling.as_dict(),
             model=usage.model or self.model.name,
-            adapter_version=usage.adapter_version,
+            lora_version=usage.lora_version,
             latency_ms=latency_ms,
             prompt_tokens=usage.prompt_tokens or None,
             completion_tokens=usage.completion_tokens or None,

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from tokenizers import Tokenizer
 
-from bot.errors import ModelError  # one line naming the directory and what is wrong
+from engine.errors import ModelError  # one line naming the directory and what is wrong
 
 BATCH_SIZE = 64
 

@@ -18,20 +18,3 @@ class UnknownCharacter(CharbotError):
         self.name = name
         self.known = known
         super().__init__(f"unknown character {name!r}; known characters: {', '.join(known)}")
-
-
-class ModelError(CharbotError):
-    """The model backend failed to load or to generate."""
-
-
-class AdapterLoadError(ModelError):
-    """A character's LoRA adapter directory is missing or does not fit the base model."""
-
-    def __init__(self, character: str, path: str, reason: str) -> None:
-        self.character = character
-        self.path = path
-        super().__init__(f"adapter for character {character!r} at {path}: {reason}")
-
-
-class Busy(ModelError):
-    """The generation queue is full; the user should try again shortly."""

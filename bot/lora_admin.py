@@ -1,9 +1,11 @@
-"""``/adapter`` for bot admins on every platform and the console: list a character's LoRA
+"""``/lora`` for bot admins on every platform and the console: list a character's LoRA
 versions, switch to one, roll back. One grammar, one place:
 
-- ``/adapter`` — the versions of the chat's current character, the one in use marked
-- ``/adapter [NAME] VERSION`` — switch (``v3``, a full id, or ``base`` for no LoRA)
-- ``/adapter rollback [NAME]`` — back to the previous choice
+- ``/lora`` — the versions of the chat's current character, the one in use marked
+- ``/lora [NAME] VERSION`` — switch (``v3``, a full id, or ``base`` for no LoRA)
+- ``/lora rollback [NAME]`` — back to the previous choice
+
+``/adapter``, its older name, still works; its answer starts with a line saying the new one.
 
 A switch is persisted (it survives restarts and reaches every bot process on the database);
 replies already being written finish on the version they started with. The text returned is
@@ -14,9 +16,13 @@ from __future__ import annotations
 
 from bot.errors import CharbotError
 from bot.loras import BASE
+from engine.errors import EngineError
 from storage.errors import StorageError
 
-USAGE = "/adapter [NAME] VERSION (or base) to switch, /adapter rollback [NAME] to go back"
+COMMAND = "lora"
+OLD_COMMAND = "adapter"  # the older name, still accepted
+RENAMED = f"(/{OLD_COMMAND} is now /{COMMAND}.)"
+USAGE = f"/{COMMAND} [NAME] VERSION (or base) to switch, /{COMMAND} rollback [NAME] to go back"
 
 
 def version_list(core, name: str) -> str:  # type: ignore[no-untyped-def]
@@ -43,8 +49,8 @@ def version_list(core, name: str) -> str:  # type: ignore[no-untyped-def]
     return "\n".join(lines)
 
 
-async def adapter_command(core, current: str, argument: str, chosen_by: str) -> str:  # type: ignore[no-untyped-def]
-    """Run ``/adapter ARGUMENT`` for an admin; ``current`` is the chat's character."""
+async def lora_command(core, current: str, argument: str, chosen_by: str) -> str:  # type: ignore[no-untyped-def]
+    """Run ``/lora ARGUMENT`` for an admin; ``current`` is the chat's character."""
     if core.loras is None:
         return "LoRA versions are not served by this bot."
     words = argument.split()
@@ -63,5 +69,5 @@ async def adapter_command(core, current: str, argument: str, chosen_by: str) -> 
             return f"Unexpected {' '.join(words[1:])!r}. {USAGE}"
         version = await core.loras.use(name, words[0], chosen_by)
         return f"{name} now speaks with {version or BASE}."
-    except (CharbotError, StorageError) as exc:
+    except (CharbotError, EngineError, StorageError) as exc:
         return str(exc)

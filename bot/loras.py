@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import re
@@ -25,11 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.errors import CharbotError
+from engine import BaseIdentity, EngineError, lora_version
 from storage import lora_choices
 from storage.lora_choices import Choice
 
 if TYPE_CHECKING:
-    from bot.config import ModelSettings
     from bot.core import Core
     from storage.store import Store
 
@@ -104,55 +103,6 @@ def find_version(loras_dir: Path, character: str, wanted: str) -> LoraVersion:
 # -- the base model a version was trained on ------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class BaseIdentity:
-    """The configured base model: its name and, where its files are local, their hash."""
-
-    name: str
-    fingerprint: str | None = None
-
-    def as_dict(self) -> dict[str, str | None]:
-        return {"name": self.name, "fingerprint": self.fingerprint}
-
-
-def fingerprint(directory: Path) -> str:
-    """sha256 over a model directory's config and weight files, cached beside them by
-    size and mtime (hashing ~540 MB takes a second or two; a start should not pay it)."""
-    weights = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin"))
-    files = [*weights, directory / "config.json"]
-    files = [p for p in files if p.is_file()]
-    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    cache = directory / ".charbot-fingerprint.json"
-    with contextlib.suppress(OSError, ValueError):
-        cached = json.loads(cache.read_text())
-        if cached["stamp"] == stamp:
-            return str(cached["sha256"])
-    digest = hashlib.sha256()
-    for path in files:
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 22):
-                digest.update(chunk)
-    value = digest.hexdigest()
-    with contextlib.suppress(OSError):  # a read-only model directory: just not cached
-        cache.write_text(json.dumps({"stamp": stamp, "sha256": value}))
-    return value
-
-
-def base_identity(settings: ModelSettings, loaded_path: str | None = None) -> BaseIdentity:
-    """Identify ``[model] base`` without loading it (``loaded_path``: where it was loaded)."""
-    from bot.models.local_files import CONVERTED_NAME, DEFAULT_ALIAS, is_complete
-
-    path = Path(loaded_path) if loaded_path else None
-    if path is None:
-        if settings.base.lower() == DEFAULT_ALIAS:
-            path = settings.cache_dir / CONVERTED_NAME
-            path = path if is_complete(path) else None
-        elif Path(settings.base).expanduser().is_dir():
-            path = Path(settings.base).expanduser()
-    digest = fingerprint(path) if path is not None and path.is_dir() else None
-    return BaseIdentity(settings.base, digest)
-
-
 def check_base(version: LoraVersion, base: BaseIdentity) -> None:
     """Refuse a version trained on another base model (one line, before anything loads)."""
     trained = version.metadata.get("base_model", {})
@@ -193,7 +143,7 @@ class LoraSwitcher:
         self.base = base
         self.poll_seconds = poll_seconds
         # What config.toml gave each character: where a rollback past every choice returns.
-        self._configured = {c.name.lower(): c.adapter for c in core.characters}
+        self._configured = {c.name.lower(): c.lora for c in core.characters}
         self._applied: dict[str, int | None] = {}  # lower name -> applied choice id
         self._task: asyncio.Task[None] | None = None
 
@@ -228,11 +178,11 @@ class LoraSwitcher:
                 continue
             self._applied[key] = choice_id  # also on failure: do not retry a broken choice
             path = choice.path if choice is not None else self._configured.get(key)
-            if choice is None and character.adapter == path:
+            if choice is None and character.lora == path:
                 continue  # nothing chosen, still as configured
             try:
-                await self.core.switch_adapter(character.name, path)
-            except CharbotError as exc:
+                await self.core.switch_lora(character.name, path)
+            except (CharbotError, EngineError) as exc:
                 log.error("could not switch %s's LoRA: %s", character.name, exc)
                 continue
             log.info("%s now speaks with %s", character.name, choice.version if choice else path)
@@ -242,14 +192,14 @@ class LoraSwitcher:
 
     def current(self, character: str) -> str | None:
         """The version ``character`` speaks with now (None: the bare base model)."""
-        adapter = self.core.character(character).adapter
-        return Path(adapter).name if adapter else None
+        path = self.core.character(character).lora
+        return lora_version(path) if path else None
 
     async def use(self, character: str, wanted: str, chosen_by: str) -> str | None:
         """Make ``character`` speak with version ``wanted`` (``base``: none); persist it."""
         name = self.core.character(character).name
         version, path = await asyncio.to_thread(resolve_choice, self, name, wanted)
-        await self.core.switch_adapter(name, path)  # a bad adapter raises; nothing persisted
+        await self.core.switch_lora(name, path)  # a bad LoRA raises; nothing persisted
         choice = await lora_choices.record_choice(self.store, name, version, path, chosen_by)
         self._applied[name.lower()] = choice.id
         return version

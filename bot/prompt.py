@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bot.characters import Character
-from bot.models.base import ChatMessages, ChatModel
+from engine import ChatMessages, ChatModel
 
 EXAMPLES_START = (
     "[Example dialogue: how {{char}} talks. These are examples only, not part of the conversation.]"

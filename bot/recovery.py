@@ -7,21 +7,30 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from bot.characters import Character
 from bot.messages import Inbound
 from bot.progress import finish_interrupted
 from bot.reply import ReplyTarget
 from storage.intake import cut_off, mark_interrupted, unanswered
-from storage.store import StoredInbound
-
-if TYPE_CHECKING:
-    from bot.core import Core
+from storage.store import Store, StoredInbound
 
 log = logging.getLogger(__name__)
 
 # chat id, thread id ("" or None: none), platform id of the message to reply to
 TargetFor = Callable[[str, str | None, str | None], ReplyTarget]
+
+
+class Resumer(Protocol):
+    """What recovery needs of the core: its store, a character by name (the default for
+    a name no longer configured) and answering a stored message in its chat's line."""
+
+    store: Store
+
+    def character_or_default(self, name: str | None) -> Character: ...
+
+    def resume(self, msg: Inbound, stored: StoredInbound, target: ReplyTarget) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +43,7 @@ class Recovered:
 
 
 async def recover(
-    core: Core, platform: str, target_for: TargetFor, backlog_minutes: float
+    core: Resumer, platform: str, target_for: TargetFor, backlog_minutes: float
 ) -> Recovered:
     """Finish cut-off replies first (they are older than anything pending), then queue the
     pending messages younger than ``backlog_minutes`` in their chats' lines, oldest first;
@@ -43,7 +52,7 @@ async def recover(
     interrupted = 0
     for reply in await cut_off(store, platform):
         target = target_for(reply.chat_id, reply.thread_id or None, None)
-        character = core._first_known(reply.character)
+        character = core.character_or_default(reply.character)
         try:
             text = await finish_interrupted(target, reply.platform_ids, reply.text, character)
         except Exception as exc:  # deleted meanwhile, or the platform refuses: still record

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from bot.characters import Character
-from bot.models.base import GenerationRequest, Usage
+from engine import GenerationRequest, Usage, lora_version
 
 # Turn markers of common chat templates (ChatML, Llama 3, Mistral, Zephyr, Gemma, Phi).
 # Backends usually stop at their own end-of-turn token, but a marker decoded as text (or a
@@ -147,13 +146,12 @@ def scene_filter(characters: Iterable[Character], chain: Sequence[Any], user: st
 def cut_short_usage(usage: Usage, request: GenerationRequest, chunks: int) -> Usage:
     """Usage for a generation the core stopped at a new turn, before the backend's final
     chunk (which carries the real figures) arrived."""
-    adapter = request.adapter
     return Usage(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens or chunks,  # local backends: a token a chunk
         model=usage.model,
-        # The version the backend would report: the adapter directory's own name (the rule
-        # of bot.models.adapters.adapter_version, not imported here: it pulls in torch).
-        adapter_version=usage.adapter_version or (Path(adapter.path).name if adapter else None),
+        # The version the backend would report.
+        lora_version=usage.lora_version
+        or (lora_version(request.lora.path) if request.lora else None),
         finish_reason="stop",
     )

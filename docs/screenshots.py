@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.models.base import ChatModel, Chunk, GenerationRequest, Usage
+from engine import ChatModel, Chunk, GenerationRequest, Usage
 from tests.web_support import make_version, write_config
 
 OUT = Path(__file__).resolve().parent
@@ -39,10 +39,10 @@ class Scripted(ChatModel):
     def __init__(self) -> None:
         self.seen: dict[str, int] = {}
 
-    async def load_adapter(self, character: str, path: str) -> str:
+    async def load_lora(self, character: str, path: str) -> str:
         return Path(path).name
 
-    async def unload_adapter(self, character: str) -> None:
+    async def unload_lora(self, character: str) -> None:
         return None
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
@@ -100,12 +100,12 @@ def main() -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    import bot.app
+    import charbot.wiring
     from tests import test_web_browser as browser_tests
 
     with tempfile.TemporaryDirectory() as tmp:
         config = demo_data(Path(tmp))
-        bot.app.create_model = lambda *a: Scripted()  # type: ignore[assignment]
+        charbot.wiring.build_model = lambda config: Scripted()  # type: ignore[assignment]
         options = browser_tests.Options()
         options.binary_location = str(browser_tests.CHROMIUM)
         for argument in (

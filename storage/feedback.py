@@ -26,14 +26,14 @@ _BATCH = 2000
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """Which replies an export reads. None means "any"; ``adapter_version=""`` means the
+    """Which replies an export reads. None means "any"; ``lora_version=""`` means the
     bare base model (no LoRA)."""
 
     character: str | None = None
     since: float | None = None  # reply created at or after (Unix seconds)
     until: float | None = None  # reply created before
     platform: str | None = None
-    adapter_version: str | None = None
+    lora_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ class FeedbackRow:
     parent_id: int  # the message it answers; regenerated siblings share it
     platform: str
     character: str
-    adapter_version: str | None
+    lora_version: str | None
     model: str | None
     text: str
     prompt_json: str  # the exact prompt the reply was generated from
@@ -89,10 +89,10 @@ def _filters(selection: Selection) -> list[Any]:
         where.append(_M.c.created_at >= selection.since)
     if selection.until is not None:
         where.append(_M.c.created_at < selection.until)
-    if selection.adapter_version == "":
-        where.append(_M.c.adapter_version.is_(None))
-    elif selection.adapter_version is not None:
-        where.append(_M.c.adapter_version == selection.adapter_version)
+    if selection.lora_version == "":
+        where.append(_M.c.lora_version.is_(None))
+    elif selection.lora_version is not None:
+        where.append(_M.c.lora_version == selection.lora_version)
     return where
 
 
@@ -132,7 +132,7 @@ def _replies_query(selection: Selection, swipes: bool) -> Any:
             _M.c.reply_to_id,
             _M.c.platform,
             _M.c.character,
-            _M.c.adapter_version,
+            _M.c.lora_version,
             _M.c.model,
             _M.c.text,
             _M.c.prompt_json,
@@ -207,7 +207,7 @@ def iter_feedback(conn: Connection, selection: Selection = Selection()) -> Itera
             parent_id=row.reply_to_id,
             platform=row.platform,
             character=row.character or "",
-            adapter_version=row.adapter_version,
+            lora_version=row.lora_version,
             model=row.model,
             text=row.text,
             prompt_json=row.prompt_json,

@@ -105,7 +105,7 @@ async def roll_back(store: Store, character: str) -> Choice | None:
         if not live:
             raise StorageError(
                 f"{character}: no version was chosen, so there is nothing to roll back; "
-                f"see `charbot adapters list {character}`"
+                f"see `charbot loras list {character}`"
             )
         conn.execute(update(_L).where(_L.c.id == live[0].id).values(rolled_back_at=time.time()))
         return live[1:]

@@ -86,7 +86,7 @@ class Message(Base):
     reply_to_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
     regenerated_from_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
     character: Mapped[str | None] = mapped_column(String(128))
-    adapter_version: Mapped[str | None] = mapped_column(String(128))
+    lora_version: Mapped[str | None] = mapped_column(String(128))
     model: Mapped[str | None] = mapped_column(String(256))
     prompt_json: Mapped[str | None] = mapped_column(Text)  # the exact chat messages sent
     sampling_json: Mapped[str | None] = mapped_column(Text)

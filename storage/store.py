@@ -11,11 +11,12 @@ per-call statement building cost more than SQLite itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -51,6 +52,7 @@ from storage.schema import (
     StreamingReply,
     clean_text,
 )
+from storage.settings import StorageSettings
 
 T = TypeVar("T")
 MessageRow = Row[Any]  # a row of `messages`; attributes are the column names
@@ -453,7 +455,7 @@ class Store:
         prompt: list[dict[str, str]] | None,
         sampling: dict[str, Any] | None,
         model: str | None,
-        adapter_version: str | None = None,
+        lora_version: str | None = None,
         latency_ms: float | None = None,
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
@@ -481,7 +483,7 @@ class Store:
             "reply_to_id": reply_to_id,
             "regenerated_from_id": regenerated_from_id,
             "character": character,
-            "adapter_version": adapter_version,
+            "lora_version": lora_version,
             "model": model,
             "prompt_json": json.dumps(prompt, ensure_ascii=False) if prompt else None,
             "sampling_json": json.dumps(sampling) if sampling else None,
@@ -742,3 +744,15 @@ class Store:
                 )
 
         return await self.write(work)
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: StorageSettings) -> AsyncIterator[Store]:
+    """The store of ``[storage]``, migrated and ready; closed on exit."""
+    store = await Store.open(
+        settings.url, max_wait_s=settings.max_wait_s, busy_timeout_s=settings.busy_timeout_s
+    )
+    try:
+        yield store
+    finally:
+        await store.close()

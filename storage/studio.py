@@ -221,7 +221,7 @@ class ReviewRow:
     conversation_id: int
     platform: str
     character: str
-    adapter_version: str | None
+    lora_version: str | None
     text: str
     prompt_json: str
     created_at: float
@@ -275,7 +275,7 @@ async def review_queue(
             _M.c.conversation_id,
             _M.c.platform,
             _M.c.character,
-            _M.c.adapter_version,
+            _M.c.lora_version,
             _M.c.text,
             _M.c.prompt_json,
             _M.c.created_at,

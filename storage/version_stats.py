@@ -36,11 +36,11 @@ class VersionStats:
 
 
 async def stats_by_version(store: Store, character: str | None = None) -> list[VersionStats]:
-    """One row per (character, adapter version) that wrote a successful reply."""
+    """One row per (character, LoRA version) that wrote a successful reply."""
     ok = (_M.c.role == "assistant") & (_M.c.status == "ok")
     if character is not None:
         ok = ok & (func.lower(_M.c.character) == character.lower())
-    key = (_M.c.character, _M.c.adapter_version)
+    key = (_M.c.character, _M.c.lora_version)
     replies = select(*key, func.count(_M.c.id)).where(ok).group_by(*key)
     votes = (
         select(

@@ -12,7 +12,7 @@ import pytest
 from bot.characters import Character
 from bot.config import ModelSettings
 from bot.core import Core
-from bot.models.base import ChatModel
+from engine import ChatModel
 from storage.store import Store
 from tests.fakes import FakeModel
 from tests.postgres import pg_server, pg_url  # noqa: F401 - fixtures for every test module

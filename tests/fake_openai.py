@@ -116,7 +116,7 @@ class FakeOpenAI:
             raise web.HTTPNotFound()
         body = await request.json()
         self.loaded[body["lora_name"]] = body["lora_path"]
-        return web.Response(text=f"Success: LoRA adapter '{body['lora_name']}' added.")
+        return web.Response(text=f"Success: LoRA '{body['lora_name']}' added.")
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

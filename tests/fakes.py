@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from bot.characters import Character
-from bot.errors import AdapterLoadError
-from bot.models.base import ChatModel, Chunk, GenerationRequest, Usage
 from bot.reply import ReplyTarget
+from engine import ChatModel, Chunk, GenerationRequest, Usage
+from engine.errors import LoraLoadError
 
 
 class FakeModelError(RuntimeError):
@@ -51,18 +51,18 @@ class FakeModel(ChatModel):
         self.fail = fail
         self.default = default
         self.requests: list[GenerationRequest] = []
-        self.adapters: dict[str, str] = {}  # character -> adapter path, as loaded
+        self.loras: dict[str, str] = {}  # character -> LoRA path, as loaded
         self.active = 0  # generations in progress now
         self.max_active = 0  # the most that were ever in progress at once
 
-    async def load_adapter(self, character: str, path: str) -> str:
+    async def load_lora(self, character: str, path: str) -> str:
         if not Path(path).is_dir():
-            raise AdapterLoadError(character, path, "directory not found")
-        self.adapters[character] = path
+            raise LoraLoadError(character, path, "directory not found")
+        self.loras[character] = path
         return Path(path).name
 
-    async def unload_adapter(self, character: str) -> None:
-        self.adapters.pop(character, None)
+    async def unload_lora(self, character: str) -> None:
+        self.loras.pop(character, None)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)

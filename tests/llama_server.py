@@ -46,7 +46,7 @@ def make_loras(base_dir: Path, out: Path) -> list[Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bot.models.gguf_lora import convert
+    from engine.gguf_lora import convert
 
     files = []
     for index in range(2):

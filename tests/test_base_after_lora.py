@@ -1,10 +1,10 @@
 """A row without a LoRA is untouched by LoRAs loaded for other characters (issue 15).
 
-After peft wraps a projection for the first adapter, the base rows must still see the base
-weight: before any adapter is loaded, while one is loaded (used by another row of the same
+After peft wraps a projection for the first LoRA, the base rows must still see the base
+weight: before any LoRA is loaded, while one is loaded (used by another row of the same
 batch, and not used at all), and after it is unloaded; on every decode path the engine has
 (the lean Llama path and transformers' own forward, fp32 and bf16 with prepacked weights).
-A row with an adapter must equal peft's own reference output.
+A row with a LoRA must equal peft's own reference output.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from bot.config import ModelSettings
-from bot.models.base import AdapterSpec, Sampling
+from engine import LoraSpec, Sampling
 from tests.test_integration import CACHE
 from tests.tiny_model import ALL_LINEAR
 
 torch = pytest.importorskip("torch")
 
-from bot.models.transformers_backend import TransformersModel  # noqa: E402
+from engine.local_backend import LocalModel  # noqa: E402
 
 SEA = ({"role": "user", "content": "Describe the sea at night."},)
 OTHER = ({"role": "user", "content": "Who keeps the lighthouse?"},)
@@ -30,8 +30,8 @@ PATHS = ("lean", "plain")
 DTYPES = ("float32", "bfloat16")
 
 
-async def start(base: Path | str, dtype: str, path: str, **settings) -> TransformersModel:
-    model = TransformersModel(
+async def start(base: Path | str, dtype: str, path: str, **settings) -> LocalModel:
+    model = LocalModel(
         ModelSettings(base=str(base), dtype=dtype, batch_wait_ms=30, **settings),
         progress=False,
         worker="thread",
@@ -45,15 +45,15 @@ async def start(base: Path | str, dtype: str, path: str, **settings) -> Transfor
     return model
 
 
-async def greedy_ids(model, messages, adapter: AdapterSpec | None, n: int) -> list[int]:
+async def greedy_ids(model, messages, lora: LoraSpec | None, n: int) -> list[int]:
     """The engine's greedy token ids, read from its scheduler (text would not round-trip:
     the tiny model's bytes need not form valid UTF-8)."""
-    from bot.models.jobs import Job
+    from engine.jobs import Job
 
     job = Job(
         prompt=model._encode(list(messages)),
         sampling=Sampling(n, 0.0),
-        adapter=adapter,
+        lora=lora,
         loop=asyncio.get_running_loop(),
         events=asyncio.Queue(),
     )
@@ -98,11 +98,11 @@ def assert_peft_greedy(model, base: Path, lora: Path, reply: list[int], dtype: s
 
 
 async def check_base_rows_survive(model, lora: Path, n: int) -> list[list[int]]:
-    """The base row's greedy ids before, during (mixed and unmixed) and after an adapter;
-    returns the adapter row's ids alone and in the mixed batch."""
-    spec = AdapterSpec("bram", str(lora))
+    """The base row's greedy ids before, during (mixed and unmixed) and after a LoRA;
+    returns the LoRA row's ids alone and in the mixed batch."""
+    spec = LoraSpec("bram", str(lora))
     before = await greedy_ids(model, SEA, None, n)
-    assert await model.load_adapter("bram", str(lora)) == "v1"
+    assert await model.load_lora("bram", str(lora)) == "v1"
     assert await greedy_ids(model, SEA, None, n) == before  # loaded, used by nobody
     alone = await greedy_ids(model, OTHER, spec, n)
     base_row, mixed = await asyncio.gather(
@@ -110,7 +110,7 @@ async def check_base_rows_survive(model, lora: Path, n: int) -> list[list[int]]:
     )
     assert model.scheduler.max_rows_seen >= 2  # they really shared a batch
     assert base_row == before
-    await model.unload_adapter("bram")
+    await model.unload_lora("bram")
     assert await greedy_ids(model, SEA, None, n) == before  # unloaded again
     return [alone, mixed]
 
@@ -134,7 +134,7 @@ def real(tmp_path_factory) -> dict[str, Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bot.models.local_files import resolve_base
+    from engine.local_files import resolve_base
 
     base = Path(resolve_base("smollm2", CACHE, progress=False).path)
     net = AutoModelForCausalLM.from_pretrained(base)

@@ -99,7 +99,7 @@ def test_png_card_prefers_the_v3_chunk_and_reads_a_v2_only_png(tmp_path: Path) -
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *args],
+        [sys.executable, "-m", "charbot.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -102,7 +103,30 @@ def test_wrong_type_names_field(tmp_path: Path) -> None:
 
 def test_unknown_backend(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, MINIMAL.replace('"echo"', '"gpt"')))
-    assert "[model] backend" in message and "transformers, openai, echo" in message
+    assert "[model] backend" in message and "local, openai, echo" in message
+
+
+def test_the_older_backend_name_still_works(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL.replace('"echo"', '"transformers"')))
+    assert config.model.backend == "local"  # the engine on this machine, whatever it runs
+
+
+def test_older_lora_keys_still_work_and_say_their_new_names(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = '[[characters]]\nname = "Mara"\nadapter = "loras/mara/v1"\nlora = 2\n'
+    with caplog.at_level(logging.WARNING, logger="bot.config"):
+        config = load_config(write(tmp_path, text))
+    (mara,) = config.characters
+    assert mara.lora == str(tmp_path / "loras/mara/v1") and mara.lora_id == 2
+    said = [r.getMessage() for r in caplog.records]
+    assert any("the key is now lora" in line for line in said), said
+    assert any("now lora_id = 2" in line for line in said), said
+
+
+def test_both_lora_names_at_once_are_one_error(tmp_path: Path) -> None:
+    text = '[[characters]]\nname = "Mara"\nadapter = "a"\nlora = "b"\n'
+    assert "older name of lora" in error_of(write(tmp_path, text))
 
 
 def test_unknown_engine(tmp_path: Path) -> None:
@@ -178,7 +202,7 @@ def test_card_fields_and_macros(tmp_path: Path) -> None:
 def test_cli_reports_a_malformed_config_in_one_line(tmp_path: Path) -> None:
     path = write(tmp_path, "[model]\nbackend = \n")
     result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "--config", str(path), "stats"],
+        [sys.executable, "-m", "charbot.cli", "--config", str(path), "stats"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -68,7 +68,7 @@ def write_config(tmp_path: Path) -> Path:
 def charbot(config: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     return subprocess.run(
-        [sys.executable, "-m", "bot.cli", "--config", str(config), *args],
+        [sys.executable, "-m", "charbot.cli", "--config", str(config), *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -112,16 +112,18 @@ def test_unknown_character_at_the_cli_exits_2(tmp_path: Path) -> None:
     )
 
 
-async def test_console_switches_the_current_characters_adapter(
+async def test_console_switches_the_current_characters_lora(
     make_core: MakeCore, tmp_path: Path
 ) -> None:
     (tmp_path / "v7").mkdir()
     model = FakeModel()
     core = await make_core(model=model)
     output = await run_script(
-        core, f"/adapter {tmp_path / 'gone'}\n/adapter {tmp_path / 'v7'}\nhi\n/adapter none\n"
+        core, f"/lora {tmp_path / 'gone'}\n/lora {tmp_path / 'v7'}\nhi\n/adapter none\n"
     )
     assert "directory not found" in output  # the bad path is refused, the chat goes on
-    assert "[Aria now uses adapter v7]" in output
-    assert model.requests[0].adapter is not None
-    assert "[Aria now uses no adapter]" in output and model.adapters == {}
+    assert "[Aria now uses LoRA v7]" in output
+    assert model.requests[0].lora is not None
+    # The older name still works, and says the new one.
+    assert "[(/adapter is now /lora.)]\n[Aria now uses no LoRA]" in output
+    assert model.loras == {}

@@ -9,9 +9,10 @@ from typing import ClassVar
 import pytest
 
 from bot.characters import Character
-from bot.errors import AdapterLoadError, Busy, UnknownCharacter
+from bot.errors import UnknownCharacter
 from bot.messages import Inbound
-from bot.models.base import AdapterSpec
+from engine import LoraSpec
+from engine.errors import Busy, LoraLoadError
 from tests.conftest import MakeCore
 from tests.fakes import BrokenReply, FakeModel, RecordingTarget
 
@@ -250,11 +251,11 @@ async def test_long_reply_is_split_into_parts_of_one_stored_reply(make_core: Mak
 
 async def test_character_overrides_and_adapter_reach_the_model(make_core: MakeCore) -> None:
     model = FakeModel()
-    special = Character(name="Vex", adapter="/adapters/vex/v2", temperature=0.1, max_new_tokens=7)
+    special = Character(name="Vex", lora="/adapters/vex/v2", temperature=0.1, max_new_tokens=7)
     core = await make_core(model=model, characters=[special])
     await core.handle(inbound("hi"), RecordingTarget())
     request = model.requests[0]
-    assert request.adapter is not None and request.adapter.path == "/adapters/vex/v2"
+    assert request.lora is not None and request.lora.path == "/adapters/vex/v2"
     assert (request.sampling.temperature, request.sampling.max_new_tokens) == (0.1, 7)
 
 
@@ -263,16 +264,16 @@ async def test_switching_a_characters_adapter_while_running(
 ) -> None:
     model = FakeModel()
     core = await make_core(model=model)
-    v2 = tmp_path / "adapters" / "aria" / "v2"
+    v2 = tmp_path / "loras" / "aria" / "v2"
     v2.mkdir(parents=True)
-    assert await core.switch_adapter("aria", str(v2)) == "v2"
+    assert await core.switch_lora("aria", str(v2)) == "v2"
     await core.handle(inbound("hi"), RecordingTarget())
-    assert model.requests[-1].adapter == AdapterSpec("Aria", str(v2))
-    missing = str(tmp_path / "adapters" / "aria" / "v3")
-    with pytest.raises(AdapterLoadError, match=r"'Aria'.*v3"):
-        await core.switch_adapter("Aria", missing)
-    await core.handle(inbound("again"), RecordingTarget())  # a bad adapter changed nothing
-    assert model.requests[-1].adapter == AdapterSpec("Aria", str(v2))
-    assert await core.switch_adapter("Aria", None) is None
+    assert model.requests[-1].lora == LoraSpec("Aria", str(v2))
+    missing = str(tmp_path / "loras" / "aria" / "v3")
+    with pytest.raises(LoraLoadError, match=r"'Aria'.*v3"):
+        await core.switch_lora("Aria", missing)
+    await core.handle(inbound("again"), RecordingTarget())  # a bad LoRA changed nothing
+    assert model.requests[-1].lora == LoraSpec("Aria", str(v2))
+    assert await core.switch_lora("Aria", None) is None
     await core.handle(inbound("and now"), RecordingTarget())
-    assert model.requests[-1].adapter is None and model.adapters == {}
+    assert model.requests[-1].lora is None and model.loras == {}

@@ -12,7 +12,7 @@ import pytest
 from datasets import load_dataset
 from trl.data_utils import is_conversational
 
-from bot.cli import main
+from charbot.cli import main
 from tests.tiny_model import build_tokenizer
 
 CONFIG = """

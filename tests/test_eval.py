@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.models.base import Sampling
+from engine import Sampling
 from tests.fakes import FakeModel
 from training.evaluate import Case, Embedder, evaluate_version, write_report
 
@@ -37,7 +37,7 @@ async def test_a_wrong_answer_ranks_below_a_right_one_and_the_report_shows_it_fi
     assert right.similarity > 0.7
     assert wrong.similarity < 0.3
     assert result.heldout_similarity is not None
-    assert all(r.adapter is None for r in model.requests)
+    assert all(r.lora is None for r in model.requests)
 
     report = write_report([result], "Bram", tmp_path)
     text = report.read_text()

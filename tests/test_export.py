@@ -84,7 +84,7 @@ async def test_every_format_matches_the_stored_rows(make_core: MakeCore, tmp_pat
     meta = sft[0]["meta"]
     assert meta["reply_id"] == bad.id and meta["conversation_id"] == bad.conversation_id
     assert (meta["character"], meta["model"], meta["platform"]) == ("Aria", "fake", "test")
-    assert (meta["up"], meta["down"], meta["adapter_version"]) == (0, 2, None)
+    assert (meta["up"], meta["down"], meta["lora_version"]) == (0, 2, None)
     assert meta["correction_authors"] == ["u3", "u4"]
     assert meta["correction_sources"] == ["user", "user"]
     assert meta["created_at"] == bad.created_at and meta["answer_from"] == "correction"
@@ -223,8 +223,8 @@ async def test_selection_and_vote_rules(make_core: MakeCore) -> None:
     since, _ = await exported(core, "kto", Selection(since=middle))
     until, _ = await exported(core, "kto", Selection(until=middle))
     assert (texts(since), texts(until)) == (["two", "three"], ["one"])
-    assert len((await exported(core, "kto", Selection(adapter_version="")))[0]) == 3
-    assert (await exported(core, "kto", Selection(adapter_version="v1")))[0] == []
+    assert len((await exported(core, "kto", Selection(lora_version="")))[0]) == 3
+    assert (await exported(core, "kto", Selection(lora_version="v1")))[0] == []
 
 
 async def test_cleaning_and_duplicates_are_counted(make_core: MakeCore) -> None:
@@ -307,7 +307,7 @@ def _corrections(tmp_path: Path) -> list[tuple]:
 def test_review_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import asyncio
 
-    from bot.cli import main
+    from charbot.cli import main
 
     config = _cli_config(tmp_path)
     ids = asyncio.run(_populate(f"sqlite:///{tmp_path / 'charbot.db'}"))
@@ -349,7 +349,7 @@ def test_review_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
 def test_review_file_bad_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import asyncio
 
-    from bot.cli import main
+    from charbot.cli import main
 
     config = _cli_config(tmp_path)
     ids = asyncio.run(_populate(f"sqlite:///{tmp_path / 'charbot.db'}"))
@@ -368,7 +368,7 @@ def test_review_file_bad_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
 
 
 def test_nothing_to_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from bot.cli import main
+    from charbot.cli import main
 
     config = _cli_config(tmp_path)
     out = tmp_path / "dpo.jsonl"

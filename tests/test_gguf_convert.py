@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import ModelError
+from engine.errors import ModelError
 
 np = pytest.importorskip("numpy")
 gguf = pytest.importorskip("gguf")
 
-from bot.models.gguf_convert import LAYER_NAMES as LAYER  # noqa: E402
-from bot.models.gguf_convert import TOP_NAMES as TOP  # noqa: E402
-from bot.models.gguf_convert import convert_llama_gguf, hf_name, unpermute  # noqa: E402
-from bot.models.gguf_lora import permute  # noqa: E402
+from engine.gguf_convert import LAYER_NAMES as LAYER  # noqa: E402
+from engine.gguf_convert import TOP_NAMES as TOP  # noqa: E402
+from engine.gguf_convert import convert_llama_gguf, hf_name, unpermute  # noqa: E402
+from engine.gguf_lora import permute  # noqa: E402
 
 HEADS, KV_HEADS, HIDDEN, FFN, LAYERS, VOCAB = 4, 2, 64, 96, 2, 40
 
@@ -115,7 +115,7 @@ def test_the_bundled_model_converts_as_transformers_does(tmp_path: Path) -> None
     from safetensors.numpy import load_file
     from transformers import AutoModelForCausalLM
 
-    from bot.models.local_files import find_bundled_gguf
+    from engine.local_files import find_bundled_gguf
 
     bundled = find_bundled_gguf()
     convert_llama_gguf(bundled, tmp_path)

@@ -1,4 +1,4 @@
-"""bot.models.gguf_lora on small synthetic adapters: names, shapes, the q/k permutation, and
+"""engine.gguf_lora on small synthetic adapters: names, shapes, the q/k permutation, and
 one-line refusals. (That llama-server computes with the result what peft computes is in
 tests/test_llama_server.py.)"""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from bot.models.gguf_lora import convert, main
+from engine.gguf_lora import convert, main
 
 HEADS, KV_HEADS, HEAD_DIM, HIDDEN, RANK = 4, 2, 4, 16, 2
 
@@ -93,7 +93,7 @@ def test_names_metadata_and_rotary_permutation(tmp_path: Path) -> None:
     ("kwargs", "problem"),
     [
         ({"model_type": "gpt2"}, "only Llama-architecture models"),
-        ({"use_dora": True}, "DoRA adapters and LoRA biases"),
+        ({"use_dora": True}, "DoRA LoRAs and LoRA biases"),
     ],
 )
 def test_what_cannot_be_converted_is_one_line_and_exit_2(

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import ModelError
+from engine.errors import ModelError
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("tokenizers")
 
-from bot.models import local_files  # noqa: E402
-from bot.models.gguf_tokenizer import (  # noqa: E402
+from engine import local_files  # noqa: E402
+from engine.gguf_tokenizer import (  # noqa: E402
     UnsupportedTokenizer,
     byte_alphabet,
     read_metadata,
@@ -232,7 +232,7 @@ def test_other_tokenizers_are_refused_clearly(tmp_path: Path) -> None:
 
 def test_convert_bundled_falls_back_to_transformers(tmp_path: Path, monkeypatch) -> None:
     """A tokenizer our converter refuses goes to the transformers subprocess (faked here)."""
-    from bot.models import gguf_convert
+    from engine import gguf_convert
 
     write_tiny_gguf(tmp_path / "spm.gguf", model="llama")
     monkeypatch.setattr(local_files, "find_bundled_gguf", lambda: tmp_path / "spm.gguf")

@@ -1,4 +1,4 @@
-"""Decode weights moved onto transparent huge pages (bot/models/huge_pages.py)."""
+"""Decode weights moved onto transparent huge pages (engine/huge_pages.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from bot.config import ModelSettings  # noqa: E402
-from bot.models import huge_pages, native  # noqa: E402
+from engine import huge_pages, native  # noqa: E402
 
 needs_huge_pages = pytest.mark.skipif(
     not huge_pages.available(), reason="no transparent huge pages on this system"
@@ -61,7 +61,7 @@ def test_nothing_moves_where_huge_pages_are_off(tmp_path, monkeypatch, caplog) -
     weight = torch.randn(64, 64)
     address = weight.data_ptr()
     assert not huge_pages.available()
-    with caplog.at_level("INFO", logger="bot.models.huge_pages"):
+    with caplog.at_level("INFO", logger="engine.huge_pages"):
         assert huge_pages.settle([weight]) == 0
     assert weight.data_ptr() == address
     assert "echo madvise | sudo tee" in caplog.text  # says how to turn them on
@@ -90,8 +90,8 @@ def test_loading_puts_the_kernels_copies_on_huge_pages(tmp_path, cache_dir, dtyp
     safetensors' views would have kept the file mapped beside the moved copies)."""
     if native.load(cache_dir) is None:
         pytest.skip("charbot's CPU kernels cannot be built here")
-    from bot.models.loading import load_standalone
-    from bot.models.local_files import resolve_base
+    from engine.loading import load_standalone
+    from engine.local_files import resolve_base
     from tests.tiny_model import build_tiny_model
 
     base = build_tiny_model(tmp_path / "base", hidden_size=128)
@@ -120,10 +120,10 @@ def test_moving_after_steps_ran_keeps_the_one_call_layers_right(tmp_path, cache_
         pytest.skip("charbot's CPU kernels cannot be built here")
     import json
 
-    from bot.models import standalone
-    from bot.models.batch_cache import BatchKV
-    from bot.models.lean_llama import LeanLlama
-    from bot.models.multi_lora import MultiLora
+    from engine import standalone
+    from engine.batch_cache import BatchKV
+    from engine.lean_llama import LeanLlama
+    from engine.multi_lora import MultiLora
     from tests.tiny_model import build_tiny_model
 
     base = build_tiny_model(tmp_path / "base", hidden_size=128)

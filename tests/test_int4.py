@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from bot.config import ModelSettings
-from bot.models.base import AdapterSpec
+from engine import LoraSpec
 from tests.test_base_after_lora import OTHER, SEA, check_base_rows_survive, greedy_ids
 
 torch = pytest.importorskip("torch")
 
-from bot.models import int4  # noqa: E402
-from bot.models.transformers_backend import TransformersModel  # noqa: E402
+from engine import int4  # noqa: E402
+from engine.local_backend import LocalModel  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not int4.available(), reason="no CPU int4 kernel in this torch")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -57,7 +57,7 @@ def test_other_weights_are_within_half_a_step() -> None:
 def test_the_4bit_output_layer_rescores_its_top_candidates_in_bf16() -> None:
     """The top k of each row carry the bf16 layer's logits (so greedy and top-p picks are
     made on them); the rest the 4-bit ones."""
-    from bot.models.lean_llama import rescored_head
+    from engine.lean_llama import rescored_head
 
     torch.manual_seed(0)
     weight = (torch.randn(512, 64) * 0.5).to(torch.bfloat16)
@@ -100,7 +100,7 @@ def _reference(base: Path, lora: Path | None, kernels=None):
 
 def _served_kernels(model):
     """charbot's kernels if the served model's 4-bit copies are in their layout, else None."""
-    from bot.models import native
+    from engine import native
 
     copy = model.scheduler.lean.layers[0][1].int4
     return copy.kernels if isinstance(copy, native.NativeInt4) else None
@@ -125,14 +125,14 @@ async def test_int4_serves_base_and_lora_rows(tiny_all_linear, monkeypatch, kern
     """Every step on 4 bits (prompts too, for an exact reference): base rows are the
     dequantized model's greedy choice and unchanged by a LoRA loaded for others; a LoRA row
     is peft's choice over the same weights. On torch's kernel and on charbot's."""
-    from bot.models import lean_llama, native
+    from engine import lean_llama, native
 
     if kernels == "auto" and native.load(Path("data/models")) is None:
         pytest.skip("charbot's CPU kernels cannot be built here (see the log line)")
     tiny = tiny_all_linear
     monkeypatch.setattr(lean_llama, "INT4_MAX_ROWS", 1 << 20)
     settings = ModelSettings(base=str(tiny["base"]), dtype="int4", batch_wait_ms=30)
-    model = TransformersModel(
+    model = LocalModel(
         dataclasses.replace(settings, kernels=kernels), progress=False, worker="thread"
     )
     await model.start()
@@ -153,14 +153,12 @@ async def test_int4_is_used_for_small_decode_steps_only(tiny_all_linear) -> None
     tiny = tiny_all_linear
     replies = {}
     for dtype in ("bfloat16", "int4"):
-        model = TransformersModel(
+        model = LocalModel(
             ModelSettings(base=str(tiny["base"]), dtype=dtype), progress=False, worker="thread"
         )
         await model.start()
         try:
-            replies[dtype] = await greedy_ids(
-                model, SEA, AdapterSpec("bram", str(tiny["lora"])), 24
-            )
+            replies[dtype] = await greedy_ids(model, SEA, LoraSpec("bram", str(tiny["lora"])), 24)
         finally:
             await model.close()
     assert replies["int4"][0] == replies["bfloat16"][0]  # the first token comes from prefill
@@ -168,9 +166,9 @@ async def test_int4_is_used_for_small_decode_steps_only(tiny_all_linear) -> None
 
 
 async def test_int4_needs_a_llama(tmp_path) -> None:
-    from bot.errors import ModelError
-    from bot.models.loading import load_model
-    from bot.models.local_files import ModelSource
+    from engine.errors import ModelError
+    from engine.loading import load_model
+    from engine.local_files import ModelSource
 
     settings = ModelSettings(base=str(tmp_path), dtype="int4")
     with pytest.raises(ModelError, match="int4"):
@@ -178,7 +176,7 @@ async def test_int4_needs_a_llama(tmp_path) -> None:
 
 
 def test_saved_4bit_copies_are_reused_until_their_weights_change(tmp_path) -> None:
-    from bot.models.int4_cache import Int4Store
+    from engine.int4_cache import Int4Store
 
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"first")
@@ -207,7 +205,7 @@ def test_saved_4bit_copies_are_reused_until_their_weights_change(tmp_path) -> No
 
 
 def test_copies_of_checkpoints_that_are_gone_are_pruned(tmp_path) -> None:
-    from bot.models.int4_cache import Int4Store
+    from engine.int4_cache import Int4Store
 
     weight = torch.randn(32, 64).to(torch.bfloat16)
     stores = []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
+from charbot.cli import main
 
 CONFIG = """
 [model]

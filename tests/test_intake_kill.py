@@ -53,7 +53,7 @@ async def start_run(config: Path) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bot.cli",
+        "charbot.cli",
         "run",
         "--config",
         str(config),

@@ -18,7 +18,7 @@ CACHE = Path(__file__).resolve().parent.parent / "data" / "models"  # shared wit
 
 @pytest.mark.integration
 async def test_default_model_answers_in_character(make_core: MakeCore) -> None:
-    from bot.models.transformers_backend import TransformersModel
+    from engine.local_backend import LocalModel
 
     settings = ModelSettings(cache_dir=CACHE, max_new_tokens=24, temperature=0.0)
     bram = Character(
@@ -27,7 +27,7 @@ async def test_default_model_answers_in_character(make_core: MakeCore) -> None:
         personality="Gruff and brief.",
     )
     core = await make_core(
-        model=TransformersModel(settings, progress=False),
+        model=LocalModel(settings, progress=False),
         characters=[bram],
         max_new_tokens=24,
         temperature=0.0,

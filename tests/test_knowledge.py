@@ -194,7 +194,7 @@ def test_config_refuses_bad_knowledge_and_lorebooks_in_one_line(tmp_path: Path) 
     )
     config.write_text('[model]\nbackend = "echo"\n[[characters]]\ncard = "card.json"\n')
     result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "--config", str(config), "stats"],
+        [sys.executable, "-m", "charbot.cli", "--config", str(config), "stats"],
         capture_output=True,
         text=True,
         check=False,

@@ -14,8 +14,8 @@ import pytest
 from bot.characters import Character
 from bot.config import ModelSettings
 from bot.core import APOLOGY
-from bot.models.base import GenerationRequest, Sampling
-from bot.models.openai_backend import OpenAIModel
+from engine import GenerationRequest, Sampling
+from engine.openai_backend import OpenAIModel
 from tests.conftest import MakeCore
 from tests.fakes import RecordingTarget
 from tests.llama_server import CACHE, LlamaServer, make_loras, server_binary
@@ -38,7 +38,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
             "llama-server is not installed: make install-llama-server "
             "(builds llama.cpp once, ~25 min on 2 cores) or set LLAMA_SERVER"
         )
-    from bot.models.local_files import convert_bundled, find_bundled_gguf
+    from engine.local_files import convert_bundled, find_bundled_gguf
 
     base_dir = convert_bundled(CACHE, progress=False)
     root = tmp_path_factory.mktemp("llama")
@@ -87,9 +87,9 @@ async def test_each_character_speaks_through_its_own_adapter(model: OpenAIModel)
     aria, aria_usage = await reply(model, "Aria", question)
     bram, bram_usage = await reply(model, "Bram", question)
     pip, pip_usage = await reply(model, "Pip", question)
-    assert len({aria, bram, pip}) == 3, (aria, bram, pip)  # each adapter changes the answer
+    assert len({aria, bram, pip}) == 3, (aria, bram, pip)  # each LoRA changes the answer
     assert (await reply(model, "Aria", question))[0] == aria  # and the same one repeats
-    assert [u.adapter_version for u in (aria_usage, bram_usage, pip_usage)] == [  # type: ignore[attr-defined]
+    assert [u.lora_version for u in (aria_usage, bram_usage, pip_usage)] == [  # type: ignore[attr-defined]
         "lora:0",
         "lora:1",
         None,
@@ -102,7 +102,7 @@ async def test_each_character_speaks_through_its_own_adapter(model: OpenAIModel)
 async def test_a_conversation_streams_within_the_prompt_budget(
     llama: LlamaServer, make_core: MakeCore
 ) -> None:
-    from bot.models.local_files import convert_bundled
+    from engine.local_files import convert_bundled
 
     tokenizer = str(convert_bundled(CACHE, progress=False))
     backend = OpenAIModel(settings(llama, tokenizer=tokenizer, context_tokens=160), CHARACTERS)
@@ -118,7 +118,7 @@ async def test_a_conversation_streams_within_the_prompt_budget(
     rows = [row for row in await core.store.list_messages() if row.role == "assistant"]
     assert len(rows) == 4
     for row in rows:
-        assert (row.model, row.adapter_version) == ("smollm2", "lora:1")  # as the server said
+        assert (row.model, row.lora_version) == ("smollm2", "lora:1")  # as the server said
         # The server's own count of the prompt it received: within the budget.
         assert 0 < row.prompt_tokens <= 160, row.prompt_tokens
     assert rows[-1].prompt_tokens > rows[0].prompt_tokens  # history is there, trimmed
@@ -149,8 +149,8 @@ async def test_server_killed_mid_reply_then_back(llama: LlamaServer, make_core: 
 
 
 def test_the_converted_lora_computes_what_peft_computes(llama: LlamaServer) -> None:
-    """bot.models.gguf_lora's file on llama-server gives the next-token distribution that
-    transformers + peft give with the same adapter (q/k rows permuted right: unpermuted,
+    """engine.gguf_lora's file on llama-server gives the next-token distribution that
+    transformers + peft give with the same LoRA (q/k rows permuted right: unpermuted,
     the top five share one token)."""
     import json
     import math
@@ -160,7 +160,7 @@ def test_the_converted_lora_computes_what_peft_computes(llama: LlamaServer) -> N
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bot.models.local_files import convert_bundled
+    from engine.local_files import convert_bundled
 
     base_dir = convert_bundled(CACHE, progress=False)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)

@@ -109,3 +109,37 @@ def _race(url: str) -> None:
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT version FROM schema_migrations")).scalars().all()
     assert sorted(rows) == list(range(1, LATEST + 1))
+
+
+def _keeps_lora_versions(engine) -> None:  # type: ignore[no-untyped-def]
+    """Migration 6 renames messages.adapter_version; the versions replies recorded stay."""
+    migrate_locked(engine, target=5)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO conversations (id, platform, chat_id, thread_id, started_at) "
+                "VALUES (1, 'telegram', '7', '', 0)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO messages (id, conversation_id, platform, chat_id, role, author_id, "
+                "author_name, text, adapter_version, status, created_at) VALUES "
+                "(1, 1, 'telegram', '7', 'assistant', 'bot', 'Bram', 'Aye.', 'v0003-1a2b', "
+                "'ok', 0)"
+            )
+        )
+    assert migrate_locked(engine) == list(range(6, LATEST + 1))
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT lora_version FROM messages WHERE id = 1")).scalar()
+    assert found == "v0003-1a2b"
+
+
+def test_lora_versions_survive_the_rename(tmp_path: Path) -> None:
+    _keeps_lora_versions(create_engine(f"sqlite:///{tmp_path / 'rename.db'}"))
+
+
+def test_lora_versions_survive_the_rename_on_postgresql(pg_server: PgServer) -> None:
+    engine = create_engine(pg_server.create_database())
+    _keeps_lora_versions(engine)
+    engine.dispose()

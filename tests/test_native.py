@@ -1,4 +1,4 @@
-"""charbot's own CPU kernels (bot/models/native.py, cpu_kernels.c): each against torch's
+"""charbot's own CPU kernels (engine/native.py, cpu_kernels.c): each against torch's
 arithmetic on random data, how they are built and refused, and the lean path on them."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from bot.config import ModelSettings
-from bot.models.base import AdapterSpec
+from engine import LoraSpec
 from tests.test_base_after_lora import OTHER, SEA, assert_peft_greedy, greedy_ids
 
 torch = pytest.importorskip("torch")
 
-from bot.models import int4, native  # noqa: E402
-from bot.models.transformers_backend import TransformersModel  # noqa: E402
+from engine import int4, native  # noqa: E402
+from engine.local_backend import LocalModel  # noqa: E402
 
 BF16_STEP = 2**-8  # one bf16 rounding, relative
 
@@ -147,7 +147,7 @@ def test_rotary_and_attention_of_one_position(kernels) -> None:
 
 
 def test_built_once_then_reused_and_refused_with_a_reason(tmp_path, monkeypatch, caplog):
-    from bot.models import native_build
+    from engine import native_build
 
     if native_build.missing_cpu_features():
         pytest.skip("this CPU lacks what the kernels need")
@@ -156,7 +156,7 @@ def test_built_once_then_reused_and_refused_with_a_reason(tmp_path, monkeypatch,
     assert len(built) == 1
     monkeypatch.setenv("CC", "false")  # a compiler that always fails
     assert native._load(tmp_path / "a") is not None  # the library is there: not rebuilt
-    with caplog.at_level(logging.INFO, logger="bot.models.native_build"):
+    with caplog.at_level(logging.INFO, logger="engine.native_build"):
         assert native._load(tmp_path / "b") is None
     assert "compiling charbot's CPU kernels failed" in caplog.text
     assert not list((tmp_path / "b" / "kernels").glob("*.so"))  # no half-written file left
@@ -167,7 +167,7 @@ def test_built_once_then_reused_and_refused_with_a_reason(tmp_path, monkeypatch,
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int4"])
 async def test_the_lean_path_runs_on_them(tiny_all_linear, dtype, monkeypatch) -> None:
-    """bf16 (blocked copies) and 4-bit decoding on charbot's kernels, one adapter's LoRA
+    """bf16 (blocked copies) and 4-bit decoding on charbot's kernels, one LoRA
     added inside the calls: the LoRA row is still peft's greedy choice (bf16 tolerance, as
     for torch's kernels; the 4-bit one against its own dequantized weights in
     test_int4.py), and a base row is unchanged by it."""
@@ -175,7 +175,7 @@ async def test_the_lean_path_runs_on_them(tiny_all_linear, dtype, monkeypatch) -
         pytest.skip("charbot's CPU kernels cannot be built here")
     tiny = tiny_all_linear
     settings = ModelSettings(base=str(tiny["base"]), dtype=dtype, batch_wait_ms=30)
-    model = TransformersModel(settings, progress=False, worker="thread")
+    model = LocalModel(settings, progress=False, worker="thread")
     await model.start()
     try:
         lean = model.scheduler.lean
@@ -191,8 +191,8 @@ async def test_the_lean_path_runs_on_them(tiny_all_linear, dtype, monkeypatch) -
         monkeypatch.setattr(native.Kernels, "_call", staticmethod(counted))
         base = await greedy_ids(model, SEA, None, 16)
         assert calls and not any(calls)
-        spec = AdapterSpec("bram", str(tiny["lora"]))
-        assert await model.load_adapter("bram", str(tiny["lora"])) == "v1"
+        spec = LoraSpec("bram", str(tiny["lora"]))
+        assert await model.load_lora("bram", str(tiny["lora"])) == "v1"
         calls.clear()
         reply = await greedy_ids(model, OTHER, spec, 16)
         assert any(calls)  # the LoRA terms went into the kernel calls
@@ -241,16 +241,16 @@ async def test_one_call_per_layer_decodes_as_the_separate_calls_do(tiny_wide, dt
     if native.load(Path("data/models")) is None:
         pytest.skip("charbot's CPU kernels cannot be built here")
     settings = ModelSettings(base=str(tiny_wide["base"]), dtype=dtype, batch_wait_ms=30)
-    model = TransformersModel(settings, progress=False, worker="thread")
+    model = LocalModel(settings, progress=False, worker="thread")
     await model.start()
     try:
         lean = model.scheduler.lean
         mode = "int4" if dtype == "int4" else "blocked"
-        assert await model.load_adapter("bram", str(tiny_wide["lora"])) == "v1"
-        spec = AdapterSpec("bram", str(tiny_wide["lora"]))
+        assert await model.load_lora("bram", str(tiny_wide["lora"])) == "v1"
+        spec = LoraSpec("bram", str(tiny_wide["lora"]))
         whole = [await greedy_ids(model, SEA, None, 16), await greedy_ids(model, OTHER, spec, 16)]
         assert lean._structs.get(mode)  # the one-call path served them
-        # the two together: rows on different adapters, each row's LoRA term in the calls
+        # the two together: rows on different LoRAs, each row's LoRA term in the calls
         mixed = await asyncio.gather(
             greedy_ids(model, SEA, None, 16), greedy_ids(model, OTHER, spec, 16)
         )

@@ -13,10 +13,12 @@ import pytest
 from bot.characters import Character
 from bot.config import ModelSettings, load_config
 from bot.core import APOLOGY
-from bot.errors import AdapterLoadError, ConfigError, ModelError
-from bot.models.base import GenerationRequest, Sampling
-from bot.models.openai_backend import OpenAIModel
-from bot.models.openai_tokens import DEFAULT_TOKENS_PER_BYTE, EstimateCounter
+from bot.errors import ConfigError
+from charbot.wiring import persona_samples, served_loras
+from engine import GenerationRequest, Sampling
+from engine.errors import LoraLoadError, ModelError, SettingsError
+from engine.openai_backend import OpenAIModel
+from engine.openai_tokens import DEFAULT_TOKENS_PER_BYTE, EstimateCounter
 from tests.conftest import MakeCore
 from tests.fake_openai import Drop, FakeOpenAI, Garbage, Refuse, Reply, Stall, Unfinished
 from tests.fakes import RecordingTarget
@@ -25,7 +27,7 @@ from tests.test_core import inbound
 CHARACTERS = (
     Character(name="Aria", description="A cheerful starship navigator."),
     Character(name="Bram", description="A grumpy lighthouse keeper.", model="bram"),
-    Character(name="Pip", description="A clockwork owl.", lora=1),
+    Character(name="Pip", description="A clockwork owl.", lora_id=1),
 )
 
 
@@ -38,7 +40,8 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 def backend(fake: FakeOpenAI, characters=CHARACTERS, **settings) -> OpenAIModel:  # type: ignore[no-untyped-def]
     values = {"backend": "openai", "base_url": fake.base_url, "model": "smollm2", **settings}
-    return OpenAIModel(ModelSettings(**values), characters, retry_within_s=3.0)
+    served, samples = served_loras(characters), persona_samples(characters)
+    return OpenAIModel(ModelSettings(**values), served, samples, retry_within_s=3.0)
 
 
 async def test_reply_streams_through_the_core_and_records_the_served_model(
@@ -59,7 +62,7 @@ async def test_reply_streams_through_the_core_and_records_the_served_model(
         sent["messages"][0]["role"] == "system" and "lighthouse" in sent["messages"][0]["content"]
     )
     _user, reply = await core.store.list_messages()
-    assert (reply.model, reply.adapter_version) == ("bram", "bram")
+    assert (reply.model, reply.lora_version) == ("bram", "bram")
     assert (reply.prompt_tokens, reply.completion_tokens) == (11, 5)
 
 
@@ -68,13 +71,13 @@ async def test_each_character_gets_its_own_lora_form(fake: FakeOpenAI) -> None:
     await model.start()
     try:
         for name in ("Aria", "Bram", "Pip"):
-            request = GenerationRequest([{"role": "user", "content": "hi"}], character=name)
+            request = GenerationRequest([{"role": "user", "content": "hi"}], lora_name=name)
             async for _ in model.stream(request):
                 pass
     finally:
         await model.close()
     aria, bram, pip = fake.requests
-    # Once one character uses a llama-server adapter id, every request names its adapters,
+    # Once one character uses a llama-server LoRA id, every request names its LoRAs,
     # so none runs with the server's start-up scales.
     assert (aria["model"], aria["lora"]) == ("smollm2", [])
     assert (bram["model"], bram["lora"]) == ("bram", [])
@@ -213,7 +216,7 @@ async def test_empty_api_key_variable_is_one_clear_error(
     fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CHARBOT_NO_KEY", raising=False)
-    with pytest.raises(ConfigError, match="api_key_env names CHARBOT_NO_KEY, which is empty"):
+    with pytest.raises(SettingsError, match="api_key_env names CHARBOT_NO_KEY, which is empty"):
         await backend(fake, api_key_env="CHARBOT_NO_KEY").start()
 
 
@@ -223,7 +226,7 @@ async def test_unknown_model_names_the_fix(fake: FakeOpenAI) -> None:
     await model.start()
     try:
         with pytest.raises(ModelError, match=r"no model 'bram'.*GET http://127\.0\.0\.1"):
-            async for _ in model.stream(GenerationRequest([], character="Bram")):
+            async for _ in model.stream(GenerationRequest([], lora_name="Bram")):
                 pass
     finally:
         await model.close()
@@ -268,14 +271,14 @@ async def test_switching_a_version_loads_it_on_the_server(
     fake: FakeOpenAI, make_core: MakeCore
 ) -> None:
     core = await make_core(model=backend(fake), characters=CHARACTERS)
-    version = await core.switch_adapter("Aria", "/srv/loras/aria/v0002-ab12")
+    version = await core.switch_lora("Aria", "/srv/loras/aria/v0002-ab12")
     assert version == "v0002-ab12"
     assert fake.loaded == {"aria-v0002-ab12": "/srv/loras/aria/v0002-ab12"}
     await core.handle(inbound("Aria, hello"), RecordingTarget())
     assert fake.requests[-1]["model"] == "aria-v0002-ab12"
     _user, reply = await core.store.list_messages()
-    assert (reply.model, reply.adapter_version) == ("aria-v0002-ab12", "v0002-ab12")
-    await core.switch_adapter("Aria", None)
+    assert (reply.model, reply.lora_version) == ("aria-v0002-ab12", "v0002-ab12")
+    await core.switch_lora("Aria", None)
     await core.handle(inbound("Aria, again"), RecordingTarget())
     assert fake.requests[-1]["model"] == "smollm2"
 
@@ -285,14 +288,14 @@ async def test_a_server_that_cannot_load_adapters_gets_the_operator_the_command(
 ) -> None:
     fake.runtime_lora = False
     core = await make_core(model=backend(fake), characters=CHARACTERS)
-    with pytest.raises(AdapterLoadError) as caught:
-        await core.switch_adapter("Aria", "/srv/loras/aria/v3")
+    with pytest.raises(LoraLoadError) as caught:
+        await core.switch_lora("Aria", "/srv/loras/aria/v3")
     message = str(caught.value)
     assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in message
     assert "--lora-modules aria-v3=/srv/loras/aria/v3" in message
     assert 'model = "aria-v3" for Aria' in message
-    with pytest.raises(AdapterLoadError, match=r"--lora-scaled pip-v3\.gguf:0"):
-        await core.switch_adapter("Pip", "/srv/loras/pip/v3")
+    with pytest.raises(LoraLoadError, match=r"--lora-scaled pip-v3\.gguf:0"):
+        await core.switch_lora("Pip", "/srv/loras/pip/v3")
     await core.handle(inbound("Aria, still there?"), RecordingTarget())
     assert fake.requests[-1]["model"] == "smollm2"  # nothing changed
 
@@ -315,7 +318,7 @@ def test_sampling_options_reach_the_server() -> None:
         GenerationRequest([], Sampling(seed=7, repetition_penalty=1.2)), model.route(None)
     )
     assert body["seed"] == 7 and body["repetition_penalty"] == body["repeat_penalty"] == 1.2
-    assert "lora" not in body  # no character uses llama-server adapter ids
+    assert "lora" not in body  # no character uses llama-server LoRA ids
 
 
 @pytest.mark.parametrize(
@@ -341,7 +344,8 @@ def test_config_reads_the_openai_keys(tmp_path: Path) -> None:
     path.write_text(
         '[model]\nbackend = "openai"\nbase_url = "http://127.0.0.1:8000/v1"\nmodel = "base"\n'
         'api_key_env = "VLLM_KEY"\ntimeout_s = 30\nmax_concurrency = 8\n\n'
-        '[[characters]]\nname = "Bram"\nmodel = "bram"\n\n[[characters]]\nname = "Pip"\nlora = 1\n'
+        '[[characters]]\nname = "Bram"\nmodel = "bram"\n\n'
+        '[[characters]]\nname = "Pip"\nlora_id = 1\n'
     )
     config = load_config(path)
     assert (config.model.base_url, config.model.model, config.model.api_key_env) == (
@@ -350,4 +354,4 @@ def test_config_reads_the_openai_keys(tmp_path: Path) -> None:
         "VLLM_KEY",
     )
     assert (config.model.timeout_s, config.model.max_concurrency) == (30.0, 8)
-    assert [(c.model, c.lora) for c in config.characters] == [("bram", None), (None, 1)]
+    assert [(c.model, c.lora_id) for c in config.characters] == [("bram", None), (None, 1)]

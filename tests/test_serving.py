@@ -1,4 +1,4 @@
-"""Serving: continuous batching with mixed adapters on the tiny random model."""
+"""Serving: continuous batching with mixed LoRAs on the tiny random model."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from bot.config import ModelSettings
-from bot.errors import AdapterLoadError, Busy
-from bot.models.base import AdapterSpec, GenerationRequest, Sampling
+from engine import GenerationRequest, LoraSpec, Sampling
+from engine.errors import Busy, LoraLoadError
 from tests.tiny_model import build_tiny_adapter, build_tiny_model
 
 pytest.importorskip("torch")
 
-from bot.models.transformers_backend import TransformersModel
+from engine.local_backend import LocalModel
 
 PROMPTS = [
     [{"role": "user", "content": "Hi!"}],
@@ -37,8 +37,8 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-async def make_model(tiny, **settings) -> TransformersModel:
-    model = TransformersModel(
+async def make_model(tiny, **settings) -> LocalModel:
+    model = LocalModel(
         ModelSettings(base=str(tiny["base"]), dtype="float32", **settings),
         progress=False,
         worker="thread",  # starts in a fraction of a second; the process path is tested below
@@ -54,9 +54,9 @@ async def model(tiny):
     await m.close()
 
 
-async def reply(model, messages, adapter=None, n=20, *, on_first=None):
+async def reply(model, messages, lora=None, n=20, *, on_first=None):
     text, usage, first = "", None, True
-    async for chunk in model.stream(GenerationRequest(messages, Sampling(n, 0), adapter)):
+    async for chunk in model.stream(GenerationRequest(messages, Sampling(n, 0), lora)):
         text += chunk.text
         usage = chunk.usage or usage
         if first and on_first is not None:
@@ -74,18 +74,18 @@ async def wait_for(predicate, timeout=3.0):
 
 
 async def test_mixed_batch_rows_equal_each_adapter_alone(model, tiny):
-    specs = [None, AdapterSpec("aria", str(tiny["a1"])), AdapterSpec("bram", str(tiny["b1"]))]
+    specs = [None, LoraSpec("aria", str(tiny["a1"])), LoraSpec("bram", str(tiny["b1"]))]
     cases = [(p, s) for p in PROMPTS for s in specs]
     solo = [await reply(model, p, s) for p, s in cases]
-    assert len({text for text, _ in solo[:3]}) == 3  # the adapters really differ
+    assert len({text for text, _ in solo[:3]}) == 3  # the LoRAs really differ
     together = await asyncio.gather(*(reply(model, p, s) for p, s in cases))
     assert [t for t, _ in together] == [t for t, _ in solo]
-    assert [u.adapter_version for _, u in together] == [None, "v1", "v1"] * 3
+    assert [u.lora_version for _, u in together] == [None, "v1", "v1"] * 3
     assert model.scheduler.max_rows_seen >= 6  # they really shared batches
 
 
 async def test_requests_join_a_running_batch(model, tiny):
-    spec = AdapterSpec("aria", str(tiny["a1"]))
+    spec = LoraSpec("aria", str(tiny["a1"]))
     solo_long = await reply(model, PROMPTS[1], spec, n=60)
     solo_short = [await reply(model, p, None) for p in PROMPTS]
     long_task = asyncio.create_task(reply(model, PROMPTS[1], spec, n=60))
@@ -133,62 +133,62 @@ async def test_full_queue_raises_busy(tiny):
 
 
 async def test_switching_version_mid_stream_keeps_the_old_one(model, tiny):
-    v1, v2 = AdapterSpec("aria", str(tiny["a1"])), AdapterSpec("aria", str(tiny["a2"]))
+    v1, v2 = LoraSpec("aria", str(tiny["a1"])), LoraSpec("aria", str(tiny["a2"]))
     solo_v1 = await reply(model, PROMPTS[0], v1, n=40)
     solo_v2 = await reply(model, PROMPTS[0], v2, n=40)
     assert solo_v1[0] != solo_v2[0]
-    await model.load_adapter("aria", str(tiny["a1"]))
+    await model.load_lora("aria", str(tiny["a1"]))
 
     async def switch():
-        assert await model.load_adapter("aria", str(tiny["a2"])) == "v2"
+        assert await model.load_lora("aria", str(tiny["a2"])) == "v2"
 
     running = await reply(model, PROMPTS[0], v1, n=40, on_first=switch)
     assert running == solo_v1  # finished on v1
-    assert model.loaded_adapters() == {"aria": "v2"}
+    assert model.loaded_loras() == {"aria": "v2"}
     assert await reply(model, PROMPTS[0], v2, n=40) == solo_v2
-    await model.unload_adapter("aria")
-    assert model.loaded_adapters() == {}
+    await model.unload_lora("aria")
+    assert model.loaded_loras() == {}
     # Both versions were dropped from peft once nobody used them.
-    await wait_for(lambda: model.scheduler.adapters_loaded == 0)
+    await wait_for(lambda: model.scheduler.loras_loaded == 0)
 
 
 async def test_bad_adapters_fail_alone(model, tiny, tmp_path):
-    good = AdapterSpec("bram", str(tiny["b1"]))
+    good = LoraSpec("bram", str(tiny["b1"]))
     solo = await reply(model, PROMPTS[0], good, n=30)
     running = asyncio.create_task(reply(model, PROMPTS[0], good, n=30))
     await wait_for(lambda: model.scheduler.active == 1)
     missing = str(tmp_path / "ghost" / "v9")
-    with pytest.raises(AdapterLoadError) as info:
-        await reply(model, PROMPTS[1], AdapterSpec("ghost", missing))
+    with pytest.raises(LoraLoadError) as info:
+        await reply(model, PROMPTS[1], LoraSpec("ghost", missing))
     assert "ghost" in str(info.value) and missing in str(info.value)
-    with pytest.raises(AdapterLoadError) as info:
-        await reply(model, PROMPTS[1], AdapterSpec("wrong", str(tiny["other"])))
+    with pytest.raises(LoraLoadError) as info:
+        await reply(model, PROMPTS[1], LoraSpec("wrong", str(tiny["other"])))
     assert "wrong" in str(info.value) and str(tiny["other"]) in str(info.value)
     assert "another base model" in str(info.value)
     assert await running == solo
-    _, usage = await reply(model, PROMPTS[2], AdapterSpec("aria", str(tiny["a1"])))
-    assert usage.adapter_version == "v1"
+    _, usage = await reply(model, PROMPTS[2], LoraSpec("aria", str(tiny["a1"])))
+    assert usage.lora_version == "v1"
 
 
 async def test_model_process_serves_like_the_thread(tiny, model):
     """The default worker: the model in a child process (one start, a few seconds)."""
-    spec = AdapterSpec("aria", str(tiny["a1"]))
+    spec = LoraSpec("aria", str(tiny["a1"]))
     expected = [await reply(model, p, s) for p in PROMPTS[:2] for s in (None, spec)]
     settings = ModelSettings(base=str(tiny["base"]), dtype="float32", batch_wait_ms=30, threads=1)
-    child = TransformersModel(settings, progress=False)
+    child = LocalModel(settings, progress=False)
     await child.start()
     try:
         got = await asyncio.gather(*(reply(child, p, s) for p in PROMPTS[:2] for s in (None, spec)))
         assert [t for t, _ in got] == [t for t, _ in expected]
-        assert [u.adapter_version for _, u in got] == [None, "v1"] * 2
+        assert [u.lora_version for _, u in got] == [None, "v1"] * 2
         assert child.scheduler.thread_count == 1  # [model] threads reached the child
-        with pytest.raises(AdapterLoadError) as info:
-            await reply(child, PROMPTS[0], AdapterSpec("wrong", str(tiny["other"])))
-        assert info.value.character == "wrong" and "another base model" in str(info.value)
-        with pytest.raises(AdapterLoadError):
-            await child.load_adapter("ghost", "/nonexistent/v1")
-        assert await child.load_adapter("bram", str(tiny["b1"])) == "v1"
-        assert child.loaded_adapters() == {"aria": "v1", "bram": "v1"}
+        with pytest.raises(LoraLoadError) as info:
+            await reply(child, PROMPTS[0], LoraSpec("wrong", str(tiny["other"])))
+        assert info.value.name == "wrong" and "another base model" in str(info.value)
+        with pytest.raises(LoraLoadError):
+            await child.load_lora("ghost", "/nonexistent/v1")
+        assert await child.load_lora("bram", str(tiny["b1"])) == "v1"
+        assert child.loaded_loras() == {"aria": "v1", "bram": "v1"}
         stream = child.stream(GenerationRequest(PROMPTS[0], Sampling(900, 0)))
         async for _ in stream:
             break
@@ -201,7 +201,7 @@ async def test_model_process_serves_like_the_thread(tiny, model):
 
 
 async def test_prefill_in_groups_matches_solo(model, monkeypatch):
-    from bot.models import scheduler
+    from engine import scheduler
 
     solo = [await reply(model, p, None) for p in PROMPTS]
     monkeypatch.setattr(scheduler, "PREFILL_TOKENS", 40)  # every prompt its own group
@@ -216,7 +216,7 @@ def test_the_nucleus_is_the_one_a_full_sort_finds(shape, top_p):
     must be those of sorting the whole vocabulary (flat rows need more than that)."""
     import torch
 
-    from bot.models.scheduler import NUCLEUS_CANDIDATES, nucleus
+    from engine.scheduler import NUCLEUS_CANDIDATES, nucleus
 
     torch.manual_seed(0)
     vocab = 4 * NUCLEUS_CANDIDATES

@@ -1,8 +1,8 @@
 """The standalone model process: a plain Llama and its LoRAs without transformers or peft.
 
 Compared against the transformers engine on the same tiny checkpoint: the same greedy
-replies for the base model, for adapters on every projection, for rsLoRA with per-module
-alpha, and for rows on different adapters in one batch.
+replies for the base model, for LoRAs on every projection, for rsLoRA with per-module
+alpha, and for rows on different LoRAs in one batch.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from bot.config import ModelSettings
-from bot.errors import AdapterLoadError
-from bot.models.base import AdapterSpec, GenerationRequest, Sampling
-from bot.models.standalone import find_checkpoint, plain_llama
+from engine import GenerationRequest, LoraSpec, Sampling
+from engine.errors import LoraLoadError
+from engine.standalone import find_checkpoint, plain_llama
 
 pytest.importorskip("torch")
 
-from bot.models.transformers_backend import TransformersModel
+from engine.local_backend import LocalModel
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -32,13 +32,13 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_all_linear, tmp_path_factory) -> dict[str, Path]:
+def loras(tiny_all_linear, tmp_path_factory) -> dict[str, Path]:
     """The all-linear LoRA, an rsLoRA with a per-module alpha, and one that also trains the
     output layer (modules_to_save), all on the tiny base."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    root = tmp_path_factory.mktemp("standalone-adapters")
+    root = tmp_path_factory.mktemp("standalone-loras")
     base = tiny_all_linear["base"]
     made = {"all": tiny_all_linear["lora"]}
     configs = {
@@ -64,7 +64,7 @@ def adapters(tiny_all_linear, tmp_path_factory) -> dict[str, Path]:
     return made
 
 
-async def replies(model: TransformersModel, specs: list[AdapterSpec | None]) -> list[str]:
+async def replies(model: LocalModel, specs: list[LoraSpec | None]) -> list[str]:
     """Greedy replies for every prompt × spec, all submitted at once (one mixed batch)."""
 
     async def one(messages, spec) -> str:
@@ -76,8 +76,8 @@ async def replies(model: TransformersModel, specs: list[AdapterSpec | None]) -> 
     return await asyncio.gather(*(one(p, s) for p in PROMPTS for s in specs))
 
 
-async def started(base: Path, **settings) -> TransformersModel:
-    model = TransformersModel(
+async def started(base: Path, **settings) -> LocalModel:
+    model = LocalModel(
         ModelSettings(base=str(base), batch_wait_ms=50, threads=1, **settings), progress=False
     )
     await model.start()
@@ -89,11 +89,11 @@ async def started(base: Path, **settings) -> TransformersModel:
 # flip a near tie on this random model (tests/test_int4.py checks those kernels against
 # peft with a tolerance).
 @pytest.mark.parametrize("dtype", ["float32", "auto"])
-async def test_standalone_serves_like_transformers(tiny_all_linear, adapters, dtype):
+async def test_standalone_serves_like_transformers(tiny_all_linear, loras, dtype):
     specs = [
         None,
-        AdapterSpec("bram", str(adapters["all"])),
-        AdapterSpec("rs", str(adapters["rslora"])),
+        LoraSpec("bram", str(loras["all"])),
+        LoraSpec("rs", str(loras["rslora"])),
     ]
     kernels = "torch"
     reference = await started(
@@ -109,47 +109,47 @@ async def test_standalone_serves_like_transformers(tiny_all_linear, adapters, dt
         assert model.scheduler.info["engine"] == "standalone"
         assert model.dtype == reference.dtype
         assert await replies(model, specs) == expected
-        # The adapters changed the replies (or the comparison above would prove little).
+        # The LoRAs changed the replies (or the comparison above would prove little).
         assert len(set(expected[:3])) == 3
         # Switching a character to a new version and unloading work as with peft.
-        assert await model.load_adapter("bram", str(adapters["rslora"])) == "v1"
-        assert model.loaded_adapters() == {"bram": "v1", "rs": "v1"}
-        await model.unload_adapter("bram")
-        assert model.loaded_adapters() == {"rs": "v1"}
+        assert await model.load_lora("bram", str(loras["rslora"])) == "v1"
+        assert model.loaded_loras() == {"bram": "v1", "rs": "v1"}
+        await model.unload_lora("bram")
+        assert model.loaded_loras() == {"rs": "v1"}
     finally:
         await model.close()
 
 
-async def test_adapters_it_cannot_serve_name_the_fix(tiny_all_linear, adapters):
-    head = str(adapters["head"])
+async def test_adapters_it_cannot_serve_name_the_fix(tiny_all_linear, loras):
+    head = str(loras["head"])
     model = await started(tiny_all_linear["base"], dtype="float32")
     try:
-        with pytest.raises(AdapterLoadError) as info:
-            await model.load_adapter("aria", head)
+        with pytest.raises(LoraLoadError) as info:
+            await model.load_lora("aria", head)
         message = str(info.value)
         assert "lm_head" in message and 'engine = "transformers"' in message
         assert "\n" not in message and head in message
-        # The model keeps serving, with the adapters it can.
-        assert await model.load_adapter("bram", str(adapters["all"])) == "v1"
+        # The model keeps serving, with the LoRAs it can.
+        assert await model.load_lora("bram", str(loras["all"])) == "v1"
     finally:
         await model.close()
     model = await started(tiny_all_linear["base"], dtype="float32", engine="transformers")
     try:
-        assert await model.load_adapter("aria", head) == "v1"
+        assert await model.load_lora("aria", head) == "v1"
     finally:
         await model.close()
 
 
 def test_the_model_process_imports_neither_transformers_nor_peft(tiny_all_linear):
-    """What the start-up time rests on: load, adapter and a decode step, no transformers."""
+    """What the start-up time rests on: load, LoRA and a decode step, no transformers."""
     script = f"""
 import sys
 sys.path.insert(0, {str(ROOT)!r})
 import torch
 from bot.config import ModelSettings
-from bot.models.batch_cache import BatchKV
-from bot.models.loading import build_scheduler, load_standalone
-from bot.models.local_files import ModelSource
+from engine.batch_cache import BatchKV
+from engine.loading import build_scheduler, load_standalone
+from engine.local_files import ModelSource
 
 settings = ModelSettings(base={str(tiny_all_linear["base"])!r}, threads=1)
 loaded = load_standalone(ModelSource(settings.base, "tiny"), settings)
@@ -202,7 +202,7 @@ def test_checkpoints_are_found_in_a_directory_or_the_hub_cache(tmp_path, monkeyp
 def test_a_model_process_stopped_before_loading_exits_cleanly():
     """The parent starts the model process before it has found the base model; when
     finding it fails, the waiting child must end at once and without a traceback."""
-    from bot.models.worker_process import ProcessScheduler
+    from engine.worker_process import ProcessScheduler
 
     process = ProcessScheduler(ModelSettings(threads=1))
     process.spawn()
@@ -222,7 +222,7 @@ async def test_a_sharded_checkpoint_loads_like_one_file(tiny_all_linear, tmp_pat
     AutoTokenizer.from_pretrained(tiny_all_linear["base"]).save_pretrained(sharded)
     assert len(list(sharded.glob("model-*.safetensors"))) > 1
     assert find_checkpoint(str(sharded)) == sharded
-    specs = [None, AdapterSpec("bram", str(tiny_all_linear["lora"]))]
+    specs = [None, LoraSpec("bram", str(tiny_all_linear["lora"]))]
     texts = []
     for base in (tiny_all_linear["base"], sharded):
         model = await started(base, dtype="float32", cache_dir=tmp_path / "cache")

@@ -14,7 +14,7 @@ from bot.errors import ConfigError
 
 torch = pytest.importorskip("torch")
 
-from bot.models.threads import ThreadPolicy, process_ticks, system_busy_ticks  # noqa: E402
+from engine.threads import ThreadPolicy, process_ticks, system_busy_ticks  # noqa: E402
 
 CONFIG = """
 [model]

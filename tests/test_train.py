@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
 from bot.config import ModelSettings, TrainingSettings
+from charbot.cli import main
+from engine import load_training_model
 from tests.tiny_model import build_tiny_model
-from training.train import StopFlag, TrainingInterrupted, TrainPlan, load_for_training, train
+from training.train import StopFlag, TrainingInterrupted, TrainPlan, train
 from training.train_data import Stage
 from training.versions import last_run, new_run
 
@@ -44,7 +45,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def loaded(tiny: Path):  # type: ignore[no-untyped-def]
-    return load_for_training(ModelSettings(base=str(tiny), dtype="float32"), progress=False)
+    return load_training_model(ModelSettings(base=str(tiny), dtype="float32"), progress=False)
 
 
 def _loss(model, tokenizer, records) -> float:  # type: ignore[no-untyped-def]
@@ -72,14 +73,14 @@ def test_the_curriculum_trains_its_stages_in_order(tiny: Path, loaded, tmp_path:
     assert [s.name for s in result.stages] == ["general", "lines"]
     assert all(s.steps == 3 and s.tokens > 0 for s in result.stages)
 
-    def loss_on(records, adapter: Path) -> float:  # type: ignore[no-untyped-def]
+    def loss_on(records, lora: Path) -> float:  # type: ignore[no-untyped-def]
         base = AutoModelForCausalLM.from_pretrained(tiny)
-        return _loss(PeftModel.from_pretrained(base, str(adapter)), loaded[1], records)
+        return _loss(PeftModel.from_pretrained(base, str(lora)), loaded[1], records)
 
     after_first = run.path / "after-stage-1"
-    # The second stage came after the first: the final adapter knows the second stage's
-    # answer better than the adapter as it was when the first stage ended.
-    assert loss_on(second, run.adapter_dir) < loss_on(second, after_first) - 0.5
+    # The second stage came after the first: the final LoRA knows the second stage's
+    # answer better than the LoRA as it was when the first stage ended.
+    assert loss_on(second, run.lora_dir) < loss_on(second, after_first) - 0.5
     assert loss_on(first, after_first) < _loss(
         AutoModelForCausalLM.from_pretrained(tiny), loaded[1], first
     )
@@ -116,15 +117,15 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_from_it(
     with pytest.raises(TrainingInterrupted, match="--resume"):
         train(plan, run, progress=False, stop=StopAtStep(3), loaded=loaded)
     assert list((run.checkpoints / "stage-1").glob("checkpoint-3"))
-    assert not run.adapter_dir.exists()  # nothing finished, nothing to publish
+    assert not run.lora_dir.exists()  # nothing finished, nothing to publish
 
     again = last_run(loras, "Bram")
     assert again is not None and again.path == run.path
-    fresh = load_for_training(ModelSettings(base=str(tiny)), progress=False)  # a new process
+    fresh = load_training_model(ModelSettings(base=str(tiny)), progress=False)  # a new process
     result = train(plan, again, resume=True, progress=False, loaded=fresh)
     (stage,) = result.stages
     assert (stage.resumed_from, stage.steps) == (3, 6)  # continued, not restarted
-    assert (run.adapter_dir / "adapter_model.safetensors").is_file()
+    assert (run.lora_dir / "adapter_model.safetensors").is_file()
     assert again.state()["plan"] == {"marker": 1}  # the plan survives for a later resume
 
 
@@ -234,7 +235,7 @@ def test_dpo_trains_with_the_peft_model_as_its_own_reference(
 
 def assert_one_vote_epoch_trains(method: str, records, tiny: Path, loaded, tmp_path: Path):  # type: ignore[no-untyped-def]
     """One epoch on 8 vote records (batch 4: two steps), the first two held out: it trains,
-    validates once and writes an adapter."""
+    validates once and writes an lora."""
     plan = TrainPlan(
         "Bram",
         method,
@@ -246,7 +247,7 @@ def assert_one_vote_epoch_trains(method: str, records, tiny: Path, loaded, tmp_p
     run = new_run(tmp_path / "loras", "Bram")
     result = train(plan, run, progress=False, loaded=loaded)
     assert result.stages[0].steps == 2 and len(result.stages[0].val_losses) == 1
-    assert (run.adapter_dir / "adapter_model.safetensors").is_file()
+    assert (run.lora_dir / "adapter_model.safetensors").is_file()
 
 
 def test_early_stopping_ends_a_stage_whose_validation_loss_rises(

@@ -1,5 +1,5 @@
 """The loop, proven on the tiny model: a conversation, 👎 and corrections on K questions,
-export, `charbot train`, `charbot adapters use` — and the running bot's answers to those
+export, `charbot train`, `charbot LoRAs use` — and the running bot's answers to those
 questions come out measurably closer to the corrections, each reply recording its version."""
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import itertools
 from pathlib import Path
 
 from bot.characters import Character
-from bot.cli import main
 from bot.config import ModelSettings
 from bot.core import Core
-from bot.loras import LoraSwitcher, base_identity, list_versions
+from bot.loras import LoraSwitcher, list_versions
 from bot.messages import Inbound
-from bot.models.transformers_backend import TransformersModel
+from charbot.cli import main
+from engine import base_identity
+from engine.local_backend import LocalModel
 from tests.fakes import RecordingTarget
 from tests.tiny_model import build_tiny_model
 
@@ -78,7 +79,7 @@ system_prompt = "You are Bram."
 """
     )
     settings = ModelSettings(base=str(tiny), dtype="float32", max_new_tokens=30)
-    model = TransformersModel(settings, progress=False, worker="thread")
+    model = LocalModel(settings, progress=False, worker="thread")
     bram = Character(name="Bram", system_prompt="You are Bram.")
     core = await make_core(
         model=model, characters=[bram], temperature=0.0, max_new_tokens=30, repetition_penalty=1.0
@@ -104,7 +105,7 @@ system_prompt = "You are Bram."
         assert version.metadata["stages"][-1]["name"] == "feedback"
         assert version.metadata["evaluation"]["corrected_questions"] == len(CORRECTIONS)
         code = await asyncio.to_thread(
-            main, ["adapters", "use", "Bram", "v1", "--config", str(config)]
+            main, ["loras", "use", "Bram", "v1", "--config", str(config)]
         )
         assert code == 0
         for _ in range(200):  # the running bot polls the database and switches by itself
@@ -116,7 +117,7 @@ system_prompt = "You are Bram."
         after = [(await ask(core, q))[2] for q in CORRECTIONS]
         assert closeness(after) > closeness(before) + 0.3, (before, after)
         replies = [r for r in await core.store.list_messages() if r.role == "assistant"]
-        assert [r.adapter_version for r in replies] == [None] * 4 + [version.id] * 4
+        assert [r.lora_version for r in replies] == [None] * 4 + [version.id] * 4
 
         # charbot eval: the corrected prompts, answered by the version and by the bare base.
         argv = ["eval", "--config", str(config), "--character", "Bram", "--against", "base"]

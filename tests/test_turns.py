@@ -138,16 +138,16 @@ def build_script_model(directory: Path, script: str) -> Path:
 async def test_the_local_backend_stops_at_a_new_turn(make_core: MakeCore, tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from bot.config import ModelSettings
-    from bot.models.transformers_backend import TransformersModel
+    from engine.local_backend import LocalModel
 
     # The generation prompt ends with "\n", so the reply is "Al: Hi.\nAl: Hi.\n…" forever.
     directory = build_script_model(tmp_path / "script", "\nAl: Hi.\n")
     settings = ModelSettings(base=str(directory), dtype="float32")
-    model = TransformersModel(settings, progress=False, worker="thread")
+    model = LocalModel(settings, progress=False, worker="thread")
     raw = ""
     await model.start()
     try:
-        from bot.models.base import GenerationRequest, Sampling
+        from engine import GenerationRequest, Sampling
 
         request = GenerationRequest(
             [{"role": "user", "content": "x"}], Sampling(max_new_tokens=20, temperature=0)

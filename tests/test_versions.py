@@ -19,11 +19,11 @@ from training.versions import new_run, publish
 
 
 def fake_run(loras: Path, character: str = "Aria", weights: bytes = b"w1"):  # type: ignore[no-untyped-def]
-    """A run whose "training" wrote an adapter (the file contents stand in for weights)."""
+    """A run whose "training" wrote a LoRA (the file contents stand in for weights)."""
     run = new_run(loras, character)
-    run.adapter_dir.mkdir()
-    (run.adapter_dir / "adapter_config.json").write_text('{"peft_type": "LORA"}')
-    (run.adapter_dir / "adapter_model.safetensors").write_bytes(weights)
+    run.lora_dir.mkdir()
+    (run.lora_dir / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    (run.lora_dir / "adapter_model.safetensors").write_bytes(weights)
     return run
 
 
@@ -104,22 +104,22 @@ async def test_use_and_rollback_change_what_the_core_generates_with_and_survive_
     assert await switcher.use("aria", "v1", "admin") == v1.id
     assert await switcher.use("Aria", v2.id, "admin") == v2.id
     await _reply(core)
-    assert model.requests[-1].adapter.path == str(v2.path)
+    assert model.requests[-1].lora.path == str(v2.path)
 
     # A restart: a new core on the same database speaks with v2 from its first reply.
     model2 = FakeModel()
     core2 = await make_core(model=model2)
     switcher2 = await _switcher(core2, core2.store, loras)
     await _reply(core2)
-    assert model2.requests[-1].adapter.path == str(v2.path)
+    assert model2.requests[-1].lora.path == str(v2.path)
     assert switcher2.current("Aria") == v2.id
 
     assert await switcher2.rollback("Aria") == v1.id
     await _reply(core2)
-    assert model2.requests[-1].adapter.path == str(v1.path)
+    assert model2.requests[-1].lora.path == str(v1.path)
     assert await switcher2.rollback("Aria") is None  # back to the configured (no LoRA)
     await _reply(core2)
-    assert model2.requests[-1].adapter is None
+    assert model2.requests[-1].lora is None
     with pytest.raises(Exception, match="nothing to roll back"):
         await switcher2.rollback("Aria")
 
@@ -133,17 +133,17 @@ async def test_a_running_bot_notices_a_choice_made_by_another_process(
     core = await make_core(model=model)
     switcher = await _switcher(core, core.store, loras, poll=0.05)
     try:
-        other = await Store.open(db_url)  # `charbot adapters use` in another process
+        other = await Store.open(db_url)  # `charbot LoRAs use` in another process
         await lora_choices.record_choice(other, "Aria", v1.id, str(v1.path), "cli")
         await other.close()
         for _ in range(100):
-            if model.adapters.get("Aria") == str(v1.path):
+            if model.loras.get("Aria") == str(v1.path):
                 break
             await asyncio.sleep(0.02)
-        assert model.adapters.get("Aria") == str(v1.path)
+        assert model.loras.get("Aria") == str(v1.path)
         await _reply(core)
         rows = await core.store.list_messages("test", "c1")
-        assert [r.adapter_version for r in rows if r.role == "assistant"] == [None]  # fake
+        assert [r.lora_version for r in rows if r.role == "assistant"] == [None]  # fake
     finally:
         await switcher.close()
 
@@ -160,12 +160,12 @@ async def test_a_version_for_another_base_model_is_refused(make_core, tmp_path: 
 
 
 class VersionedFake(FakeModel):
-    """A FakeModel that reports the adapter version it used, as the real backend does."""
+    """A FakeModel that reports the LoRA version it used, as the real backend does."""
 
     async def stream(self, request):  # type: ignore[no-untyped-def, override]
         async for chunk in super().stream(request):
-            if chunk.usage is not None and request.adapter is not None:
-                chunk.usage.adapter_version = Path(request.adapter.path).name
+            if chunk.usage is not None and request.lora is not None:
+                chunk.usage.lora_version = Path(request.lora.path).name
             yield chunk
 
 
@@ -191,7 +191,7 @@ name = "Bram"
 async def test_cli_lists_uses_rolls_back_and_counts_feedback_per_version(
     make_core, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from bot.cli import main
+    from charbot.cli import main
 
     loras = tmp_path / "loras"
     v1 = publish(fake_run(loras), loras, metadata(base="smollm2", fingerprint=""))
@@ -223,19 +223,19 @@ async def test_cli_lists_uses_rolls_back_and_counts_feedback_per_version(
     assert lines[("Aria", v1.id)] == ["1", "0%", "100%", "1"]
     assert lines[("Aria", v2.id)] == ["2", "100%", "0%", "0"]
 
-    code, out, _ = await asyncio.to_thread(run, "adapters", "list", "aria")
+    code, out, _ = await asyncio.to_thread(run, "loras", "list", "aria")
     assert code == 0 and f"▶ {v2.id}" in out and f"  {v1.id}" in out
 
-    code, out, _ = await asyncio.to_thread(run, "adapters", "rollback", "Aria")
+    code, out, _ = await asyncio.to_thread(run, "loras", "rollback", "Aria")
     assert code == 0 and f"Aria now speaks with {v1.id}" in out
     await switcher.apply()  # what the running bot's next poll does
     assert switcher.current("Aria") == v1.id
 
-    code, _, err = await asyncio.to_thread(run, "adapters", "use", "Aria", "v9")
+    code, _, err = await asyncio.to_thread(run, "loras", "use", "Aria", "v9")
     assert code == 2 and "no LoRA version 'v9'" in err and len(err.splitlines()) == 1
-    code, _, err = await asyncio.to_thread(run, "adapters", "use", "Aria", other.id)
+    code, _, err = await asyncio.to_thread(run, "loras", "use", "Aria", other.id)
     assert code == 2 and "another base model" in err and len(err.splitlines()) == 1
-    code, _, err = await asyncio.to_thread(run, "adapters", "use", "Nobody", "v1")
+    code, _, err = await asyncio.to_thread(run, "loras", "use", "Nobody", "v1")
     assert code == 2 and "unknown character" in err
     assert (await lora_choices.current_choices(core.store))["aria"].version == v1.id
 
@@ -257,9 +257,9 @@ async def test_the_console_lists_and_switches_versions_by_name(make_core, tmp_pa
     model = FakeModel()
     core = await make_core(model=model)
     await _switcher(core, core.store, loras)
-    output = await run_script(core, "/adapter\n/adapter v1\nhi\n/adapter rollback\n")
+    output = await run_script(core, "/LoRA\n/LoRA v1\nhi\n/LoRA rollback\n")
     assert f"• {v1.id}" in output
     assert f"[Aria now speaks with {v1.id}.]" in output
-    assert model.requests[0].adapter.path == str(v1.path)
+    assert model.requests[0].lora.path == str(v1.path)
     assert "[Aria rolled back; it now speaks with base.]" in output
-    assert model.adapters == {}
+    assert model.loras == {}

@@ -34,9 +34,9 @@ async def test_only_bot_admins_list_and_switch_versions(fake, start_bot, tmp_pat
 
     await fake.slash("adapter", use_v1, user=fake.bob)
     assert await answer(2) == f"Aria now speaks with {v1.id}."
-    assert core.model.adapters == {"Aria": str(v1.path)}  # type: ignore[attr-defined]
+    assert core.model.loras == {"Aria": str(v1.path)}  # type: ignore[attr-defined]
 
     rollback = [{"name": "version", "type": 3, "value": "rollback"}]
     await fake.slash("adapter", rollback, user=fake.bob)
     assert await answer(3) == "Aria rolled back; it now speaks with base."
-    assert core.model.adapters == {}  # type: ignore[attr-defined]
+    assert core.model.loras == {}  # type: ignore[attr-defined]

@@ -37,11 +37,11 @@ async def test_only_bot_admins_list_and_switch_versions(fake, start_bot, tmp_pat
     fake.user_says("/adapter v1", chat_id=GROUP, group=True, user_id=BOB)
     await until(lambda: len(sent()) == 4)
     assert sent()[3] == f"Aria now speaks with {v1.id}."
-    assert core.model.adapters == {"Aria": str(v1.path)}  # type: ignore[attr-defined]
+    assert core.model.loras == {"Aria": str(v1.path)}  # type: ignore[attr-defined]
     (choice,) = (await lora_choices.current_choices(core.store)).values()
     assert (choice.version, choice.chosen_by) == (v1.id, f"telegram:{BOB}")
 
     fake.user_says("/adapter rollback", chat_id=GROUP, group=True, user_id=BOB)
     await until(lambda: len(sent()) == 5)
     assert sent()[4] == "Aria rolled back; it now speaks with base."
-    assert core.model.adapters == {}  # type: ignore[attr-defined]
+    assert core.model.loras == {}  # type: ignore[attr-defined]

@@ -201,7 +201,7 @@ async def test_two_browsers_are_two_chats(config_path: Path, monkeypatch: pytest
 
 def _serve(config: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "--config", str(config), *args],
+        [sys.executable, "-m", "charbot.cli", "--config", str(config), *args],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -287,7 +287,7 @@ def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
 def test_another_host_with_a_password_serves_and_asks_for_the_login(tmp_path: Path) -> None:
     config = write_config(tmp_path, web='password_env = "STUDIO_PW"')
     process = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "--config", str(config), "web", "--host", "0.0.0.0"],
+        [sys.executable, "-m", "charbot.cli", "--config", str(config), "web", "--host", "0.0.0.0"],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,

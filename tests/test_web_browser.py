@@ -74,8 +74,8 @@ class ServedStudio:
 
     async def _serve(self) -> None:
         from adapters.web.app import WebAdapter
-        from bot.app import open_core
         from bot.config import load_config
+        from charbot.wiring import open_core
 
         config = load_config(self.config_path)
         async with open_core(config) as core:
@@ -100,7 +100,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedStudio]:
     make_version(tmp / "data" / "loras", "Mara", 1, evaluation={"heldout_similarity": 0.3})
     make_version(tmp / "data" / "loras", "Mara", 2, evaluation={"heldout_similarity": 0.6})
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("bot.app.create_model", lambda *a: VersionedEcho.create())
+        patch.setattr("charbot.wiring.build_model", lambda config: VersionedEcho.create())
         with ServedStudio(config) as served:
             yield served
 
@@ -233,7 +233,7 @@ def test_switching_a_version_is_recorded_by_the_next_reply(
 
     browser.get(studio.url + "/")
     send(browser, "Which version answers?")
-    assert web_messages(studio)[-1].adapter_version == "v0002-00000002"
+    assert web_messages(studio)[-1].lora_version == "v0002-00000002"
 
     browser.get(studio.url + "/reports")
     assert browser.find_elements(By.CSS_SELECTOR, "svg.chart polyline")

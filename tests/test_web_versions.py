@@ -68,14 +68,14 @@ async def test_use_switches_the_running_bot_and_the_next_reply_records_it(
 
     done = (await browser.say("Which version are you?"))[-1][1]
     reply = await browser.core.store.get_message(done["reply_id"])
-    assert reply is not None and reply.adapter_version == "v0002-00000002"
+    assert reply is not None and reply.lora_version == "v0002-00000002"
     await browser.post("/api/chat/rate", {"message_id": done["id"], "value": 1})
     page = (await browser.get("/characters")).text
     row = re.search(r'data-version="v0002-00000002">(.*?)</tr>', page, re.S)
     assert row and "<td>1</td><td>100%</td>" in row[1]  # one reply, all 👍
 
     # The same persisted choice the CLI reads and writes.
-    listing = charbot(config_path, "adapters", "list", "Mara")
+    listing = charbot(config_path, "loras", "list", "Mara")
     assert listing.returncode == 0 and "▶ v0002-00000002" in listing.stdout
 
 
@@ -90,7 +90,7 @@ async def test_rollback_goes_back_and_bad_switches_are_one_line(browser: Browser
     await browser.form("/characters/rollback", {"character": "Mara"})
     assert in_use((await browser.get("/characters")).text, "Mara") == "base"
     done = (await browser.say("And now?"))[-1][1]
-    assert (await browser.core.store.get_message(done["reply_id"])).adapter_version is None
+    assert (await browser.core.store.get_message(done["reply_id"])).lora_version is None
 
     for data, text in (
         ({"character": "Mara"}, "Mara: no version was chosen, so there is nothing to roll back"),

@@ -99,7 +99,7 @@ def build_tiny_adapter(
     r: int = 4,
     targets: tuple[str, ...] = ATTENTION,
 ) -> Path:
-    """Save a random (non-zero) LoRA adapter on ``targets`` of the model in ``base_dir``."""
+    """Save a random (non-zero) LoRA on ``targets`` of the model in ``base_dir``."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -109,7 +109,7 @@ def build_tiny_adapter(
         r=r,
         lora_alpha=2 * r,
         target_modules=list(targets),
-        init_lora_weights=False,  # random A and B: the adapter visibly changes the output
+        init_lora_weights=False,  # random A and B: the LoRA visibly changes the output
     )
     torch.manual_seed(seed)
     model = get_peft_model(base, config)

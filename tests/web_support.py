@@ -17,9 +17,9 @@ import pytest
 
 from adapters.web.app import create_app
 from adapters.web.context import Studio
-from bot import app as wiring
 from bot.config import Config, load_config
 from bot.core import Core
+from charbot import wiring
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def charbot(config: Path, *args: str, env: dict[str, str] | None = None) -> Any:
     import os
 
     return subprocess.run(
-        [sys.executable, "-m", "bot.cli", "--config", str(config), *args],
+        [sys.executable, "-m", "charbot.cli", "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -111,22 +111,22 @@ class VersionedEcho:
 
     @staticmethod
     def create() -> Any:
-        from bot.errors import AdapterLoadError
-        from bot.models.echo import EchoModel
+        from engine.echo import EchoModel
+        from engine.errors import LoraLoadError
 
         class _Model(EchoModel):
-            async def load_adapter(self, character: str, path: str) -> str:
+            async def load_lora(self, character: str, path: str) -> str:
                 if not (Path(path) / "adapter_config.json").is_file():
-                    raise AdapterLoadError(character, path, "no adapter_config.json there")
+                    raise LoraLoadError(character, path, "no adapter_config.json there")
                 return Path(path).name
 
-            async def unload_adapter(self, character: str) -> None:
+            async def unload_lora(self, character: str) -> None:
                 return None
 
             async def stream(self, request: Any) -> Any:
                 async for chunk in super().stream(request):
-                    if chunk.usage is not None and request.adapter is not None:
-                        chunk.usage.adapter_version = Path(request.adapter.path).name
+                    if chunk.usage is not None and request.lora is not None:
+                        chunk.usage.lora_version = Path(request.lora.path).name
                     yield chunk
 
         return _Model()
@@ -167,8 +167,8 @@ class Browser:
 async def open_browser(
     path: Path, monkeypatch: pytest.MonkeyPatch, password: str | None = None
 ) -> AsyncIterator[Browser]:
-    """The real wiring (bot.app.open_core) with the versioned echo model, and a client."""
-    monkeypatch.setattr(wiring, "create_model", lambda *a: VersionedEcho.create())
+    """The real wiring (charbot.wiring.open_core) with the versioned echo model, and a client."""
+    monkeypatch.setattr(wiring, "build_model", lambda config: VersionedEcho.create())
     config = load_config(path)
     async with wiring.open_core(config) as core:
         app = create_app(Studio(core, config, password))

@@ -1,1 +1,1 @@
-"""Training: data preparation, LoRA fine-tuning, evaluation, versioned adapters."""
+"""Training: data preparation, LoRA fine-tuning, evaluation, versioned LoRAs."""

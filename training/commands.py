@@ -1,6 +1,6 @@
 """The data commands of the CLI: ``export``, ``import-corrections`` and ``data …``.
 
-``bot/cli.py`` (the composition root) adds these parsers and dispatches here; the work is in
+``charbot/cli.py`` (the composition root) adds these parsers and dispatches here; the work is in
 :mod:`training.export`, :mod:`training.review_import` and :mod:`training.dataset`. Bad input
 raises a :class:`~bot.errors.CharbotError` — one line, exit code 2.
 """
@@ -34,7 +34,10 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     export.add_argument("--until", help="replies made before this date (UTC)")
     export.add_argument("--platform", help="only replies on this platform (discord, telegram…)")
     export.add_argument(
-        "--adapter-version", help='only replies of this LoRA version ("none": the bare base)'
+        "--lora-version",
+        "--adapter-version",  # its older name
+        dest="lora_version",
+        help='only replies of this LoRA version ("none": the bare base)',
     )
     export.add_argument("--min-votes", type=int, default=0, help="votes a reply needs to count")
     export.add_argument(
@@ -118,22 +121,22 @@ def _output(path: Path | None) -> Iterator[TextIO]:
 
 
 async def _export(config: Config, args: argparse.Namespace) -> int:
-    from bot.app import open_store
+    from storage.store import open_store
     from training.export import Selection, VoteRule, write_export
 
     if args.min_votes < 0:
         raise CharbotError(f"--min-votes {args.min_votes}: must be 0 or more")
-    version = args.adapter_version
+    version = args.lora_version
     selection = Selection(
         character=args.character,
         since=_timestamp("--since", args.since),
         until=_timestamp("--until", args.until),
         platform=args.platform,
-        adapter_version="" if version is not None and version.lower() == "none" else version,
+        lora_version="" if version is not None and version.lower() == "none" else version,
     )
     votes = VoteRule(thumbs_down=args.thumbs_down, min_votes=args.min_votes)
     cleaners = None if args.no_clean else _cleaners(config)
-    async with open_store(config) as store:
+    async with open_store(config.storage) as store:
         with _output(args.out) as out:
             report = await store.read(
                 lambda conn: write_export(
@@ -149,10 +152,10 @@ async def _export(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _import_corrections(config: Config, args: argparse.Namespace) -> int:
-    from bot.app import open_store
+    from storage.store import open_store
     from training.review_import import import_review
 
-    async with open_store(config) as store:
+    async with open_store(config.storage) as store:
         result = await store.write(
             lambda conn: import_review(
                 conn, args.file, author=args.author, accept_all=args.accept, skip_bad=args.skip_bad
@@ -260,8 +263,6 @@ def _tokenizer(config: Config, path: str | None) -> Any:
             raise CharbotError(
                 f"--tokenizer {path}: cannot load a tokenizer there ({exc})"
             ) from None
-    from bot.models.loading import load_tokenizer
-    from bot.models.local_files import resolve_base
+    from engine import load_tokenizer
 
-    source = resolve_base(config.model.base, config.model.cache_dir)
-    return load_tokenizer(source, config.model)
+    return load_tokenizer(config.model)

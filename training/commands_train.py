@@ -1,7 +1,7 @@
-"""``charbot train``, ``charbot eval``, ``charbot adapters list|use|rollback`` and
+"""``charbot train``, ``charbot eval``, ``charbot loras list|use|rollback`` and
 ``charbot stats --by-version``: the CLI side of versioned LoRAs.
 
-bot/cli.py registers these with :func:`add_commands` and runs them through :data:`COMMANDS`;
+charbot/cli.py registers these with :func:`add_commands` and runs them through :data:`COMMANDS`;
 everything else lives here. Bad input is one line and exit code 2 (a CharbotError), checked
 before any model is loaded.
 """
@@ -19,16 +19,16 @@ from bot.errors import CharbotError
 from bot.loras import (
     BASE,
     LoraError,
-    base_identity,
     check_base,
     find_version,
     list_versions,
 )
-from training.train_data import METHODS, DataError
+from engine import base_identity, lora_version
+from training.train_data import METHODS
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    """Add train, eval and adapters to the ``charbot`` sub-command parser."""
+    """Add train, eval and loras (and its older name, adapters) to the sub-command parser."""
     train = commands.add_parser(
         "train", parents=[common], help="fine-tune a character's next LoRA version"
     )
@@ -62,10 +62,22 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--against", help="another version to compare with (or 'base')")
     evaluate.add_argument("--quiet", action="store_true", help="no progress output")
 
-    adapters = commands.add_parser(
-        "adapters", parents=[common], help="list, use or roll back LoRA versions"
+    for command in ("loras", OLD_LORAS_COMMAND):
+        _add_loras(commands, common, command)
+
+
+OLD_LORAS_COMMAND = "adapters"  # the older name of ``loras``, still accepted
+
+
+def _add_loras(commands: Any, common: argparse.ArgumentParser, command: str) -> None:
+    about = "list, use or roll back LoRA versions"
+    loras = commands.add_parser(
+        command,
+        parents=[common],
+        # argparse has no hidden sub-commands: the old name's help points to the new one.
+        help=about if command == "loras" else "the older name of loras",
     )
-    actions = adapters.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = loras.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", parents=[common], help="versions per character")
     listing.add_argument("name", nargs="?", help="one character (default: all)")
     use = actions.add_parser("use", parents=[common], help="switch a character to a version")
@@ -77,19 +89,26 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     rollback.add_argument("name")
 
 
-# -- adapters --------------------------------------------------------------------------------
+# -- LoRAs ----------------------------------------------------------------------------------
 
 
-async def adapters_command(config: Config, args: argparse.Namespace) -> int:
-    from bot.app import open_store
+async def loras_command(config: Config, args: argparse.Namespace) -> int:
+    """``charbot loras list|use|rollback``: the versions, and the persisted choice."""
+    if args.command == OLD_LORAS_COMMAND:
+        print(
+            f"charbot: `charbot {OLD_LORAS_COMMAND}` is now `charbot loras` "
+            f"(`charbot loras {args.action}`)",
+            file=sys.stderr,
+        )
     from storage import lora_choices
+    from storage.store import open_store
 
     names = [c.name for c in config.characters]
     wanted = getattr(args, "name", None)
     if wanted is not None:
         names = [_character(config, wanted)]
     loras_dir = config.training.loras_dir
-    async with open_store(config) as store:
+    async with open_store(config.storage) as store:
         if args.action == "list":
             choices = await lora_choices.current_choices(store)
             for name in names:
@@ -110,7 +129,7 @@ async def adapters_command(config: Config, args: argparse.Namespace) -> int:
             if choice is not None:
                 now = choice.version or "the bare base model"
             else:
-                now = f"its configured adapter ({_configured_adapter(config, name)})"
+                now = f"its configured LoRA ({_configured_lora(config, name)})"
     print(
         f"{name} now speaks with {now}; a running bot switches within "
         f"{config.training.poll_seconds:g} s"
@@ -118,10 +137,10 @@ async def adapters_command(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _configured_adapter(config: Config, name: str) -> str | None:
+def _configured_lora(config: Config, name: str) -> str | None:
     for character in config.characters:
         if character.name == name:
-            return Path(character.adapter).name if character.adapter else BASE
+            return lora_version(character.lora) if character.lora else BASE
     return None
 
 
@@ -136,7 +155,7 @@ def _character(config: Config, name: str) -> str:
 
 def _version_table(config: Config, name: str, choice: Any) -> str:
     versions = list_versions(config.training.loras_dir, name)
-    current = choice.version if choice is not None else _configured_adapter(config, name)
+    current = choice.version if choice is not None else _configured_lora(config, name)
     lines = [f"{name} (in use: {current or BASE})"]
     if not versions:
         lines.append(f"  no versions yet; train one with `charbot train --character {name}`")
@@ -161,10 +180,10 @@ def _num(value: Any) -> str:
 
 
 async def stats_by_version_command(config: Config, args: argparse.Namespace) -> int:
-    from bot.app import open_store
+    from storage.store import open_store
     from storage.version_stats import stats_by_version
 
-    async with open_store(config) as store:
+    async with open_store(config.storage) as store:
         rows = await stats_by_version(store)
     headers = ("character", "version", "replies", "👍 rate", "👎 rate", "corrections")
     print(f"{headers[0]:<12} {headers[1]:<16} " + " ".join(f"{h:>11}" for h in headers[2:]))
@@ -179,21 +198,6 @@ async def stats_by_version_command(config: Config, args: argparse.Namespace) -> 
 
 
 # -- train -----------------------------------------------------------------------------------
-
-
-def parse_stage(text: str, default_epochs: int) -> tuple[str, list[Path], int]:
-    """``NAME=FILE[,FILE][:EPOCHS]`` → (name, files, epochs)."""
-    name, sep, rest = text.partition("=")
-    epochs = default_epochs
-    if rest.rsplit(":", 1)[-1].isdigit() and ":" in rest:
-        rest, count = rest.rsplit(":", 1)
-        epochs = int(count)
-    files = [Path(f) for f in rest.split(",") if f]
-    if not sep or not name or not files or epochs < 1:
-        raise DataError(
-            f"--stage {text!r}: write NAME=FILE[,FILE][:EPOCHS], e.g. general=data/qa.jsonl:1"
-        )
-    return name, files, epochs
 
 
 async def train_command(config: Config, args: argparse.Namespace) -> int:
@@ -211,14 +215,14 @@ async def train_command(config: Config, args: argparse.Namespace) -> int:
         return 130
     print(f"{name}: trained {version.id} ({since_note}) in {version.path}")
     if args.use:
-        from bot.app import open_store
         from storage import lora_choices
+        from storage.store import open_store
 
-        async with open_store(config) as store:
+        async with open_store(config.storage) as store:
             await lora_choices.record_choice(store, name, version.id, str(version.path), "train")
         print(f"{name} now speaks with {version.id}")
     else:
-        print(f"switch to it with: charbot adapters use {name} {version.id}")
+        print(f"switch to it with: charbot LoRAs use {name} {version.id}")
     return 0
 
 
@@ -254,7 +258,8 @@ async def eval_command(config: Config, args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": train_command,
     "eval": eval_command,
-    "adapters": adapters_command,
+    "loras": loras_command,
+    OLD_LORAS_COMMAND: loras_command,
 }
 
 __all__ = ["COMMANDS", "LoraError", "add_commands", "stats_by_version_command"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from bot.config import Config
 from bot.errors import CharbotError
 from bot.loras import BASE, LoraVersion, find_version, list_versions
-from bot.models.base import ChatModel, Sampling
+from engine import ChatModel, Sampling, create_model
 from training.evaluate import (
     BASE_LABEL,
     Case,
@@ -47,27 +47,27 @@ def eval_sampling(config: Config, name: str) -> Sampling:
 
 
 def _serving_model(config: Config, progress: bool, worker: str) -> ChatModel:
-    from bot.models.transformers_backend import TransformersModel
-
-    if config.model.backend != "transformers":
-        raise CharbotError("charbot eval needs [model] backend = transformers (not echo)")
-    return TransformersModel(config.model, progress=progress, worker=worker)
+    if config.model.backend != "local":
+        raise CharbotError(
+            f'charbot eval needs [model] backend = "local" (not {config.model.backend!r})'
+        )
+    return create_model(config.model, progress=progress, worker=worker)
 
 
 async def evaluate_directory(
     config: Config,
     name: str,
     label: str,
-    adapter_path: str | None,
+    lora_path: str | None,
     data_dir: Path,
     progress: bool,
     *,
     worker: str = "thread",
 ) -> VersionEval:
-    """Evaluate one adapter directory on the sets in ``data_dir`` (train --eval)."""
+    """Evaluate one LoRA directory on the sets in ``data_dir`` (train --eval)."""
     heldout, corrected = eval_sets(data_dir)
     results = await evaluate_many(
-        config, name, [(label, adapter_path)], heldout, corrected, progress, worker=worker
+        config, name, [(label, lora_path)], heldout, corrected, progress, worker=worker
     )
     return results[0]
 
@@ -82,10 +82,10 @@ async def evaluate_many(
     *,
     worker: str = "thread",
 ) -> list[VersionEval]:
-    """Answer, score and measure held-out loss for each (label, adapter path)."""
+    """Answer, score and measure held-out loss for each (label, LoRA path)."""
     import asyncio
 
-    from training.train import load_for_training
+    from engine import load_training_model
 
     model = _serving_model(config, progress, worker)
     await model.start()
@@ -103,7 +103,7 @@ async def evaluate_many(
             )
     finally:
         await model.close()
-    base, tokenizer, _ = await asyncio.to_thread(load_for_training, config.model)
+    base, tokenizer, _ = await asyncio.to_thread(load_training_model, config.model)
     for result, (_label, path) in zip(results, versions, strict=True):
         result.heldout_loss = await asyncio.to_thread(
             reference_loss, base, tokenizer, path, heldout
@@ -131,11 +131,11 @@ async def run_eval(
     config: Config, name: str, wanted: str | None, against: str | None, progress: bool
 ) -> tuple[Path, list[VersionEval]]:
     """Evaluate ``wanted`` (default: the version in use) and ``against``; write the report."""
-    from bot.app import open_store
     from storage import lora_choices
+    from storage.store import open_store
     from storage.version_stats import stats_by_version
 
-    async with open_store(config) as store:
+    async with open_store(config.storage) as store:
         choice = (await lora_choices.current_choices(store)).get(name.lower())
         live = {s.version: s for s in await stats_by_version(store, name)}
     first = _pick(config, name, wanted, choice.version if choice else None)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.models.base import AdapterSpec, ChatModel, GenerationRequest, Sampling
+from engine import ChatModel, GenerationRequest, LoraSpec, Sampling
 from training.train_data import Record
 
 BASE_LABEL = "base"
@@ -113,12 +113,12 @@ class Embedder:
 async def answer_all(
     model: ChatModel,
     character: str,
-    adapter_path: str | None,
+    lora_path: str | None,
     prompts: Sequence[list[dict[str, str]]],
     sampling: Sampling,
 ) -> list[str]:
     """Greedy answers to every prompt, generated together (the scheduler batches them)."""
-    spec = AdapterSpec(character, adapter_path) if adapter_path else None
+    spec = LoraSpec(character, lora_path) if lora_path else None
 
     async def one(messages: list[dict[str, str]]) -> str:
         text = ""
@@ -129,15 +129,15 @@ async def answer_all(
     return list(await asyncio.gather(*(one(p) for p in prompts)))
 
 
-def reference_loss(model, tokenizer, adapter_path: str | None, found: Sequence[Case]) -> float:  # type: ignore[no-untyped-def]
+def reference_loss(model, tokenizer, lora_path: str | None, found: Sequence[Case]) -> float:  # type: ignore[no-untyped-def]
     """Mean loss per reference token, given its prompt (as SFT trains: on the answer only)."""
     import torch
 
     net = model
-    if adapter_path is not None:
+    if lora_path is not None:
         from peft import PeftModel
 
-        net = PeftModel.from_pretrained(model, adapter_path)
+        net = PeftModel.from_pretrained(model, lora_path)
     net.eval()
     total, tokens = 0.0, 0
     with torch.no_grad():
@@ -159,7 +159,7 @@ def reference_loss(model, tokenizer, adapter_path: str | None, found: Sequence[C
             loss = net(input_ids=ids, labels=labels).loss
             total += float(loss) * count
             tokens += count
-    if adapter_path is not None:
+    if lora_path is not None:
         net.unload()  # the base model is shared by the next version's evaluation
     return total / tokens if tokens else math.nan
 
@@ -169,7 +169,7 @@ async def evaluate_version(
     embedder: Embedder,
     character: str,
     label: str,
-    adapter_path: str | None,
+    lora_path: str | None,
     heldout: Sequence[Case],
     corrected: Sequence[Case],
     sampling: Sampling,
@@ -177,9 +177,7 @@ async def evaluate_version(
     """Answer and score both sets with one version."""
     result = VersionEval(label)
     for name, found in (("heldout", heldout), ("corrected", corrected)):
-        answers = await answer_all(
-            model, character, adapter_path, [c.prompt for c in found], sampling
-        )
+        answers = await answer_all(model, character, lora_path, [c.prompt for c in found], sampling)
         scores = embedder.similarity(answers, [c.reference for c in found])
         setattr(
             result, name, [Scored(c, a, s) for c, a, s in zip(found, answers, scores, strict=True)]

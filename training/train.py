@@ -1,9 +1,9 @@
-"""LoRA fine-tuning of a character with TRL: a curriculum of stages into one adapter.
+"""LoRA fine-tuning of a character with TRL: a curriculum of stages into one LoRA.
 
 ``train(plan, run)`` loads the base model the bot serves, wraps it in a peft LoRA (or the
 parent version's weights, to continue from them), and trains each stage in order with TRL's
 ``SFTTrainer`` (prompt–completion records: the loss is on the reply only), ``DPOTrainer`` or
-``KTOTrainer`` (the peft model is its own reference: the base with the adapter disabled).
+``KTOTrainer`` (the peft model is its own reference: the base with the LoRA disabled).
 Validation loss is computed every epoch; a stage stops early after ``early_stopping`` epochs
 more than ``early_stopping_tolerance`` above its best, and keeps its last good weights. A
 checkpoint is saved every epoch and when Ctrl-C asks to stop, so ``--resume`` continues.
@@ -25,6 +25,7 @@ from typing import Any
 
 from bot.config import ModelSettings, TrainingSettings
 from bot.errors import CharbotError
+from engine import cpu_has_native_bf16, load_training_model
 from training.train_data import Record, Stage
 from training.versions import RunDir
 
@@ -66,7 +67,7 @@ class StageResult:
 
 @dataclass
 class TrainResult:
-    """What a finished run produced: the adapter in ``run.adapter_dir`` and its figures."""
+    """What a finished run produced: the LoRA in ``run.lora_dir`` and its figures."""
 
     stages: list[StageResult]
     seconds: float
@@ -115,28 +116,7 @@ def use_bf16(setting: str, device: str) -> bool:
         return setting == "true"
     if device != "cpu":
         return True
-    from bot.models.precision import cpu_has_native_bf16
-
     return cpu_has_native_bf16()
-
-
-def load_for_training(model_settings: ModelSettings, *, progress: bool = True):  # type: ignore[no-untyped-def]
-    """(model in float32, tokenizer, source path): the same base the bot serves."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from bot.models.loading import load_tokenizer
-    from bot.models.local_files import resolve_base
-
-    source = resolve_base(model_settings.base, model_settings.cache_dir, progress=progress)
-    tokenizer = load_tokenizer(source, model_settings)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    extra = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **extra)
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
-    return model, tokenizer, source.path
 
 
 def wrap_lora(model, settings: TrainingSettings, parent_path: str | None):  # type: ignore[no-untyped-def]
@@ -259,7 +239,7 @@ def _trainer(plan: TrainPlan, model, tokenizer, stage: Stage, output: Path, prog
         config = DPOConfig(**common, max_length=s.max_length)
         return DPOTrainer(
             model=model,
-            ref_model=None,  # the peft model with its adapter disabled is the reference
+            ref_model=None,  # the peft model with its LoRA disabled is the reference
             args=config,
             train_dataset=train_set,
             eval_dataset=eval_set,
@@ -301,7 +281,7 @@ def train(
     loaded: tuple[Any, Any, str] | None = None,
     before_training: Callable[[Any], None] | None = None,
 ) -> TrainResult:
-    """Train every stage of ``plan`` in order into ``run.adapter_dir``.
+    """Train every stage of ``plan`` in order into ``run.lora_dir``.
 
     ``resume``: continue ``run`` from its last completed stage or epoch checkpoint.
     ``loaded``: (model, tokenizer, path) already loaded (tests, benchmarks). Raises
@@ -317,7 +297,7 @@ def train(
         disable_progress_bar()  # loading and saving bars
     started = time.perf_counter()
     torch.manual_seed(plan.settings.seed)
-    model, tokenizer, base_path = loaded or load_for_training(plan.model, progress=progress)
+    model, tokenizer, base_path = loaded or load_training_model(plan.model, progress=progress)
     state = run.state() if resume else {}
     done = int(state.get("completed_stages", 0))
     parent = plan.parent_path
@@ -384,7 +364,7 @@ def train(
         )
         peft_model.save_pretrained(run.path / f"after-stage-{index}")
         save(index)
-    peft_model.save_pretrained(run.adapter_dir)
+    peft_model.save_pretrained(run.lora_dir)
     tokens = sum(r.tokens for r in results)
     return TrainResult(results, time.perf_counter() - started, tokens, base_path)
 

@@ -141,3 +141,18 @@ def split_validation(
         rest = [r for i, r in enumerate(stage.records) if i not in chosen]
         kept.append(Stage(stage.name, rest, stage.epochs, stage.files))
     return kept, held
+
+
+def parse_stage(text: str, default_epochs: int) -> tuple[str, list[Path], int]:
+    """``NAME=FILE[,FILE][:EPOCHS]`` → (name, files, epochs)."""
+    name, sep, rest = text.partition("=")
+    epochs = default_epochs
+    if rest.rsplit(":", 1)[-1].isdigit() and ":" in rest:
+        rest, count = rest.rsplit(":", 1)
+        epochs = int(count)
+    files = [Path(f) for f in rest.split(",") if f]
+    if not sep or not name or not files or epochs < 1:
+        raise DataError(
+            f"--stage {text!r}: write NAME=FILE[,FILE][:EPOCHS], e.g. general=data/qa.jsonl:1"
+        )
+    return name, files, epochs

@@ -20,7 +20,8 @@ from typing import Any
 
 from bot.config import Config, TrainingSettings
 from bot.errors import CharbotError
-from bot.loras import LoraVersion, base_identity, character_dir, find_version, fingerprint
+from bot.loras import LoraVersion, character_dir, find_version
+from engine import EngineError, base_identity, fingerprint
 from training.train import StopFlag, TrainPlan, lora_bytes, train
 from training.train_data import (
     DataError,
@@ -51,10 +52,10 @@ class Prepared:
 
 async def current_version(config: Config, name: str) -> LoraVersion | None:
     """The version ``name`` speaks with now, by the persisted choice."""
-    from bot.app import open_store
     from storage import lora_choices
+    from storage.store import open_store
 
-    async with open_store(config) as store:
+    async with open_store(config.storage) as store:
         choice = (await lora_choices.current_choices(store)).get(name.lower())
     if choice is None or choice.version is None:
         return None
@@ -131,7 +132,7 @@ async def _stages(
     since: float | None,
 ) -> tuple[list[Stage], list[dict[str, Any]] | None]:
     """The curriculum: --stage options, else --data files, else the dataset then feedback."""
-    from training.commands_train import parse_stage
+    from training.train_data import parse_stage
 
     if args.stage or args.data:
         specs = [parse_stage(text, settings.epochs) for text in args.stage]
@@ -153,10 +154,10 @@ async def _stages(
         stages.append(Stage("dataset", records, settings.epochs, [identity]))
     if (folder / "val.jsonl").is_file():
         validation, _identity = read_records(folder / "val.jsonl", method)
-    from bot.app import open_store
+    from storage.store import open_store
     from training.feedback_source import fresh_feedback
 
-    async with open_store(config) as store:
+    async with open_store(config.storage) as store:
         feedback = await fresh_feedback(store, name, method, since)
     feedback = [normalise(r, method, "feedback") for r in feedback]
     identity = DataFile(f"feedback since {since or 'the beginning'}", "", len(feedback))
@@ -231,7 +232,7 @@ async def run_training(
     with stop.on_sigint():
         result = await asyncio.to_thread(work) if loaded is None else work()
     # The version carries the data it was trained and validated on, for `charbot eval`.
-    shutil.copytree(run.path / "data", run.adapter_dir / "data", dirs_exist_ok=True)
+    shutil.copytree(run.path / "data", run.lora_dir / "data", dirs_exist_ok=True)
     evaluation = None
     if getattr(args, "eval", False):
         from training.eval_run import evaluate_directory
@@ -241,12 +242,15 @@ async def run_training(
                 config,
                 plan.character,
                 "new",
-                str(run.adapter_dir),
-                run.adapter_dir / "data",
+                str(run.lora_dir),
+                run.lora_dir / "data",
                 progress,
             )
             evaluation = found.summary()
-        except CharbotError as exc:  # the trained weights are worth keeping without it
+        except (
+            CharbotError,
+            EngineError,
+        ) as exc:  # the trained weights are worth keeping without it
             print(f"charbot: warning: evaluation skipped: {exc}", file=sys.stderr)
     base_path = Path(result.base_path)
     base = base_identity(config.model, str(base_path) if base_path.is_dir() else None)

@@ -1,7 +1,7 @@
 """Writing LoRA versions that never overwrite one another.
 
 A run works in a hidden directory ``loras_dir/<character>/.run-<id>/`` (its checkpoints, and
-``run.json`` so that ``--resume`` can continue it). On success the adapter is moved into
+``run.json`` so that ``--resume`` can continue it). On success the LoRA is moved into
 ``vNNNN-<hash>/`` with ``metadata.json``, by one rename: an interrupted run leaves only the
 hidden directory, which no listing and no ``use`` ever picks. The hash is over the weights
 and the metadata, so two runs can never be mistaken for one; the number counts up, and a
@@ -39,8 +39,8 @@ class RunDir:
     character: str
 
     @property
-    def adapter_dir(self) -> Path:
-        return self.path / "adapter"
+    def lora_dir(self) -> Path:
+        return self.path / "lora"
 
     @property
     def checkpoints(self) -> Path:
@@ -86,9 +86,9 @@ def check_disk(loras_dir: Path, needed_bytes: int) -> None:
         )
 
 
-def _content_hash(adapter_dir: Path, metadata: dict[str, Any]) -> str:
+def _content_hash(lora_dir: Path, metadata: dict[str, Any]) -> str:
     digest = hashlib.sha256()
-    for file in sorted(adapter_dir.iterdir()):
+    for file in sorted(lora_dir.iterdir()):
         if file.is_file():
             digest.update(file.name.encode())
             digest.update(file.read_bytes())
@@ -97,10 +97,10 @@ def _content_hash(adapter_dir: Path, metadata: dict[str, Any]) -> str:
 
 
 def publish(run: RunDir, loras_dir: Path, metadata: dict[str, Any]) -> LoraVersion:
-    """Move the run's finished adapter into the next ``vNNNN-<hash>`` and delete the run."""
-    source = run.adapter_dir
+    """Move the run's finished LoRA into the next ``vNNNN-<hash>`` and delete the run."""
+    source = run.lora_dir
     if not (source / "adapter_config.json").is_file():
-        raise VersionError(f"{run.path}: the run has no finished adapter to publish")
+        raise VersionError(f"{run.path}: the run has no finished LoRA to publish")
     content = _content_hash(source, metadata)
     root = character_dir(loras_dir, run.character)
     number = max((v.number for v in list_versions(loras_dir, run.character)), default=0) + 1

@@ -74,7 +74,7 @@ def _selection(query: dict[str, str]) -> Selection:
     return Selection(
         character=query.get("character") or None,
         platform=query.get("platform") or None,
-        adapter_version="" if version == "base" else version,
+        lora_version="" if version == "base" else version,
         since=_date("since", query.get("since")),
         until=_date("until", query.get("until")),
     )

@@ -2,7 +2,7 @@
 metadata, evaluation scores and live 👍 rate, and buttons to use or roll back a version.
 
 The buttons go through the running bot's :class:`bot.loras.LoraSwitcher` — the same
-persisted choice as ``charbot adapters use`` and ``rollback``, applied to this process at
+persisted choice as ``charbot loras use`` and ``rollback``, applied to this process at
 once and polled by every other process that serves the character."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from adapters.web.context import flash, form_csrf, guarded, render, studio_of
 from bot.characters import Character
 from bot.errors import CharbotError
 from bot.loras import BASE, LoraVersion, list_versions
+from engine import EngineError, lora_version
 from storage import lora_choices
 from storage.errors import StorageError
 from storage.version_stats import VersionStats, stats_by_version
@@ -64,7 +65,7 @@ class CharacterCard:
 def _current(core: Any, character: Character) -> str | None:
     if core.loras is not None:
         return core.loras.current(character.name)  # type: ignore[no-any-return]
-    return character.adapter.rstrip("/").rsplit("/", 1)[-1] if character.adapter else None
+    return lora_version(character.lora.rstrip("/")) if character.lora else None
 
 
 async def characters_page(request: Request) -> Response:
@@ -101,7 +102,7 @@ async def _switch(request: Request, rollback: bool) -> Response:
         else:
             now = await core.loras.use(name, str(form.get("version", "")), "studio")
         name = core.character(name).name
-    except (CharbotError, StorageError) as exc:
+    except (CharbotError, EngineError, StorageError) as exc:
         flash(request, str(exc))
     else:
         flash(request, f"{name} now speaks with {now or 'the bare base model'}")
