@@ -5,7 +5,7 @@ that is one TLB miss per 4 KiB: ~65,000 page walks a step for the default model'
 of bf16 weights, and they, not the memory bus, set the pace. Measured here (one thread, a
 whole one-row step of the default model in-process): a bf16 step on charbot's kernels went
 from 16.0 to 11.2 ms once its weights sat on transparent huge pages, a 4-bit step from 7.7
-to 6.0 ms; ``benchmarks/kernels.py`` prints the matmuls alone both ways.
+to 6.0 ms; ``engine/bench/kernel_speed.py`` prints the matmuls alone both ways.
 
 Linux gives an anonymous private mapping huge pages when it is ``madvise(MADV_HUGEPAGE)``d
 and ``/sys/kernel/mm/transparent_hugepage/enabled`` is ``always`` or ``madvise`` (the

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # 4-bit decode steps up to this many rows: measured per step on the default model, torch's
 # int4 kernel was faster than bf16 up to 6 rows and slower from 8 (2 threads; even at 1);
-# so was charbot's (benchmarks/kernels.py: 25 against 23 ms at 8 rows, 20 against 20 at 6).
+# so was charbot's (engine/bench/kernel_speed.py: 25 against 23 ms at 8 rows, 20 against 20 at 6).
 INT4_MAX_ROWS = 6
 # bf16 steps up to this many rows on charbot's kernel, more on oneDNN's (benchmarks/
 # kernels.py, a step's matmuls on one thread: 13.8/13.2/13.6/18.3 ms for 1/2/4/6 rows
@@ -535,7 +535,7 @@ def rescored_head(x: torch.Tensor, quantized, weight: torch.Tensor, k: int = RES
 
     The bundled model's output layer is its 8-bit embedding table: in 4 bits its logits
     were up to 4.5 off (cosine 0.998), enough to swap close candidates. The bf16 argmax was
-    never below 4-bit rank 8 (benchmarks/int4_head.py), so the top 64 get bf16 logits — on
+    never below 4-bit rank 8 (engine/bench/int4_head.py), so the top 64 get bf16 logits — on
     the default model bit for bit the bf16 layer's — and greedy and top-p picks are made on
     them; the rest keep 4-bit logits, which only move the sampling distribution of flat
     rows a little (figures in the README). For one row the layer took 5.5 ms in bf16 and

@@ -1,6 +1,6 @@
 """Training speed of `charbot train` on the default model, against a bare PyTorch loop.
 
-    nice -n 10 .venv/bin/python benchmarks/training.py [--rounds 3] [--full] [--json out.json]
+    nice -n 10 .venv/bin/python benchmarks/training_speed.py [--rounds 3] [--full] [--json out.json]
 
 The same LoRA (the configured [training] defaults: r=16, all linear layers, batch 4) and
 the same batches — the ones TRL's own data loader makes from prompt–completion records —

@@ -1,0 +1,53 @@
+"""Every benchmark starts the way the docs run it: ``python benchmarks/NAME.py`` puts
+benchmarks/ first on sys.path, so a module there named like an installed package hides it
+(benchmarks/kernels.py once hid the ``kernels`` package transformers imports)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
+ENGINE_BENCH = sorted(p.stem for p in (ROOT / "engine" / "bench").glob("*.py") if p.stem[0] != "_")
+
+
+def _installed_elsewhere(name: str, hidden_by: Path) -> bool:
+    """Whether ``name`` is importable from somewhere other than ``hidden_by``."""
+    saved = list(sys.path)
+    try:
+        sys.path[:] = [p for p in saved if Path(p or ".").resolve() != hidden_by]
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    finally:
+        sys.path[:] = saved
+    return spec is not None and spec.origin is not None and Path(spec.origin).parent != hidden_by
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_no_benchmark_module_hides_an_installed_one(script: Path) -> None:
+    assert not _installed_elsewhere(script.stem, script.parent), (
+        f"benchmarks/{script.name} hides the installed module {script.stem!r}; rename it"
+    )
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_each_benchmark_starts_as_the_docs_run_it(script: Path) -> None:
+    # A script answers --help after its imports; a helper module just imports.
+    is_script = '__name__ == "__main__"' in script.read_text(encoding="utf-8")
+    command = [sys.executable, str(script.relative_to(ROOT)), *(["--help"] if is_script else [])]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not is_script or "usage:" in result.stdout
+
+
+@pytest.mark.parametrize("name", ENGINE_BENCH)
+def test_each_engine_measurement_starts(name: str) -> None:
+    command = [sys.executable, "-m", f"engine.bench.{name}", "--help"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-2000:]
