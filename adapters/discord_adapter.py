@@ -257,7 +257,7 @@ class DiscordAdapter(PlatformAdapter):
                 await self._regenerate(channel, payload)
             return
         if emoji in SWIPES:  # taking the reaction back pages too: it can be pressed again
-            await swipe(self, channel, message_id, SWIPES[emoji])  # type: ignore[arg-type]
+            await swipe(self.core, self.webhooks, channel, message_id, SWIPES[emoji])  # type: ignore[arg-type]
             return
         value = self._remember_vote((chat_id, message_id, user_id), _VOTES[emoji], added)
         await self.core.rate(PLATFORM, chat_id, message_id, user_id, value)
@@ -286,7 +286,7 @@ class DiscordAdapter(PlatformAdapter):
             await target.notice(str(exc))
             return
         if result is not None and result.message_ids:
-            await offer_swipes(self, channel, result.message_ids[0])  # type: ignore[arg-type]
+            await offer_swipes(self.core, channel, result.message_ids[0])  # type: ignore[arg-type]
 
 
 class _CharbotClient(discord.Client):

@@ -5,16 +5,13 @@ that same message, edited in place."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import discord
 
 from adapters.discord_reply import NO_PINGS, WebhookPool, name_prefix
 from bot.characters import Character
+from bot.core import Core
 from bot.errors import CharbotError
-
-if TYPE_CHECKING:
-    from adapters.discord_adapter import DiscordAdapter
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +20,10 @@ BACK, ON = "◀️", "▶️"
 SWIPES = {"◀": -1, "▶": 1}  # as the adapter sees them, without the variation selector
 
 
-async def offer_swipes(
-    adapter: DiscordAdapter, channel: discord.abc.Messageable, message_id: str
-) -> None:
+async def offer_swipes(core: Core, channel: discord.abc.Messageable, message_id: str) -> None:
     """A new sibling was posted as ``message_id``: it is the one shown; add ◀ ▶ under it."""
     chat_id = str(getattr(channel, "id", ""))
-    shown = await adapter.core.swipes.regenerated(PLATFORM, chat_id, message_id)
+    shown = await core.swipes.regenerated(PLATFORM, chat_id, message_id)
     if shown is None or shown.count < 2:
         return
     message = channel.get_partial_message(int(message_id))  # type: ignore[attr-defined]
@@ -40,24 +35,23 @@ async def offer_swipes(
 
 
 async def swipe(
-    adapter: DiscordAdapter,
+    core: Core,
+    webhooks: WebhookPool,
     channel: discord.abc.Messageable,
     message_id: str,
     step: int,
 ) -> None:
     """Show the sibling ``step`` places on in message ``message_id``."""
     chat_id = str(getattr(channel, "id", ""))
-    shown = await adapter.core.swipes.page(PLATFORM, chat_id, message_id, step)
+    shown = await core.swipes.page(PLATFORM, chat_id, message_id, step)
     if shown is None:
         return
     try:
-        character = adapter.core.character(shown.sibling.character)
+        character = core.character(shown.sibling.character)
     except CharbotError:  # removed from the config since
-        character = adapter.core.default_character
+        character = core.default_character
     label = f"-# {shown.index + 1}/{shown.count}\n"
-    await edit_shown(
-        channel, adapter.webhooks, int(message_id), label, shown.sibling.text, character
-    )
+    await edit_shown(channel, webhooks, int(message_id), label, shown.sibling.text, character)
 
 
 async def edit_shown(
