@@ -14,13 +14,13 @@ from collections.abc import Callable
 
 import discord
 import yarl
-from discord import app_commands
+from discord.ext import commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.base import PlatformAdapter
 from adapters.discord_access import AccessPolicy, place_of
-from adapters.discord_commands import register_commands
+from adapters.discord_commands import DiscordCommands
 from adapters.discord_reply import NO_PINGS, DiscordReplyTarget, Quote, WebhookPool
 from adapters.discord_swipes import SWIPES, offer_swipes, swipe
 from bot.config import DiscordSettings
@@ -289,18 +289,25 @@ class DiscordAdapter(PlatformAdapter):
             await offer_swipes(self.core, channel, result.message_ids[0])  # type: ignore[arg-type]
 
 
-class _CharbotClient(discord.Client):
-    """The discord.py client: events are forwarded to the adapter, commands live on ``tree``."""
+class _CharbotClient(commands.Bot):
+    """The discord.py client: events are forwarded to the adapter; the application commands
+    are a Cog (adapters/discord_commands.py), which is why this is a ``commands.Bot``."""
 
     def __init__(self, adapter: DiscordAdapter) -> None:
         intents = discord.Intents.default()  # guilds, messages, reactions, DMs
         intents.message_content = True  # privileged: enable it in the Developer Portal
-        super().__init__(intents=intents, allowed_mentions=NO_PINGS)
+        # No prefix commands: on_message below hands every message to the adapter and never
+        # calls process_commands, so the prefix is never looked at.
+        super().__init__(
+            commands.when_mentioned,
+            help_command=None,
+            intents=intents,
+            allowed_mentions=NO_PINGS,
+        )
         self.adapter = adapter
-        self.tree = app_commands.CommandTree(self)
 
     async def setup_hook(self) -> None:
-        register_commands(self.tree, self.adapter)
+        await self.add_cog(DiscordCommands(self, self.adapter))
         try:
             # A bulk overwrite: unchanged commands do not count against Discord's daily limit.
             await self.tree.sync()
