@@ -1,10 +1,10 @@
 """Slash commands, the "Suggest a better reply" message command and its modal, as one Cog.
 
-``/chat``, ``/character``, ``/characters``, ``/reset``, ``/fix`` and ``/adapter``. In a
-server, ``/character NAME`` and ``/reset`` change the channel for everyone, so they are admin
-commands: users listed in ``[discord] admins``, or, when that list is empty, members who may
-manage the channel. In a DM they are the user's own. ``/adapter`` is for the bot's admins
-only: a switch changes the character everywhere.
+``/chat``, ``/character``, ``/characters``, ``/reset``, ``/fix`` and ``/lora`` (``/adapter``
+is its older name, still registered). In a server, ``/character NAME`` and ``/reset`` change
+the channel for everyone, so they are admin commands: users listed in ``[discord] admins``,
+or, when that list is empty, members who may manage the channel. In a DM they are the user's
+own. ``/lora`` is for the bot's admins only: a switch changes the character everywhere.
 
 The Cog sees the adapter only through :class:`DiscordEdge`, so this module does not import
 the adapter that loads it.
@@ -25,7 +25,7 @@ from adapters.discord_reply import NO_PINGS, DiscordReplyTarget, Quote, visible_
 from bot.config import DiscordSettings
 from bot.core import Core
 from bot.errors import CharbotError
-from bot.lora_admin import lora_command
+from bot.lora_admin import COMMAND, OLD_COMMAND, RENAMED, lora_command
 from bot.messages import Inbound
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ NOT_HERE = "I'm not available here."
 THANKS = "Thanks — saved as a correction for the next training run."
 SUGGEST = "Suggest a better reply"
 _MESSAGE_LINK = re.compile(r"(\d{15,21})\s*>?\s*$")  # a message id, or a link ending in one
+# /lora and its older name /adapter take the same options.
 _LORA_OPTIONS = {
     "version": "A version (v3), base for none, or rollback; leave empty to list them",
     "character": "Whose LoRA (default: who speaks in this channel)",
@@ -234,7 +235,7 @@ class DiscordCommands(commands.Cog):
 
     # -- LoRA versions -------------------------------------------------------------------
 
-    @app_commands.command(name="adapter", description="Bot admins: list or switch LoRA versions")
+    @app_commands.command(name=COMMAND, description="Bot admins: list or switch LoRA versions")
     @app_commands.describe(**_LORA_OPTIONS)
     @app_commands.autocomplete(character=complete_character, version=complete_version)
     async def lora(
@@ -247,10 +248,26 @@ class DiscordCommands(commands.Cog):
         switch changes the character everywhere, not only in this channel)."""
         await say(interaction, await self.lora_answer(interaction, version, character))
 
+    @app_commands.command(
+        name=OLD_COMMAND, description=f"The older name of /{COMMAND}: list or switch LoRA versions"
+    )
+    @app_commands.describe(**_LORA_OPTIONS)
+    @app_commands.autocomplete(character=complete_character, version=complete_version)
+    async def lora_by_old_name(
+        self,
+        interaction: discord.Interaction,
+        version: str | None = None,
+        character: str | None = None,
+    ) -> None:
+        """``/adapter``, the deprecated name of ``/lora``: the same answer, after a line that
+        gives the new name."""
+        answer = await self.lora_answer(interaction, version, character)
+        await say(interaction, f"{RENAMED}\n{answer}")
+
     async def lora_answer(
         self, interaction: discord.Interaction, version: str | None, character: str | None
     ) -> str:
-        """What ``/adapter version character`` answers: a refusal, the list, or the switch."""
+        """What ``/lora version character`` answers: a refusal, the list, or the switch."""
         if not self.allowed(interaction):
             return NOT_HERE
         user = str(interaction.user.id)
