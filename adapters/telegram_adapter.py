@@ -349,7 +349,8 @@ class TelegramAdapter(PlatformAdapter):
         elif query.data == FIX:
             await self.ask_for_fix(query, message)
         elif query.data in SWIPE_STEPS:
-            await swipe_page(self, query, message, SWIPE_STEPS[query.data])
+            step = SWIPE_STEPS[query.data]
+            await swipe_page(self.core, self.gate(chat.id), query, message, step)
         else:
             log.debug("telegram: ignoring button %r", (query.data or "")[:40])
             await query.answer()
@@ -361,7 +362,8 @@ class TelegramAdapter(PlatformAdapter):
             return
         await query.answer("🔁 Writing another reply…")
         # Written into the same message, which then pages through the siblings with ◀ ▶.
-        target = await swipe_target(self, message, topic_of(message))
+        new_target = self.target(message.chat.id, topic_of(message), None)
+        target = await swipe_target(self.core, new_target, message)
         try:
             await self.core.regenerate(PLATFORM, chat_id, message_id, target)
         except (CharbotError, EngineError) as exc:

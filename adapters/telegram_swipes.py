@@ -4,7 +4,6 @@ siblings in place (one message, edited), with the rating buttons kept underneath
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from telegram import CallbackQuery, Message
 from telegram.constants import ParseMode
@@ -15,14 +14,14 @@ from adapters.telegram_reply import (
     SWIPE_AT,
     SWIPE_BACK,
     SWIPE_ON,
+    FloodGate,
+    TelegramReplyTarget,
     format_reply,
     rating_keyboard,
 )
+from bot.core import Core
 from bot.errors import CharbotError
 from bot.reply import ReplyTarget
-
-if TYPE_CHECKING:
-    from adapters.telegram_adapter import TelegramAdapter
 
 log = logging.getLogger(__name__)
 
@@ -30,25 +29,24 @@ PLATFORM = "telegram"
 SWIPE_STEPS = {SWIPE_BACK: -1, SWIPE_ON: 1, SWIPE_AT: 0}
 
 
-async def swipe_target(
-    adapter: TelegramAdapter, message: Message, topic: int | None
-) -> ReplyTarget:
-    """The target for a 🔁 on ``message``: the new sibling is written into ``message``,
-    whose keyboard then shows it as the last of the siblings."""
+async def swipe_target(core: Core, target: TelegramReplyTarget, message: Message) -> ReplyTarget:
+    """The target for a 🔁 on ``message``, from a new ``target`` in its chat and topic: the
+    new sibling is written into ``message``, whose keyboard then shows it as the last of the
+    siblings."""
     chat_id, message_id = str(message.chat.id), str(message.message_id)
-    shown = await adapter.core.swipes.position(PLATFORM, chat_id, message_id)
-    target = adapter.target(message.chat.id, topic, None)
+    shown = await core.swipes.position(PLATFORM, chat_id, message_id)
     count = (shown.count if shown is not None else 1) + 1
     target.swipe = (count, count)
-    return adapter.core.swipes.in_place(target, PLATFORM, chat_id, message_id)
+    return core.swipes.in_place(target, PLATFORM, chat_id, message_id)
 
 
 async def swipe_page(
-    adapter: TelegramAdapter, query: CallbackQuery, message: Message, step: int
+    core: Core, gate: FloodGate, query: CallbackQuery, message: Message, step: int
 ) -> None:
-    """◀ (-1) or ▶ (+1) pressed under ``message``: show that sibling in the same message."""
+    """◀ (-1) or ▶ (+1) pressed under ``message``: show that sibling in the same message,
+    through ``gate``, the flood gate of its chat."""
     chat_id, message_id = str(message.chat.id), str(message.message_id)
-    shown = await adapter.core.swipes.page(PLATFORM, chat_id, message_id, step)
+    shown = await core.swipes.page(PLATFORM, chat_id, message_id, step)
     if shown is None:
         await query.answer("That reply is no longer stored.")
         return
@@ -56,11 +54,11 @@ async def swipe_page(
     if step == 0:
         return
     try:
-        character = adapter.core.character(shown.sibling.character)
+        character = core.character(shown.sibling.character)
     except CharbotError:  # a character removed from the config since
-        character = adapter.core.default_character
+        character = core.default_character
     try:
-        await adapter.gate(message.chat.id).call(
+        await gate.call(
             lambda: message.get_bot().edit_message_text(
                 format_reply(character, shown.sibling.text),
                 chat_id=message.chat.id,
