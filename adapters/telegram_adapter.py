@@ -33,7 +33,7 @@ from telegram.ext import (
 
 from adapters.base import PlatformAdapter
 from adapters.telegram_access import TelegramAccess
-from adapters.telegram_commands import COMMAND_MENU, register_commands
+from adapters.telegram_commands import COMMAND_MENU, command_handlers
 from adapters.telegram_logging import install_redactor
 from adapters.telegram_reply import (
     FIX,
@@ -113,31 +113,7 @@ class TelegramAdapter(PlatformAdapter):
             )
         # Before build(): the Bot logs its API URL, token included, as it is constructed.
         self._remove_redactor = install_redactor(self.__token)
-        self._ledger = IntakeLedger()
-        self._updates_request = TolerantUpdatesRequest(self._ledger)
-        builder = (
-            Application.builder()
-            .token(self.__token)
-            # Handlers only store (the core keeps each chat in order and answers later), and
-            # an update is confirmed only once stored.
-            .concurrent_updates(StoreThenConfirm(self._ledger))
-            .get_updates_request(self._updates_request)
-        )
-        if self.settings.base_url:
-            base = self.settings.base_url
-            builder = builder.base_url(base).base_file_url(_file_url(base))
-        app = builder.build()
-        self.app = app
-        app.add_handler(CallbackQueryHandler(self.on_button))
-        app.add_handler(MessageReactionHandler(self.on_reaction))
-        register_commands(app, self)
-        app.add_handler(
-            MessageHandler(
-                filters.UpdateType.MESSAGE & filters.TEXT & ~filters.COMMAND, self.on_text
-            )
-        )
-        app.add_handler(MessageHandler(filters.ALL, self.on_other))
-        app.add_error_handler(self.on_error)
+        app = self.app = self._application()
         try:
             await app.initialize()  # getMe: checks the token
             await self._publish_commands()
@@ -158,6 +134,34 @@ class TelegramAdapter(PlatformAdapter):
             await self.stop()
             raise CharbotError(f"cannot connect to the Telegram Bot API: {exc}") from exc
         log.info("telegram: polling as @%s", app.bot.username)
+
+    def _application(self) -> Application:  # type: ignore[type-arg]
+        """A new Application for this token, every handler added; nothing is fetched yet."""
+        self._ledger = IntakeLedger()
+        self._updates_request = TolerantUpdatesRequest(self._ledger)
+        builder = (
+            Application.builder()
+            .token(self.__token)
+            # Handlers only store (the core keeps each chat in order and answers later), and
+            # an update is confirmed only once stored.
+            .concurrent_updates(StoreThenConfirm(self._ledger))
+            .get_updates_request(self._updates_request)
+        )
+        if self.settings.base_url:
+            base = self.settings.base_url
+            builder = builder.base_url(base).base_file_url(_file_url(base))
+        app = builder.build()
+        app.add_handler(CallbackQueryHandler(self.on_button))
+        app.add_handler(MessageReactionHandler(self.on_reaction))
+        app.add_handlers(command_handlers(self))
+        app.add_handler(
+            MessageHandler(
+                filters.UpdateType.MESSAGE & filters.TEXT & ~filters.COMMAND, self.on_text
+            )
+        )
+        app.add_handler(MessageHandler(filters.ALL, self.on_other))
+        app.add_error_handler(self.on_error)
+        return app
 
     async def _publish_commands(self) -> None:
         """The command menu in Telegram's clients; a failure here is not worth stopping for."""
