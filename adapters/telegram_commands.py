@@ -1,4 +1,5 @@
-"""Bot commands: /start, /help, /characters, /character, /reset, /ask, /fix and /adapter.
+"""Bot commands: /start, /help, /characters, /character, /reset, /ask, /fix and /lora
+(/adapter, its older name, still works but is shown nowhere).
 
 Each command is a handler below, and :data:`COMMANDS` is the one list of them: what is
 registered, what /help says and what Telegram's command menu shows all come from it.
@@ -28,7 +29,7 @@ from adapters.telegram_reply import FloodGate, TelegramReplyTarget, escape
 from bot.config import TelegramSettings
 from bot.core import Core
 from bot.errors import CharbotError
-from bot.lora_admin import lora_command
+from bot.lora_admin import COMMAND, OLD_COMMAND, RENAMED, lora_command
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,13 @@ async def lora(adapter: TelegramEdge, message: Message, argument: str) -> None:
     await say(adapter, message, escape(await lora_answer(adapter, message, argument)))
 
 
+async def lora_by_old_name(adapter: TelegramEdge, message: Message, argument: str) -> None:
+    """/adapter, the deprecated name of /lora: the same answer, after a line that gives the
+    new name."""
+    answer = await lora_answer(adapter, message, argument)
+    await say(adapter, message, escape(f"{RENAMED}\n{answer}"))
+
+
 async def lora_answer(adapter: TelegramEdge, message: Message, argument: str) -> str:
     """What ``/lora ARGUMENT`` answers (plain text): a refusal, the list, or the switch."""
     assert message.from_user is not None
@@ -226,13 +234,15 @@ COMMANDS = (
         menu="Reply to a message with a better answer",
     ),
     Command(
-        "adapter",
+        COMMAND,
         lora,
         "[VERSION]",
         help="list or switch the character's LoRA versions (bot admins)",
+        menu="Bot admins: list or switch LoRA versions",
     ),
     Command("help", help_command, menu="What I do"),
     Command("start", start),
+    Command(OLD_COMMAND, lora_by_old_name),  # deprecated: answers, but is listed nowhere
 )
 
 
