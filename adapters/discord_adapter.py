@@ -257,7 +257,8 @@ class DiscordAdapter(PlatformAdapter):
                 await self._regenerate(channel, payload)
             return
         if emoji in SWIPES:  # taking the reaction back pages too: it can be pressed again
-            await swipe(self.core, self.webhooks, channel, message_id, SWIPES[emoji])  # type: ignore[arg-type]
+            step = SWIPES[emoji]
+            await swipe(self.core, self.webhooks, channel, message_id, step)  # type: ignore[arg-type]
             return
         value = self._remember_vote((chat_id, message_id, user_id), _VOTES[emoji], added)
         await self.core.rate(PLATFORM, chat_id, message_id, user_id, value)

@@ -136,7 +136,8 @@ class TelegramAdapter(PlatformAdapter):
         log.info("telegram: polling as @%s", app.bot.username)
 
     def _application(self) -> Application:  # type: ignore[type-arg]
-        """A new Application for this token, every handler added; nothing is fetched yet."""
+        """A new Application for this token, on a fresh intake ledger, every handler added;
+        nothing is fetched yet."""
         self._ledger = IntakeLedger()
         self._updates_request = TolerantUpdatesRequest(self._ledger)
         builder = (
