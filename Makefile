@@ -57,6 +57,7 @@ run: install
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tools/layers.py
 
 test: lint
 	$(BIN)/pytest
