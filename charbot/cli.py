@@ -1,8 +1,8 @@
 """The `charbot` command: its parser, logging, and the dispatch to each command.
 
-The commands live beside it (``run``, ``web_command``, ``card_import``) and in training/
-(``commands``: export and data; ``commands_train``: train, eval, loras); the terminal chat
-and the stats are here.
+The commands live beside it (``run``, ``stats_command``, ``web_command``, ``card_import``)
+and in training/ (``commands``: export and data; ``commands_train``: train, eval, loras);
+only the terminal chat, a few lines, is here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 
 from bot.config import Config, config_path, load_config
 from bot.errors import CharbotError
-from charbot import card_import, run, web_command
+from charbot import card_import, run, stats_command, web_command
 from engine import BACKEND_ALIASES, BACKENDS, EngineError
 from storage.errors import StorageError
 from training import commands as data_commands
@@ -54,10 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--character", help="the character to talk to")
     card_import.add_parser(commands, common)  # characters import
     data_commands.add_parsers(commands, common)  # export, import-corrections, data
-    stats = commands.add_parser(
-        "stats", parents=[common], help="messages, replies, ratings and errors per character"
-    )
-    stats.add_argument("--by-version", action="store_true", help="per LoRA version instead")
+    stats_command.add_parser(commands, common)  # stats
     lora_commands.add_commands(commands, common)  # train, eval, adapters
     web_command.add_parser(commands, common)  # web (the studio)
     return parser
@@ -75,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         command = {
             "run": run.run_command,
             "chat": _chat,
-            "stats": _stats,
+            "stats": stats_command.stats_command,
             "characters": card_import.import_command,
             **data_commands.commands(),
             **lora_commands.COMMANDS,
@@ -114,31 +111,6 @@ async def _chat(config: Config, args: argparse.Namespace) -> int:
             core.character(args.character)  # fail fast, listing the known names
         console = ConsoleAdapter(core, user_name=config.console.user_name, character=args.character)
         await console.run()
-    return 0
-
-
-async def _stats(config: Config, args: argparse.Namespace) -> int:
-    if args.by_version:
-        return await lora_commands.stats_by_version_command(config, args)
-    from storage.feedback import character_stats
-    from storage.intake import intake_counts
-    from storage.store import open_store
-
-    async with open_store(config.storage) as store:
-        stats = await character_stats(store)
-        intake = await intake_counts(store)
-    columns = ("messages", "replies", "up", "down", "corrections", "errors")
-    headers = ("character", "messages", "replies", "👍", "👎", "corrections", "errors")
-    width = max([len(h) for h in headers[:1]] + [len(str(n)) for n in stats])
-    print(f"{headers[0]:<{width}}  " + "  ".join(f"{h:>11}" for h in headers[1:]))
-    for name, row in stats.items():
-        print(f"{name!s:<{width}}  " + "  ".join(f"{row[c]:>11}" for c in columns))
-    # Messages not answered because they waited too long across a restart, and replies cut
-    # off by a stop, are counted rather than forgotten.
-    print(
-        f"unanswered: {intake['skipped']} skipped (older than [bot] answer_backlog_minutes "
-        f"at a restart), {intake['pending']} pending; {intake['interrupted']} replies interrupted"
-    )
     return 0
 
 
