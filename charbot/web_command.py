@@ -7,14 +7,12 @@ libraries are imported only here, inside the command (the core never imports the
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import signal
 import sys
 from typing import Any
 
 from bot.config import Config
 from bot.errors import CharbotError
+from charbot.stopping import stop_on_signals
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -45,11 +43,7 @@ async def web_command(config: Config, args: argparse.Namespace) -> int:
         web = WebAdapter(core, config, host=host, port=port)
         await web.start()
         print(f"charbot: the studio is at {web.url} (Ctrl-C stops it)", file=sys.stderr)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):  # not on Windows
-                loop.add_signal_handler(signum, stop.set)
+        stop = stop_on_signals()
         try:
             await stop.wait()
         finally:

@@ -23,6 +23,12 @@ Command = Callable[[Config, argparse.Namespace], Awaitable[int]]
 
 def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add ``export``, ``import-corrections`` and ``data`` to the CLI's subparsers."""
+    _add_export(commands, common)
+    _add_import_corrections(commands, common)
+    _add_data(commands, common)
+
+
+def _add_export(commands: Any, common: argparse.ArgumentParser) -> None:
     from training.records import FORMATS, THUMBS_DOWN
 
     export = commands.add_parser(
@@ -49,6 +55,8 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     export.add_argument("--no-clean", action="store_true", help="skip the [clean] rules")
     export.add_argument("--out", type=Path, help="output file (default: standard output)")
 
+
+def _add_import_corrections(commands: Any, common: argparse.ArgumentParser) -> None:
     review = commands.add_parser(
         "import-corrections", parents=[common], help="read a filled review file back"
     )
@@ -59,6 +67,8 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     review.add_argument("--skip-bad", action="store_true", help="skip bad lines, list them")
 
+
+def _add_data(commands: Any, common: argparse.ArgumentParser) -> None:
     data = commands.add_parser(
         "data", parents=[common], help="a character's base dataset: import, clean, split, stats"
     )

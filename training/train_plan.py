@@ -21,8 +21,8 @@ from typing import Any
 from bot.config import Config, TrainingSettings
 from bot.errors import CharbotError
 from bot.loras import LoraVersion, character_dir, find_version
-from engine import EngineError, base_identity, fingerprint
-from training.train import StopFlag, TrainPlan, lora_bytes, train
+from engine import BaseIdentity, EngineError, base_identity, fingerprint
+from training.train import StopFlag, TrainPlan, TrainResult, lora_bytes, train
 from training.train_data import (
     DataError,
     DataFile,
@@ -67,33 +67,18 @@ async def current_version(config: Config, name: str) -> LoraVersion | None:
 
 async def build_plan(config: Config, name: str, args: argparse.Namespace) -> tuple[Prepared, str]:
     """Read and check the data (one-line errors, before any model loads); make the run."""
-    settings = config.training_for(name)
-    if args.epochs is not None:
-        if args.epochs < 1:
-            raise DataError("--epochs must be at least 1")
-        settings = dataclasses.replace(settings, epochs=args.epochs)
+    settings = _settings(config, name, args)
     method = args.method or settings.method
     if args.resume:
         return _resumed(config, name, settings, args), "resumed"
-    parent = await current_version(config, name)
-    base = base_identity(config.model)
-    if parent is not None:
-        trained_on = parent.metadata.get("base_model", {})
-        if trained_on.get("fingerprint") not in (None, base.fingerprint):
-            parent = None  # made for another base: start a fresh LoRA
+    parent = await _parent(config, name)
     since = parent.metadata.get("created_ts") if parent is not None else None
     stages, validation = await _stages(config, name, settings, method, args, since)
     if validation is None:
         stages, validation = split_validation(stages, settings.val_fraction, settings.seed)
     check_fits(stages, method, settings.min_examples)
     run = new_run(settings.loras_dir, name)
-    data = run.path / "data"
-    for index, stage in enumerate(stages, start=1):
-        written = write_records(data / f"stage-{index}-{stage.name}.jsonl", stage.records)
-        if not stage.files or not stage.files[0].sha256:  # a fresh export: hash its records
-            label = stage.files[0].path if stage.files else stage.name
-            stage.files = [DataFile(label, written.sha256, written.records)]
-    write_records(data / HELDOUT, validation)
+    _write_data(run, stages, validation)
     plan = TrainPlan(
         name,
         method,
@@ -105,22 +90,61 @@ async def build_plan(config: Config, name: str, args: argparse.Namespace) -> tup
         args.device,
     )
     sources = [stage.files for stage in stages]
-    run.save_state(
+    prepared = Prepared(plan, run, parent.id if parent else None, since, sources)
+    _save_plan(prepared)
+    note = f"from {parent.id}" if parent else "a fresh LoRA"
+    return prepared, note
+
+
+def _settings(config: Config, name: str, args: argparse.Namespace) -> TrainingSettings:
+    """The character's [training] settings, with --epochs over them."""
+    settings = config.training_for(name)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise DataError("--epochs must be at least 1")
+        settings = dataclasses.replace(settings, epochs=args.epochs)
+    return settings
+
+
+async def _parent(config: Config, name: str) -> LoraVersion | None:
+    """The version to continue from: the one in use, unless it was made for another base."""
+    parent = await current_version(config, name)
+    base = base_identity(config.model)
+    if parent is not None:
+        trained_on = parent.metadata.get("base_model", {})
+        if trained_on.get("fingerprint") not in (None, base.fingerprint):
+            parent = None  # made for another base: start a fresh LoRA
+    return parent
+
+
+def _write_data(run: RunDir, stages: list[Stage], validation: list[dict[str, Any]]) -> None:
+    """Each stage's records and the validation records into the run, so --resume reads
+    exactly them; a fresh export's records get their hash as the stage's source."""
+    data = run.path / "data"
+    for index, stage in enumerate(stages, start=1):
+        written = write_records(data / f"stage-{index}-{stage.name}.jsonl", stage.records)
+        if not stage.files or not stage.files[0].sha256:  # a fresh export: hash its records
+            label = stage.files[0].path if stage.files else stage.name
+            stage.files = [DataFile(label, written.sha256, written.records)]
+    write_records(data / HELDOUT, validation)
+
+
+def _save_plan(prepared: Prepared) -> None:
+    """The plan in the run's state, for --resume (_resumed reads it back)."""
+    plan = prepared.plan
+    prepared.run.save_state(
         {
             "plan": {
-                "method": method,
-                "stages": [[s.name, s.epochs] for s in stages],
-                "parent": parent.id if parent else None,
+                "method": plan.method,
+                "stages": [[s.name, s.epochs] for s in plan.stages],
+                "parent": prepared.parent,
                 "parent_path": plan.parent_path,
-                "since": since,
-                "sources": [[dataclasses.asdict(f) for f in files] for files in sources],
-                "device": args.device,
+                "since": prepared.since,
+                "sources": [[dataclasses.asdict(f) for f in files] for files in prepared.sources],
+                "device": plan.device,
             }
         }
     )
-    note = f"from {parent.id}" if parent else "a fresh LoRA"
-    prepared = Prepared(plan, run, parent.id if parent else None, since, sources)
-    return prepared, note
 
 
 async def _stages(
@@ -208,8 +232,21 @@ async def run_training(
     config: Config, prepared: Prepared, args: argparse.Namespace, *, loaded: Any = None
 ) -> LoraVersion:
     """Train, optionally evaluate, and publish the version (with its metadata)."""
-    plan, run = prepared.plan, prepared.run
+    run = prepared.run
     progress = not getattr(args, "quiet", False)
+    result = await _train(prepared, progress, loaded)
+    # The version carries the data it was trained and validated on, for `charbot eval`.
+    shutil.copytree(run.path / "data", run.lora_dir / "data", dirs_exist_ok=True)
+    evaluation = None
+    if getattr(args, "eval", False):
+        evaluation = await _evaluation(config, prepared, progress)
+    metadata = _metadata(config, prepared, result, evaluation)
+    return publish(run, prepared.plan.settings.loras_dir, metadata)
+
+
+async def _train(prepared: Prepared, progress: bool, loaded: Any) -> TrainResult:
+    """The training itself: on a thread, unless the model was loaded here already (tests)."""
+    plan, run = prepared.plan, prepared.run
 
     def disk(peft_model: Any) -> None:
         # The version, a checkpoint with optimizer state per stage, and some slack.
@@ -230,34 +267,37 @@ async def run_training(
 
     # Signal handlers belong to the main thread: installed here, around the training thread.
     with stop.on_sigint():
-        result = await asyncio.to_thread(work) if loaded is None else work()
-    # The version carries the data it was trained and validated on, for `charbot eval`.
-    shutil.copytree(run.path / "data", run.lora_dir / "data", dirs_exist_ok=True)
-    evaluation = None
-    if getattr(args, "eval", False):
-        from training.eval_run import evaluate_directory
+        return await asyncio.to_thread(work) if loaded is None else work()
 
-        try:
-            found = await evaluate_directory(
-                config,
-                plan.character,
-                "new",
-                str(run.lora_dir),
-                run.lora_dir / "data",
-                progress,
-            )
-            evaluation = found.summary()
-        except (
-            CharbotError,
-            EngineError,
-        ) as exc:  # the trained weights are worth keeping without it
-            print(f"charbot: warning: evaluation skipped: {exc}", file=sys.stderr)
-    base_path = Path(result.base_path)
-    base = base_identity(config.model, str(base_path) if base_path.is_dir() else None)
-    if base.fingerprint is None and base_path.is_dir():
-        base = dataclasses.replace(base, fingerprint=fingerprint(base_path))
+
+async def _evaluation(config: Config, prepared: Prepared, progress: bool) -> Any:
+    """The new version's evaluation summary, or None (with a warning) when it failed."""
+    from training.eval_run import evaluate_directory
+
+    run = prepared.run
+    try:
+        found = await evaluate_directory(
+            config,
+            prepared.plan.character,
+            "new",
+            str(run.lora_dir),
+            run.lora_dir / "data",
+            progress,
+        )
+        return found.summary()
+    except (CharbotError, EngineError) as exc:  # the weights are worth keeping without it
+        print(f"charbot: warning: evaluation skipped: {exc}", file=sys.stderr)
+        return None
+
+
+def _metadata(
+    config: Config, prepared: Prepared, result: TrainResult, evaluation: Any
+) -> dict[str, Any]:
+    """metadata.json of the version: what it was trained from, on and with, and how it did."""
+    plan = prepared.plan
+    base = _trained_base(config, result)
     val_losses = [loss for s in result.stages for loss in s.val_losses]
-    metadata = {
+    return {
         "character": plan.character,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "created_ts": time.time(),
@@ -292,4 +332,12 @@ async def run_training(
         "libraries": _libraries(),
         "evaluation": evaluation,
     }
-    return publish(run, plan.settings.loras_dir, metadata)
+
+
+def _trained_base(config: Config, result: TrainResult) -> BaseIdentity:
+    """The base the LoRA was trained on, fingerprinted from its directory when it has one."""
+    base_path = Path(result.base_path)
+    base = base_identity(config.model, str(base_path) if base_path.is_dir() else None)
+    if base.fingerprint is None and base_path.is_dir():
+        base = dataclasses.replace(base, fingerprint=fingerprint(base_path))
+    return base

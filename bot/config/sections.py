@@ -1,0 +1,56 @@
+"""The small sections: [storage], [bot], and the characters [discord] and [telegram] name.
+[console] and [web] need no checks beyond their keys' types (reading.read_section)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from bot.config.reading import Where
+from bot.config.settings import BotSettings, DiscordSettings, TelegramSettings
+from storage.settings import StorageSettings
+
+
+def check_storage(where: Where, storage: StorageSettings, base: Path) -> StorageSettings:
+    """``storage`` checked, its SQLite path taken relative to ``base`` (the config's folder)."""
+    storage = dataclasses.replace(storage, url=_storage_url(base, storage.url))
+    for name in ("max_wait_s", "busy_timeout_s"):
+        if getattr(storage, name) < 0:
+            where.fail(f"[storage] {name}", "must not be negative")
+    return storage
+
+
+def _storage_url(base: Path, url: str) -> str:
+    """Relative SQLite paths are relative to the config file, not the working directory."""
+    prefix = next((p for p in ("sqlite+aiosqlite:///", "sqlite:///") if url.startswith(p)), None)
+    if prefix is None:
+        return url
+    database = url[len(prefix) :]
+    if database in ("", ":memory:") or database.startswith("/"):
+        return "sqlite:///" + database
+    return "sqlite:///" + str((base / database).resolve())
+
+
+def check_bot(where: Where, bot: BotSettings) -> BotSettings:
+    """[bot]: the waits are not negative, at least one reply is written at a time."""
+    for name in ("shutdown_grace_s", "answer_backlog_minutes"):
+        if getattr(bot, name) < 0:
+            where.fail(f"[bot] {name}", "must not be negative")
+    if bot.max_replies < 1:
+        where.fail("[bot] max_replies", "must be at least 1")
+    return bot
+
+
+def check_platform_characters(
+    where: Where, discord: DiscordSettings, telegram: TelegramSettings, names: list[str]
+) -> None:
+    """The characters [discord] channel_characters and [telegram] default_character name
+    are configured (``names`` are lower-case)."""
+    named = {
+        "discord": list(discord.channel_characters.values()),
+        "telegram": [telegram.default_character] if telegram.default_character else [],
+    }
+    for section, mapped in named.items():
+        for name in mapped:
+            if name.lower() not in names:
+                where.fail(f"[{section}]", f"character {name!r} is not configured")

@@ -1,0 +1,159 @@
+"""The typed, frozen settings a config.toml becomes: one dataclass per section, and
+:class:`Config`, the whole of it. Defaults here are the values a config that leaves a key
+out gets (tests/test_config.py keeps the shipped config.toml's [model] equal to them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.characters import Character
+from engine import EngineSettings
+from storage.settings import StorageSettings
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings(EngineSettings):
+    """[model]: the engine's settings (engine.EngineSettings: backend, base model, serving),
+    plus the prompt's knowledge budget and the default sampling settings."""
+
+    # Sampling defaults: config.toml's, tuned on benchmarks/persona.py (docs/persona.md).
+    max_new_tokens: int = 160
+    temperature: float = 0.5
+    top_p: float = 0.9
+    repetition_penalty: float = 1.3  # > 1 discourages the reply repeating itself
+    knowledge_tokens: int = 192  # of context_tokens, for lorebook entries and retrieved knowledge
+
+
+@dataclass(frozen=True, slots=True)
+class BotSettings:
+    """[bot]: running and stopping (`charbot run`)."""
+
+    shutdown_grace_s: float = 10.0  # on SIGTERM/Ctrl-C: how long replies may finish
+    answer_backlog_minutes: float = 10.0  # after a restart: older unanswered messages skipped
+    max_replies: int = 16  # replies written at once over all chats (benchmarks/intake.py)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSettings:
+    """[console]: the terminal chat."""
+
+    enabled: bool = True  # started by `charbot run` only when no platform is enabled
+    user_name: str = "User"
+
+
+@dataclass(frozen=True, slots=True)
+class DiscordSettings:
+    """[discord]. The token is read from the environment variable named by token_env."""
+
+    enabled: bool = False
+    token_env: str = "DISCORD_TOKEN"
+    allowed_guilds: tuple[str, ...] = ()  # empty = all
+    allowed_channels: tuple[str, ...] = ()
+    allowed_roles: tuple[str, ...] = ()
+    allowed_users: tuple[str, ...] = ()
+    admins: tuple[str, ...] = ()
+    channel_characters: dict[str, str] = field(default_factory=dict)  # channel id -> name
+    use_webhooks: bool = True
+    api_base_url: str | None = None  # e.g. http://127.0.0.1:8080/api/v10 (tests, proxies)
+    gateway_url: str | None = None  # e.g. ws://127.0.0.1:8080/
+
+
+@dataclass(frozen=True, slots=True)
+class TelegramSettings:
+    """[telegram]. The token is read from the environment variable named by token_env."""
+
+    enabled: bool = False
+    token_env: str = "TELEGRAM_TOKEN"
+    allowed_chats: tuple[str, ...] = ()  # empty = all
+    allowed_users: tuple[str, ...] = ()
+    admins: tuple[str, ...] = ()
+    default_character: str | None = None
+    base_url: str | None = None  # a self-hosted Bot API server (and tests), ".../bot"
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """[web]: the studio, a local web app (adapters/web). Any host but 127.0.0.1 needs the
+    admin password in the environment variable named by password_env."""
+
+    enabled: bool = False  # also serve it inside `charbot run`
+    host: str = "127.0.0.1"
+    port: int = 8765
+    password_env: str | None = None  # the admin password's environment variable (never a value)
+    user_name: str = "User"  # the name web chat messages are stored under
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingSettings:
+    """[training] (and [training.characters.NAME] overrides): LoRA fine-tuning of a character.
+
+    The defaults train a few hundred pairs in minutes on a 2-core CPU and were checked with
+    benchmarks/feedback_loop.py: small models need all linear layers and enough steps.
+    """
+
+    method: str = "sft"  # "sft" | "dpo" | "kto"
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("all-linear",)
+    epochs: int = 6
+    learning_rate: float = 1e-3
+    batch_size: int = 4
+    gradient_accumulation: int = 1
+    weight_decay: float = 0.0
+    max_length: int = 512  # tokens per example; longer ones are cut
+    seed: int = 0
+    val_fraction: float = 0.1  # held out when the dataset has no val.jsonl
+    early_stopping: int = 2  # bad epochs (validation loss above the best) before stopping
+    early_stopping_tolerance: float = 0.25  # "above": by more than this fraction of the best
+    min_examples: int = 4  # fewer training examples are refused
+    bf16: str = "auto"  # "auto" (where the CPU has bf16) | "true" | "false"
+    loras_dir: Path = Path("data/loras")  # versions: loras_dir/<character>/vNNNN-<hash>/
+    datasets_dir: Path = Path("data/datasets")  # a character's base dataset
+    reports_dir: Path = Path("data/reports")
+    poll_seconds: float = 2.0  # how often a running bot looks for a switched version
+
+
+@dataclass(frozen=True, slots=True)
+class CleanSettings:
+    """[clean] (and [clean.characters.NAME] additions): cleaning rules of training data,
+    applied by `charbot export` and `charbot data clean` (see training/cleaning.py)."""
+
+    exclude_words: tuple[str, ...] = ()  # whole words, any case, e.g. out-of-world words
+    exclude_patterns: tuple[str, ...] = ()  # regular expressions (Python syntax)
+    min_chars: int = 1  # shorter answers are removed
+    max_chars: int = 0  # longer answers are removed; 0 = no limit
+    scrub: tuple[str, ...] = ("email", "phone", "url", "mention")  # replaced by [email] etc.
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration."""
+
+    path: Path
+    model: ModelSettings
+    storage: StorageSettings
+    characters: tuple[Character, ...]
+    default_character: str
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    discord: DiscordSettings = field(default_factory=DiscordSettings)
+    telegram: TelegramSettings = field(default_factory=TelegramSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    bot: BotSettings = field(default_factory=BotSettings)
+    clean: CleanSettings = field(default_factory=CleanSettings)
+    # Per-character [clean.characters.NAME] rules, by lower-case name; see clean_for.
+    clean_overrides: dict[str, CleanSettings] = field(default_factory=dict)
+
+    def clean_for(self, character: str) -> CleanSettings:
+        """The cleaning rules of ``character``: [clean] with its own additions."""
+        return self.clean_overrides.get(character.lower(), self.clean)
+
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    # Per-character [training.characters.NAME] settings, by lower-case name; see training_for.
+    training_overrides: dict[str, TrainingSettings] = field(default_factory=dict)
+
+    def training_for(self, character: str) -> TrainingSettings:
+        """The training settings of ``character``: its overrides over [training]."""
+        return self.training_overrides.get(character.lower(), self.training)
