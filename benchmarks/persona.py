@@ -185,7 +185,7 @@ class _MiniLM:
 
 
 def judge(answers: list[Answer], names: list[str]) -> dict[str, dict[str, float]]:
-    """Per character and overall: the figures the README table shows."""
+    """Per character and overall: the figures docs/persona.md shows."""
     try:
         from bot.knowledge import MiniLM
     except ImportError:  # a checkout from before knowledge retrieval: load the model here

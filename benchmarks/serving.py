@@ -1,4 +1,4 @@
-"""Serving benchmark for the transformers backend on the default model.
+"""Serving benchmark for the local backend on the default model.
 
     .venv/bin/python benchmarks/serving.py --json serving.json
 
@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--worker", default="process", choices=["process", "thread"])
     parser.add_argument("--skip-cold", action="store_true", help="skip the cold-start runs")
     # The same workload against an OpenAI-compatible server: see benchmarks/serving_openai.py.
-    parser.add_argument("--backend", default="transformers", choices=["transformers", "openai"])
+    parser.add_argument("--backend", default="local", choices=["local", "openai"])
     parser.add_argument("--base-url", help="openai: the server's API root, e.g. .../v1")
     parser.add_argument("--model", default="smollm2", help="openai: the served base model")
     parser.add_argument(

