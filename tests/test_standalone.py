@@ -100,13 +100,13 @@ async def test_standalone_serves_like_transformers(tiny_all_linear, loras, dtype
         tiny_all_linear["base"], dtype=dtype, engine="transformers", kernels=kernels
     )
     try:
-        assert reference.scheduler.info["engine"] == "transformers"
+        assert reference.scheduler.info.engine == "transformers"
         expected = await replies(reference, specs)
     finally:
         await reference.close()
     model = await started(tiny_all_linear["base"], dtype=dtype, kernels=kernels)
     try:
-        assert model.scheduler.info["engine"] == "standalone"
+        assert model.scheduler.info.engine == "standalone"
         assert model.dtype == reference.dtype
         assert await replies(model, specs) == expected
         # The LoRAs changed the replies (or the comparison above would prove little).
@@ -227,7 +227,7 @@ async def test_a_sharded_checkpoint_loads_like_one_file(tiny_all_linear, tmp_pat
     for base in (tiny_all_linear["base"], sharded):
         model = await started(base, dtype="float32", cache_dir=tmp_path / "cache")
         try:
-            assert model.scheduler.info["engine"] == "standalone"
+            assert model.scheduler.info.engine == "standalone"
             texts.append(await replies(model, specs))
         finally:
             await model.close()
