@@ -16,25 +16,34 @@ by :mod:`engine.multi_lora` are applied to each projection's slice of the fused 
 Models that are not plain Llama, or LoRAs on other modules than the decoder layers'
 projections, use the normal forward instead.
 
-The fused weights replace the separate ones (no copy is kept): the q/k/v and gate/up
-``nn.Linear`` modules still work on their own (peft wraps them), computing their slice of
-the fused matmul (slower, but only used outside this path).
+Beside this module: the fused weights and their copies (engine/lean_weights.py), the
+rows' LoRA terms (engine/lean_lora_terms.py) and the 4-bit output layer
+(engine/rescored_head.py).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import types
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from engine import huge_pages, native
 from engine import int4 as int4_weights
-from engine.fast_linear import PACK_HINT
-from engine.multi_lora import BASE_SLOT, lora_delta
+from engine.lean_lora_terms import add_deltas, lora_term, project, single_term
+from engine.lean_weights import (
+    GATE_UP,
+    QKV,
+    Fused,
+    Quantize,
+    base_linear,
+    int4_shapes_fit,
+    project_base,
+    quantize_now,
+)
+from engine.multi_lora import BASE_SLOT
+from engine.rescored_head import rescored_head
 
 log = logging.getLogger(__name__)
 
@@ -46,102 +55,7 @@ INT4_MAX_ROWS = 6
 # kernels.py, a step's matmuls on one thread: 13.8/13.2/13.6/18.3 ms for 1/2/4/6 rows
 # against oneDNN's 25.8/26.3/20.2/19.7 ms).
 BLOCKED_MAX_ROWS = 4
-# 4-bit output layer: this many top candidates per row get their logits again in bf16.
-RESCORE = 64
 ROPE_TYPES = ("default", "linear", "llama3")  # position-only rotary: a table works
-QKV = ("q_proj", "k_proj", "v_proj")
-GATE_UP = ("gate_proj", "up_proj")
-
-
-Quantize = Callable[[str, torch.Tensor], int4_weights.Int4]
-Block = Callable[[torch.Tensor], native.BlockedBf16 | None]
-
-
-def _quantize_now(name: str, weight: torch.Tensor) -> int4_weights.Int4:
-    return int4_weights.quantize(weight)
-
-
-def _slice_forward(self, x: torch.Tensor) -> torch.Tensor:
-    fused, start, stop = self._fused_slice
-    return fused.linear(x)[..., start:stop]
-
-
-class _Fused:
-    """One weight made of several Linear layers' weights stacked by rows."""
-
-    def __init__(
-        self,
-        modules: list[torch.nn.Module],
-        packed: bool,
-        quantize: Callable[[torch.Tensor], int4_weights.Int4] | None = None,
-        block: Block | None = None,
-    ) -> None:
-        weight = torch.cat([m.weight.detach() for m in modules])
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT) if packed else None
-        self.int4 = quantize(weight) if quantize is not None else None
-        self.blocked = block(weight) if block is not None else None
-        self.weight = None if packed else weight
-        self.slices = []
-        start = 0
-        for module in modules:
-            stop = start + module.out_features
-            self.slices.append((start, stop))
-            if packed:  # no float copy is kept: the module computes its slice of ours
-                stand_in = torch.zeros(1, dtype=module.weight.dtype)
-                module.weight.data = stand_in.expand(module.weight.shape)
-                module._fused_slice = (self, start, stop)
-                module.forward = types.MethodType(_slice_forward, module)
-            else:  # the module's weight becomes a view of the fused one: no copy
-                module.weight.data = weight[start:stop]
-            start = stop
-
-    def linear(
-        self, x: torch.Tensor, mode: str | None = None, term: native.LoraTerm | None = None
-    ) -> torch.Tensor:
-        """``term``: a LoRA term for charbot's kernels (the 4-bit or blocked copy is theirs)."""
-        return _matmul(x, mode, term, self.int4, self.blocked, self.packed, self.weight)
-
-
-def _base_linear(module: torch.nn.Module) -> torch.nn.Module:
-    """The ``nn.Linear`` that holds a projection's base weight.
-
-    Once peft wraps a projection for any LoRA, the wrapper keeps the original Linear as
-    its base layer and stays in place after the LoRA is unloaded. The wrapper's own
-    ``weight`` is the base layer's, which prepacking replaced by a zero stand-in: base rows
-    must be computed from the base layer itself.
-    """
-    base = module._modules.get("base_layer")  # a dict lookup: this runs twice per layer
-    return module if base is None else _base_linear(base)
-
-
-def _linear(
-    module: torch.nn.Module,
-    x: torch.Tensor,
-    mode: str | None = None,
-    term: native.LoraTerm | None = None,
-) -> torch.Tensor:
-    """The base projection of ``x`` (plus ``term``, a LoRA term for charbot's kernels), as
-    :func:`_matmul` picks it."""
-    base = _base_linear(module)
-    int4, blocked = getattr(base, "_lean_int4", None), getattr(base, "_lean_blocked", None)
-    packed = getattr(base, "_packed_weight", None)
-    return _matmul(x, mode, term, int4, blocked, packed, base.weight)
-
-
-def _matmul(x, mode, term, int4, blocked, packed, weight) -> torch.Tensor:
-    """``x`` times one projection's weight: on its 4-bit copy ``int4`` if ``mode`` is
-    "int4", on its blocked bf16 copy if "blocked" and there is one (with ``term``, a LoRA
-    term, added in charbot's call), else on oneDNN's ``packed`` weight where there is one,
-    else on the plain ``weight``."""
-    if term is not None:
-        return (int4 if mode == "int4" else blocked).linear(x, term)
-    if mode == "int4":
-        return int4_weights.linear(x, int4)
-    if mode == "blocked" and blocked is not None:
-        return blocked.linear(x)
-    if packed is not None:
-        return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-    return F.linear(x, weight)
 
 
 class LeanLlama:
@@ -158,7 +72,7 @@ class LeanLlama:
     ) -> None:
         config = model.config
         if int4 and quantize is None:
-            quantize = _quantize_now
+            quantize = quantize_now
         # bf16 copies in charbot's block order for small steps: only without 4-bit copies
         # (they take those steps) — it is a second copy of the weights
         blocked = kernels is not None and not int4 and model.dtype == torch.bfloat16
@@ -179,9 +93,9 @@ class LeanLlama:
         for index, layer in enumerate(inner.layers):
             attn, mlp = layer.self_attn, layer.mlp
             named = None if not int4 else functools.partial(quantize, f"layers.{index}.qkv")
-            qkv = _Fused([getattr(attn, n) for n in QKV], pack, named, block)
+            qkv = Fused([getattr(attn, n) for n in QKV], pack, named, block)
             named = None if not int4 else functools.partial(quantize, f"layers.{index}.gate_up")
-            gate_up = _Fused([getattr(mlp, n) for n in GATE_UP], pack, named, block)
+            gate_up = Fused([getattr(mlp, n) for n in GATE_UP], pack, named, block)
             self.layers.append((layer, qkv, gate_up))
             for name, module in (("o", attn.o_proj), ("down", mlp.down_proj)):
                 if int4:
@@ -263,7 +177,7 @@ class LeanLlama:
         "blocked"; None where there is none), in the order the one-call layer takes them."""
         out = []
         for layer, qkv, gate_up in self.layers:
-            o, down = _base_linear(layer.self_attn.o_proj), _base_linear(layer.mlp.down_proj)
+            o, down = base_linear(layer.self_attn.o_proj), base_linear(layer.mlp.down_proj)
             attribute = f"_lean_{kind}"
             out.append(
                 (
@@ -304,7 +218,7 @@ class LeanLlama:
                 return None
             if getattr(config, "pretraining_tp", 1) != 1:
                 return None
-            if int4 and not _int4_shapes_fit(model):
+            if int4 and not int4_shapes_fit(model):
                 return None
             return cls(model, pack=pack, int4=int4, quantize=quantize, kernels=kernels)
         except (AttributeError, RuntimeError) as exc:
@@ -363,22 +277,22 @@ class LeanLlama:
             valid = None if mask is None else mask.view(batch, -1)
             pending = self._decode_layers(structs, h, positions.contiguous(), kv, valid)
 
-        def fused(weights: _Fused, owner, names: tuple[str, ...], x: torch.Tensor):
+        def fused(weights: Fused, owner, names: tuple[str, ...], x: torch.Tensor):
             """A fused projection with the rows' LoRA terms: in the call, or added after."""
             if in_call:
-                term = _lora_term(weights, owner, names, weights.slices, multi)
+                term = lora_term(weights, owner, names, weights.slices, multi)
                 return weights.linear(x, mode, term)
             out = weights.linear(x, mode)
             if lora:
-                _add_deltas(out, owner, names, weights.slices, x, batch)
+                add_deltas(out, owner, names, weights.slices, x, batch)
             return out
 
         def single(owner, name: str, x: torch.Tensor):
             """A projection of its own (o_proj, down_proj), likewise."""
             module = getattr(owner, name)
             if in_call:
-                return _linear(module, x, mode, _single_term(owner, name, multi))
-            return _project(module, x, batch, mode) if lora else _linear(module, x, mode)
+                return project_base(module, x, mode, single_term(owner, name, multi))
+            return project(module, x, batch, mode) if lora else project_base(module, x, mode)
 
         layers = zip(self.layers, kv.layers, strict=True) if structs is None else ()
         for (layer, qkv_w, gate_up_w), cache in layers:
@@ -450,10 +364,10 @@ class LeanLlama:
             terms = (None, None, None, None)
             if lora:
                 terms = (
-                    _lora_term(qkv, attn, QKV, qkv.slices, multi),
-                    _single_term(attn, "o_proj", multi),
-                    _lora_term(gate_up, mlp, GATE_UP, gate_up.slices, multi),
-                    _single_term(mlp, "down_proj", multi),
+                    lora_term(qkv, attn, QKV, qkv.slices, multi),
+                    single_term(attn, "o_proj", multi),
+                    lora_term(gate_up, mlp, GATE_UP, gate_up.slices, multi),
+                    single_term(mlp, "down_proj", multi),
                 )
             for name, term in zip(("qkv", "o", "gate_up", "down"), terms, strict=True):
                 getattr(struct, name).set_lora(term)
@@ -529,116 +443,9 @@ class LeanLlama:
         return weight * normed.to(x.dtype)
 
 
-def rescored_head(x: torch.Tensor, quantized, weight: torch.Tensor, k: int = RESCORE):
-    """float32 logits ``[B, vocab]`` of ``x`` ``[B, hidden]`` from the 4-bit output layer
-    ``quantized``, with each row's top ``k`` computed again from the bf16 ``weight``.
-
-    The bundled model's output layer is its 8-bit embedding table: in 4 bits its logits
-    were up to 4.5 off (cosine 0.998), enough to swap close candidates. The bf16 argmax was
-    never below 4-bit rank 8 (engine/bench/int4_head.py), so the top 64 get bf16 logits — on
-    the default model bit for bit the bf16 layer's — and greedy and top-p picks are made on
-    them; the rest keep 4-bit logits, which only move the sampling distribution of flat
-    rows a little (figures in the README). For one row the layer took 5.5 ms in bf16 and
-    2.5 ms this way."""
-    logits = int4_weights.linear(x, quantized).float()
-    top = logits.topk(min(k, logits.shape[-1]), dim=-1, sorted=False).indices  # [B, k]
-    exact = torch.bmm(weight[top], x.unsqueeze(-1)).squeeze(-1)  # [B, k] in x's dtype
-    return logits.scatter_(1, top, exact.float())
-
-
-def _int4_shapes_fit(model) -> bool:
-    """Whether every projection the int4 form quantizes has a shape the kernel takes."""
-    layer = model.model.layers[0]
-    attn, mlp = layer.self_attn, layer.mlp
-    shapes = [
-        (sum(getattr(attn, n).out_features for n in QKV), attn.q_proj.in_features),
-        (sum(getattr(mlp, n).out_features for n in GATE_UP), mlp.gate_proj.in_features),
-        tuple(attn.o_proj.weight.shape),
-        tuple(mlp.down_proj.weight.shape),
-    ]
-    return all(int4_weights.fits_shape(*shape) for shape in shapes)
-
-
 def _torch_threads(count: int) -> None:
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
-
-
-def _lora_term(holder, owner, names, slices, multi):
-    """The rows' LoRA terms on the projections ``names`` of ``owner`` (fused as ``slices``)
-    for charbot's kernels: a :class:`~engine.native.LoraTerm` when all rows use one
-    LoRA, else :class:`~engine.native.RowTerms`; None when no row's LoRA touches
-    them. Cached on ``holder`` until rows or LoRAs change."""
-    cached = getattr(holder, "_lean_term", None)
-    if cached is not None and cached[0] == multi.version:
-        return cached[1]
-    if multi.uniform is not None:
-        term = _slot_term(owner, names, slices, multi.uniform)
-    else:
-        terms = [
-            None if slot == BASE_SLOT else _slot_term(owner, names, slices, slot)
-            for slot in multi.rows.tolist()
-        ]
-        term = native.RowTerms(terms) if any(terms) else None
-    holder._lean_term = (multi.version, term)
-    return term
-
-
-def _slot_term(owner, names, slices, slot: int) -> native.LoraTerm | None:
-    """One LoRA's term (its stack ``slot``): the A matrices stacked, each B placed at
-    its projection's slice of the fused output."""
-    parts = []
-    for name, (start, stop) in zip(names, slices, strict=True):
-        module = getattr(owner, name)
-        if hasattr(module, "_multi_lora_owner"):
-            parts.append((module._stack_a[slot].float(), module._stack_b[slot], start, stop))
-    if not parts:
-        return None
-    a = torch.cat([part[0] for part in parts])
-    bt = torch.zeros(a.shape[0], slices[-1][1])
-    row = 0
-    for part_a, part_b, start, stop in parts:
-        bt[row : row + part_a.shape[0], start:stop] = part_b.t()
-        row += part_a.shape[0]
-    return native.LoraTerm(a, bt)
-
-
-def _single_term(owner, name: str, multi):
-    """:func:`_lora_term` for a projection of its own (o_proj, down_proj)."""
-    module = getattr(owner, name)
-    width = _base_linear(module).out_features
-    return _lora_term(module, owner, (name,), [(0, width)], multi)
-
-
-def _delta(module: torch.nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor | None:
-    """The LoRA term of a projection that multi_lora patched; None for a plain Linear."""
-    if not hasattr(module, "_multi_lora_owner"):
-        return None
-    # Per-row LoRAs need the rows apart from the positions: [B, T, in].
-    delta = lora_delta(module, x.view(batch, -1, x.shape[-1]))
-    return delta.view(x.shape[0], -1)
-
-
-def _add_deltas(
-    fused: torch.Tensor,
-    owner: torch.nn.Module,
-    names: tuple[str, ...],
-    slices: list[tuple[int, int]],
-    x: torch.Tensor,
-    batch: int,
-) -> None:
-    """Add each LoRA-patched projection's term to its slice of a fused matmul's output."""
-    for name, (start, stop) in zip(names, slices, strict=True):
-        delta = _delta(getattr(owner, name), x, batch)
-        if delta is not None:
-            fused[:, start:stop].add_(delta)
-
-
-def _project(module: torch.nn.Module, x: torch.Tensor, batch: int, mode: str | None):
-    """A maybe LoRA-patched projection of ``x``: the base part, plus the rows' LoRA terms."""
-    out = _linear(module, x, mode)
-    delta = _delta(module, x, batch)
-    return out if delta is None else out.add_(delta)  # in place: back to the base dtype
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
