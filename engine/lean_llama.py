@@ -17,24 +17,27 @@ Models that are not plain Llama, or LoRAs on other modules than the decoder laye
 projections, use the normal forward instead.
 
 Beside this module: the fused weights and their copies (engine/lean_weights.py), the
-rows' LoRA terms (engine/lean_lora_terms.py) and the 4-bit output layer
-(engine/rescored_head.py).
+rows' LoRA terms (engine/lean_lora_terms.py), whole layers in one call of charbot's
+kernels (engine/lean_layer_calls.py) and the 4-bit output layer (engine/rescored_head.py).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from engine import huge_pages, native
 from engine import int4 as int4_weights
+from engine.lean_layer_calls import LayerCalls, LayerShape
 from engine.lean_lora_terms import add_deltas, lora_term, project, single_term
 from engine.lean_weights import (
     GATE_UP,
     QKV,
+    Block,
     Fused,
     Quantize,
     base_linear,
@@ -42,7 +45,7 @@ from engine.lean_weights import (
     project_base,
     quantize_now,
 )
-from engine.multi_lora import BASE_SLOT
+from engine.multi_lora import BASE_SLOT, MultiLora
 from engine.rescored_head import rescored_head
 
 log = logging.getLogger(__name__)
@@ -89,19 +92,7 @@ class LeanLlama:
         self.scaling = self.head_dim**-0.5
         self.eps = config.rms_norm_eps
         self.dtype = model.dtype
-        self.layers = []
-        for index, layer in enumerate(inner.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            named = None if not int4 else functools.partial(quantize, f"layers.{index}.qkv")
-            qkv = Fused([getattr(attn, n) for n in QKV], pack, named, block)
-            named = None if not int4 else functools.partial(quantize, f"layers.{index}.gate_up")
-            gate_up = Fused([getattr(mlp, n) for n in GATE_UP], pack, named, block)
-            self.layers.append((layer, qkv, gate_up))
-            for name, module in (("o", attn.o_proj), ("down", mlp.down_proj)):
-                if int4:
-                    module._lean_int4 = quantize(f"layers.{index}.{name}", module.weight)
-                if block is not None:
-                    module._lean_blocked = block(module.weight.detach())
+        self.layers = _fuse_layers(inner.layers, pack, quantize if int4 else None, block)
         # The output projection (a quarter of a 4-bit decode step in bf16): 4-bit logits for
         # the whole vocabulary, then the top RESCORE candidates computed again from the
         # bf16 rows (rescored_head). Kept: a reference to the bf16 weight, which prepacking
@@ -111,11 +102,11 @@ class LeanLlama:
         self.head_weight = head if self.head_int4 is not None else None
         self.head_blocked = block(head) if block is not None else None
         # all in charbot's layout: the rows' LoRA terms can go into the same calls
-        copies = [copy for layer in self._copies("int4") for copy in layer]
+        copies = [copy for layer in self.copies("int4") for copy in layer]
         self.native_int4 = int4 and all(isinstance(w, native.NativeInt4) for w in copies)
         # a shape the blocked layout does not take: no blocked steps at all (simpler, and
         # no default model has one)
-        blocks = [copy for layer in self._copies("blocked") for copy in layer]
+        blocks = [copy for layer in self.copies("blocked") for copy in layer]
         blocked = blocked and all(copy is not None for copy in blocks)
         self.int4 = int4
         # charbot's kernels also take the norms and one-query attention of small steps
@@ -123,21 +114,23 @@ class LeanLlama:
         self.kernels = kernels if fits else None
         self.fast_attention = self.head_dim % 32 == 0 and self.head_dim <= 256 and self.groups <= 16
         self.blocked = blocked
-        rotary = inner.rotary_emb
-        positions = torch.arange(config.max_position_embeddings, dtype=torch.float32)
-        freqs = positions[:, None] * rotary.inv_freq.float()[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        scale = rotary.attention_scaling
-        self.cos = (emb.cos() * scale).to(self.dtype)
-        sin = (emb.sin() * scale).to(self.dtype)
-        half = self.head_dim // 2
-        # rotate_half(x) * sin == flip(x) * [-sin, sin] (halves swapped; negation is exact)
-        self.sin_signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+        self.cos, self.sin_signed = _rope_tables(
+            inner.rotary_emb, config.max_position_embeddings, self.head_dim, self.dtype
+        )
         self.rope_tables = (self.cos, self.sin_signed)
         self._lora_version = -1
         self._lora_ok = True
-        self._structs: dict[str, list[native.Layer] | None] = {}
-        self._structs_lora: dict[str, int | None] = {}
+        shape = LayerShape(
+            self.cos,
+            self.sin_signed,
+            self.eps,
+            self.scaling,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+        )
+        calls_kernels = self.kernels if self.fast_attention else None
+        self.layer_calls = LayerCalls(self.layers, self.copies, calls_kernels, shape)
 
     @property
     def copy_bytes(self) -> int:
@@ -161,18 +154,17 @@ class LeanLlama:
         afterwards they share one mapping."""
         moved = huge_pages.settle(t for copy in self._all_copies() for t in copy.tensors)
         # the one-call layer descriptions hold the copies' addresses: made again on use
-        self._structs.clear()
-        self._structs_lora.clear()
+        self.layer_calls.forget()
         return moved
 
     def _all_copies(self) -> list:
         """Every 4-bit and blocked copy, the output projection's included."""
         copies = [self.head_int4, self.head_blocked]
         for kind in ("int4", "blocked"):
-            copies += [copy for layer in self._copies(kind) for copy in layer]
+            copies += [copy for layer in self.copies(kind) for copy in layer]
         return [copy for copy in copies if copy is not None]
 
-    def _copies(self, kind: str) -> list[tuple]:
+    def copies(self, kind: str) -> list[tuple]:
         """Per layer, the q/k/v, o, gate/up and down copies of ``kind`` ("int4" or
         "blocked"; None where there is none), in the order the one-call layer takes them."""
         out = []
@@ -240,8 +232,33 @@ class LeanLlama:
     def forward(self, ids, mask, positions, kv, multi) -> torch.Tensor:
         """float32 logits ``[B, vocab]`` of each row's last position (grad must be off;
         not inference_mode: the cache and logits are modified in place outside it later)."""
-        lora = multi.uniform != BASE_SLOT
         batch, length = ids.shape
+        step = self._plan(batch, length, multi)
+        if self.kernels is not None:
+            # Steps on charbot's kernels: their threads, torch's one (torch's idle OpenMP
+            # threads spin on the cores ours need: a 4-bit step took 18.0 ms with 2 of
+            # each, 9.0 ms with torch on 1). Others: torch's, as [model] threads says.
+            _torch_threads(1 if step.fast is not None else self.kernels.threads)
+        h = self.embed(ids.view(batch * length))  # hidden states as [rows, hidden]: oneDNN likes 2D
+        if length == 1 and bool(mask.all()):
+            mask = None  # one query on an unpadded history: nothing to mask
+        rotary = None  # charbot's kernels read the tables themselves (and the padding)
+        if step.fast is None or length != 1:
+            rotary = (self.cos[positions].unsqueeze(2), self.sin_signed[positions].unsqueeze(2))
+        structs = None
+        if rotary is None and (step.in_call or not step.lora) and kv.layers[0].kbuf is not None:
+            structs = self.layer_calls.described(step.mode)
+        if structs is not None:  # a whole layer per call: one position per row
+            self.layer_calls.set_lora(structs, step.mode, step.lora, multi)
+            valid = None if mask is None else mask.view(batch, -1)
+            pending = self.layer_calls.run(structs, h, positions.contiguous(), kv, valid)
+        else:
+            h, pending = self._each_layer(step, h, positions, rotary, mask, kv)
+        return self._logits(step, h + pending)
+
+    def _plan(self, batch: int, length: int, multi) -> _Step:
+        """Which copies and kernels a call of ``batch`` rows of ``length`` positions runs on."""
+        lora = multi.uniform != BASE_SLOT
         rows = batch * length
         # Few rows: reading the weights is the cost, and 4-bit ones are 3.6× fewer bytes.
         # Many rows (a prompt, a big batch): the int4 kernel's arithmetic is the cost.
@@ -257,136 +274,38 @@ class LeanLlama:
         in_call = lora and (multi.uniform is not None or length == 1)
         in_call = in_call and (mode == "blocked" or (mode == "int4" and self.native_int4))
         fast = self.kernels if mode is not None else None
-        if self.kernels is not None:
-            # Steps on charbot's kernels: their threads, torch's one (torch's idle OpenMP
-            # threads spin on the cores ours need: a 4-bit step took 18.0 ms with 2 of
-            # each, 9.0 ms with torch on 1). Others: torch's, as [model] threads says.
-            _torch_threads(1 if fast is not None else self.kernels.threads)
-        h = self.embed(ids.view(rows))  # hidden states as [rows, hidden]: oneDNN likes 2D
-        if length == 1 and bool(mask.all()):
-            mask = None  # one query on an unpadded history: nothing to mask
-        rotary = None  # charbot's kernels read the tables themselves (and the padding)
-        if fast is None or length != 1:
-            rotary = (self.cos[positions].unsqueeze(2), self.sin_signed[positions].unsqueeze(2))
+        return _Step(batch, length, mode, fast, lora, in_call, multi)
+
+    def _each_layer(self, step: _Step, h, positions, rotary, mask, kv):
+        """The decoder layers one op at a time: (``h``, the last layer's output, which the
+        caller adds)."""
+        fast, shape = step.fast, (step.batch, step.length)
         pending = None  # the last layer's output, added to h by the next norm
-        structs = None
-        if rotary is None and (in_call or not lora) and kv.layers[0].kbuf is not None:
-            structs = self._layer_structs(mode)
-        if structs is not None:  # a whole layer per call: one position per row
-            self._set_lora(structs, mode, lora, multi)
-            valid = None if mask is None else mask.view(batch, -1)
-            pending = self._decode_layers(structs, h, positions.contiguous(), kv, valid)
-
-        def fused(weights: Fused, owner, names: tuple[str, ...], x: torch.Tensor):
-            """A fused projection with the rows' LoRA terms: in the call, or added after."""
-            if in_call:
-                term = lora_term(weights, owner, names, weights.slices, multi)
-                return weights.linear(x, mode, term)
-            out = weights.linear(x, mode)
-            if lora:
-                add_deltas(out, owner, names, weights.slices, x, batch)
-            return out
-
-        def single(owner, name: str, x: torch.Tensor):
-            """A projection of its own (o_proj, down_proj), likewise."""
-            module = getattr(owner, name)
-            if in_call:
-                return project_base(module, x, mode, single_term(owner, name, multi))
-            return project(module, x, batch, mode) if lora else project_base(module, x, mode)
-
-        layers = zip(self.layers, kv.layers, strict=True) if structs is None else ()
-        for (layer, qkv_w, gate_up_w), cache in layers:
+        for (layer, qkv_w, gate_up_w), cache in zip(self.layers, kv.layers, strict=True):
             attn, mlp = layer.self_attn, layer.mlp
             h, x = self._residual_norm(h, pending, layer.input_layernorm.weight, fast)
-            qkv = fused(qkv_w, attn, QKV, x)
-            out = self._attention(qkv, (batch, length), positions, rotary, mask, cache, fast)
-            o = single(attn, "o_proj", out)
+            qkv = _fused(step, qkv_w, attn, QKV, x)
+            out = self._attention(qkv, shape, positions, rotary, mask, cache, fast)
+            o = _single(step, attn, "o_proj", out)
             h, x = self._residual_norm(h, o, layer.post_attention_layernorm.weight, fast)
-            gu = fused(gate_up_w, mlp, GATE_UP, x)
+            gu = _fused(step, gate_up_w, mlp, GATE_UP, x)
             inter = gu.shape[-1] // 2
             if fast is not None and inter % 16 == 0:
                 act = fast.silu_mul(gu)
             else:
                 act = F.silu(gu[:, :inter]).mul_(gu[:, inter:])
-            pending = single(mlp, "down_proj", act)
-        h = h + pending
-        last = h.view(batch, length, -1)[:, -1]
+            pending = _single(step, mlp, "down_proj", act)
+        return h, pending
+
+    def _logits(self, step: _Step, h: torch.Tensor) -> torch.Tensor:
+        """float32 logits of each row's last position of the final hidden states ``h``."""
+        last = h.view(step.batch, step.length, -1)[:, -1]
         x = self._norm(last, self.final_norm.weight)
-        if mode == "int4" and self.head_int4 is not None:
+        if step.mode == "int4" and self.head_int4 is not None:
             return rescored_head(x, self.head_int4, self.head_weight)
-        if mode == "blocked" and self.head_blocked is not None:
+        if step.mode == "blocked" and self.head_blocked is not None:
             return self.head_blocked.linear(x).float()
         return self.lm_head(x).float()
-
-    def _layer_structs(self, mode: str) -> list[native.Layer] | None:
-        """The layers described for charbot's whole-layer call on the ``mode`` copies
-        ("int4" or "blocked"), made on first use; None where a weight is not in their
-        layout or a size does not fit the kernels."""
-        if mode in self._structs:
-            return self._structs[mode]
-        structs = None
-        inter = self.layers[0][0].mlp.down_proj.in_features
-        if self.kernels is not None and self.fast_attention and inter % 16 == 0:
-            kind = native.NativeInt4 if mode == "int4" else native.BlockedBf16
-            structs = []
-            for (layer, _, _), weights in zip(self.layers, self._copies(mode), strict=True):
-                if not all(isinstance(weight, kind) for weight in weights):
-                    structs = None
-                    break
-                struct = native.Layer(
-                    input_norm=layer.input_layernorm.weight.data_ptr(),
-                    post_norm=layer.post_attention_layernorm.weight.data_ptr(),
-                    cos=self.cos.data_ptr(),
-                    sin=self.sin_signed.data_ptr(),
-                    eps=self.eps,
-                    scale=self.scaling,
-                    heads=self.heads,
-                    kv_heads=self.kv_heads,
-                    dim=self.head_dim,
-                    hidden=weights[1].out_features,  # o_proj: back to the hidden size
-                    inter=inter,
-                )
-                for name, weight in zip(("qkv", "o", "gate_up", "down"), weights, strict=True):
-                    getattr(struct, name).set_weight(weight)
-                structs.append(struct)
-        self._structs[mode] = structs
-        self._structs_lora[mode] = None
-        return structs
-
-    def _set_lora(self, structs: list[native.Layer], mode: str, lora: bool, multi) -> None:
-        """Point the layer descriptions at the rows' LoRA terms (none for base rows);
-        redone only when the rows or LoRAs change."""
-        key = multi.version if lora else -1
-        if self._structs_lora[mode] == key:
-            return
-        for struct, (layer, qkv, gate_up) in zip(structs, self.layers, strict=True):
-            attn, mlp = layer.self_attn, layer.mlp
-            terms = (None, None, None, None)
-            if lora:
-                terms = (
-                    lora_term(qkv, attn, QKV, qkv.slices, multi),
-                    single_term(attn, "o_proj", multi),
-                    lora_term(gate_up, mlp, GATE_UP, gate_up.slices, multi),
-                    single_term(mlp, "down_proj", multi),
-                )
-            for name, term in zip(("qkv", "o", "gate_up", "down"), terms, strict=True):
-                getattr(struct, name).set_lora(term)
-        self._structs_lora[mode] = key
-
-    def _decode_layers(self, structs, h: torch.Tensor, positions, kv, valid) -> torch.Tensor:
-        """All layers on charbot's whole-layer call; ``h`` is updated in place but for the
-        last layer's output, which is returned (the caller adds it)."""
-        rows = h.shape[0]
-        scratch = torch.empty(rows * structs[0].scratch_per_row(), dtype=torch.bfloat16)
-        outs = (torch.empty_like(h), torch.empty_like(h))  # this layer's, the one before's
-        pending = None
-        for index, (struct, cache) in enumerate(zip(structs, kv.layers, strict=True)):
-            out = outs[index % 2]
-            buffers = cache.reserve(1)
-            self.kernels.decode_layer(struct, h, pending, positions, buffers, out, scratch, valid)
-            cache.commit(1)
-            pending = out
-        return pending
 
     def _attention(self, qkv, shape, positions, rotary, mask, cache, fast) -> torch.Tensor:
         """Self-attention of a layer from its fused q/k/v output ``[rows, ...]``, updating
@@ -441,6 +360,76 @@ class LeanLlama:
         # one-op norm: same values, 3 ops instead of 7 (a decode step has 61 of these)
         normed = F.rms_norm(x.to(torch.float32), (x.shape[-1],), eps=self.eps)
         return weight * normed.to(x.dtype)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """How one forward call runs: its rows' shape, the copies its matmuls use (``mode``:
+    "int4", "blocked" or None), charbot's kernels for the small ops (``fast``) or not, and
+    whether the rows' LoRA terms (``lora``) are added inside the matmul calls."""
+
+    batch: int
+    length: int
+    mode: str | None
+    fast: native.Kernels | None
+    lora: bool
+    in_call: bool
+    multi: MultiLora
+
+
+def _fused(step: _Step, weights: Fused, owner, names: tuple[str, ...], x: torch.Tensor):
+    """A fused projection with the rows' LoRA terms: in the call, or added after."""
+    if step.in_call:
+        term = lora_term(weights, owner, names, weights.slices, step.multi)
+        return weights.linear(x, step.mode, term)
+    out = weights.linear(x, step.mode)
+    if step.lora:
+        add_deltas(out, owner, names, weights.slices, x, step.batch)
+    return out
+
+
+def _single(step: _Step, owner, name: str, x: torch.Tensor):
+    """A projection of its own (o_proj, down_proj), likewise."""
+    module = getattr(owner, name)
+    if step.in_call:
+        return project_base(module, x, step.mode, single_term(owner, name, step.multi))
+    if step.lora:
+        return project(module, x, step.batch, step.mode)
+    return project_base(module, x, step.mode)
+
+
+def _fuse_layers(layers, pack: bool, quantize: Quantize | None, block: Block | None) -> list:
+    """Per decoder layer (the layer, its fused q/k/v, its fused gate/up); o_proj and
+    down_proj get their 4-bit copies (``quantize``: None for none) and blocked ones
+    (``block``) as attributes."""
+    fused = []
+    for index, layer in enumerate(layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        named = None if quantize is None else functools.partial(quantize, f"layers.{index}.qkv")
+        qkv = Fused([getattr(attn, n) for n in QKV], pack, named, block)
+        named = None if quantize is None else functools.partial(quantize, f"layers.{index}.gate_up")
+        gate_up = Fused([getattr(mlp, n) for n in GATE_UP], pack, named, block)
+        fused.append((layer, qkv, gate_up))
+        for name, module in (("o", attn.o_proj), ("down", mlp.down_proj)):
+            if quantize is not None:
+                module._lean_int4 = quantize(f"layers.{index}.{name}", module.weight)
+            if block is not None:
+                module._lean_blocked = block(module.weight.detach())
+    return fused
+
+
+def _rope_tables(rotary, max_positions: int, head_dim: int, dtype) -> tuple:
+    """(cos, signed sin) for every position, in ``dtype``: rotary embeddings by lookup."""
+    positions = torch.arange(max_positions, dtype=torch.float32)
+    freqs = positions[:, None] * rotary.inv_freq.float()[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    scale = rotary.attention_scaling
+    cos = (emb.cos() * scale).to(dtype)
+    sin = (emb.sin() * scale).to(dtype)
+    half = head_dim // 2
+    # rotate_half(x) * sin == flip(x) * [-sin, sin] (halves swapped; negation is exact)
+    sin_signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+    return cos, sin_signed
 
 
 def _torch_threads(count: int) -> None:
