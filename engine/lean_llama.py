@@ -120,6 +120,10 @@ class LeanLlama:
         self.rope_tables = (self.cos, self.sin_signed)
         self._lora_version = -1
         self._lora_ok = True
+        self.layer_calls = self._layer_calls()
+
+    def _layer_calls(self) -> LayerCalls:
+        """Whole layers in one call of charbot's kernels where they take the attention."""
         shape = LayerShape(
             self.cos,
             self.sin_signed,
@@ -129,8 +133,8 @@ class LeanLlama:
             self.kv_heads,
             self.head_dim,
         )
-        calls_kernels = self.kernels if self.fast_attention else None
-        self.layer_calls = LayerCalls(self.layers, self.copies, calls_kernels, shape)
+        kernels = self.kernels if self.fast_attention else None
+        return LayerCalls(self.layers, self.copies, kernels, shape)
 
     @property
     def copy_bytes(self) -> int:
