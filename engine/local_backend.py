@@ -244,7 +244,7 @@ class LocalModel(ChatModel):
         if len(ids) <= max_tokens:
             return text
         cut = self.tokenizer.decode(ids[: max(0, max_tokens)])
-        return cut.rstrip("\ufffd")  # a half-decoded name at the cut
+        return cut.rstrip("\ufffd")  # a half-decoded UTF-8 character at the cut
 
 
 def _freeze(messages: ChatMessages) -> tuple[tuple[str, str], ...]:
@@ -255,7 +255,7 @@ class _StreamDecoder:
     """Turns token ids into text deltas that are always complete characters.
 
     Decodes the whole reply so far and emits the new suffix; a trailing U+FFFD means a
-    multi-byte name is not complete yet, so it is held back until it is.
+    multi-byte UTF-8 character is not complete yet, so it is held back until it is.
     """
 
     def __init__(self, tokenizer) -> None:

@@ -111,7 +111,7 @@ async def test_standalone_serves_like_transformers(tiny_all_linear, loras, dtype
         assert await replies(model, specs) == expected
         # The LoRAs changed the replies (or the comparison above would prove little).
         assert len(set(expected[:3])) == 3
-        # Switching a character to a new version and unloading work as with peft.
+        # Switching a name to a new version and unloading work as with peft.
         assert await model.load_lora("bram", str(loras["rslora"])) == "v1"
         assert model.loaded_loras() == {"bram": "v1", "rs": "v1"}
         await model.unload_lora("bram")
@@ -120,7 +120,7 @@ async def test_standalone_serves_like_transformers(tiny_all_linear, loras, dtype
         await model.close()
 
 
-async def test_adapters_it_cannot_serve_name_the_fix(tiny_all_linear, loras):
+async def test_loras_it_cannot_serve_name_the_fix(tiny_all_linear, loras):
     head = str(loras["head"])
     model = await started(tiny_all_linear["base"], dtype="float32")
     try:
