@@ -24,7 +24,7 @@ class Sampling:
     top_p: float = 0.95
     seed: int | None = None
     # > 1 makes tokens the reply already used less likely (on the reply's own tokens only,
-    # not the prompt's: a persona's words are meant to be used). Small models loop without it.
+    # not the prompt's: a system prompt's words are meant to be used). Small models loop without it.
     repetition_penalty: float = 1.0
 
     def as_dict(self) -> dict[str, float | int | None]:

@@ -26,11 +26,16 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from engine.base import ChatMessages, ChatModel, Chunk, GenerationRequest, Usage
 from engine.errors import ModelError
+from engine.scheduler_like import SchedulerLike
 from engine.settings import EngineSettings
+
+if TYPE_CHECKING:
+    from engine.local_files import ModelSource
+    from engine.worker_process import ProcessScheduler
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +60,7 @@ class LocalModel(ChatModel):
         self.tokenizer = None
         self.model = None  # the torch model, in "thread" mode only
         self.dtype: str | None = None
-        self.scheduler = None  # Scheduler or ProcessScheduler once started
+        self.scheduler: SchedulerLike | None = None  # once started
         self.load_seconds: float | None = None
         self.weight_bytes = 0  # the base model's parameters, as loaded
         self.step_bytes = 0  # what one one-row decode step reads of them (or their copies)
@@ -66,10 +71,7 @@ class LocalModel(ChatModel):
         """Load tokenizer and weights off the event loop, then start the generation worker."""
         if self.scheduler is not None:
             return
-        scheduler = await asyncio.to_thread(self._load)
-        if self.worker == "thread":
-            scheduler.start()
-        self.scheduler = scheduler
+        self.scheduler = await asyncio.to_thread(self._load)
 
     async def close(self) -> None:
         """Stop the worker; running and waiting requests end with a ModelError."""
@@ -77,9 +79,8 @@ class LocalModel(ChatModel):
             scheduler, self.scheduler = self.scheduler, None
             await asyncio.to_thread(scheduler.stop)
 
-    def _load(self):
+    def _load(self) -> SchedulerLike:
         started = time.perf_counter()
-        from engine.loading import build_scheduler, load_model, load_tokenizer
         from engine.local_files import resolve_base
 
         process = None
@@ -103,29 +104,42 @@ class LocalModel(ChatModel):
         self.model_name = source.name
         self.source_path = source.path
         if process is None:
-            loaded = load_model(source, self.settings)
-            self.tokenizer, self.model = loaded.tokenizer, loaded.model
-            self.dtype, self.weight_bytes = str(loaded.dtype), loaded.weight_bytes
-            self.step_bytes = loaded.step_bytes
-            scheduler = build_scheduler(loaded, self.settings)
+            scheduler = self._load_here(source)
         else:
-            scheduler = process
-            scheduler.load(source)  # the child loads the weights while we load the tokenizer
-            try:
-                self.tokenizer = load_tokenizer(source, self.settings)
-                scheduler.wait_ready()
-                if self.tokenizer.eos_token_id is not None:
-                    scheduler.add_stop_ids({self.tokenizer.eos_token_id})
-            except BaseException:
-                scheduler.stop()
-                raise
-            self.dtype = scheduler.info["dtype"]
-            self.weight_bytes = scheduler.info["weight_bytes"]
-            self.step_bytes = scheduler.info["step_bytes"]
+            scheduler = self._load_in_process(process, source)
         self.dtype = self.dtype.removeprefix("torch.")
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s (%s) in %.1fs", source.name, self.dtype, self.load_seconds)
         return scheduler
+
+    def _load_here(self, source: ModelSource) -> SchedulerLike:
+        """Tokenizer and weights in this process; the scheduler's thread started."""
+        from engine.loading import build_scheduler, load_model
+
+        loaded = load_model(source, self.settings)
+        self.tokenizer, self.model = loaded.tokenizer, loaded.model
+        self.dtype, self.weight_bytes = str(loaded.dtype), loaded.weight_bytes
+        self.step_bytes = loaded.step_bytes
+        scheduler = build_scheduler(loaded, self.settings)
+        scheduler.start()
+        return scheduler
+
+    def _load_in_process(self, process: ProcessScheduler, source: ModelSource) -> SchedulerLike:
+        """The weights in the model process, the tokenizer here meanwhile."""
+        from engine.loading import load_tokenizer
+
+        process.load(source)  # the child loads the weights while we load the tokenizer
+        try:
+            self.tokenizer = load_tokenizer(source, self.settings)
+            info = process.wait_ready()
+            if self.tokenizer.eos_token_id is not None:
+                process.add_stop_ids({self.tokenizer.eos_token_id})
+        except BaseException:
+            process.stop()
+            raise
+        self.dtype, self.weight_bytes = info.dtype, info.weight_bytes
+        self.step_bytes = info.step_bytes
+        return process
 
     # --- LoRAs -------------------------------------------------------------------------
     async def load_lora(self, name: str, path: str) -> str:
@@ -197,7 +211,7 @@ class LocalModel(ChatModel):
             if not finished:
                 scheduler.cancel(job)  # the worker drops the row at its next step
 
-    def _require_started(self):
+    def _require_started(self) -> SchedulerLike:
         if self.scheduler is None:
             raise ModelError("the model is not started; call start() first")
         return self.scheduler
@@ -230,7 +244,7 @@ class LocalModel(ChatModel):
         if len(ids) <= max_tokens:
             return text
         cut = self.tokenizer.decode(ids[: max(0, max_tokens)])
-        return cut.rstrip("\ufffd")  # a half-decoded name at the cut
+        return cut.rstrip("\ufffd")  # a half-decoded UTF-8 character at the cut
 
 
 def _freeze(messages: ChatMessages) -> tuple[tuple[str, str], ...]:
@@ -241,7 +255,7 @@ class _StreamDecoder:
     """Turns token ids into text deltas that are always complete characters.
 
     Decodes the whole reply so far and emits the new suffix; a trailing U+FFFD means a
-    multi-byte name is not complete yet, so it is held back until it is.
+    multi-byte UTF-8 character is not complete yet, so it is held back until it is.
     """
 
     def __init__(self, tokenizer) -> None:

@@ -31,7 +31,7 @@ TEMPLATE_TOKENS = 7
 GENERATION_PROMPT_TOKENS = 1
 CALIBRATION_MARGIN = 1.2
 
-# Calibration text besides the characters' personas: prose, digits, punctuation, non-ASCII.
+# Calibration text besides the caller's own samples: prose, digits, punctuation, non-ASCII.
 CALIBRATION_SAMPLES = (
     "The lighthouse keeper poured two cups of tea and watched the storm roll in.",
     "Order #4471: 3× brass gears (12.5 mm), 2 springs — ship by 2026-03-14, 09:30 UTC!",

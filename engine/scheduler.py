@@ -25,6 +25,7 @@ from engine.batch_cache import BatchKV
 from engine.errors import Busy, ModelError
 from engine.jobs import Job, send_to_loops
 from engine.lora_registry import LoraRegistry
+from engine.scheduler_like import SchedulerStats
 from engine.threads import ThreadPolicy
 
 PREFILL_TOKENS = 4096  # padded prompt tokens per prefill forward
@@ -35,7 +36,8 @@ NUCLEUS_CANDIDATES = 256
 
 
 class Scheduler:
-    """Owns the model on its own thread; :meth:`submit` and :meth:`call` are thread-safe."""
+    """Owns the model on its own thread; :meth:`submit` and :meth:`call` are thread-safe.
+    A :class:`~engine.scheduler_like.SchedulerLike`."""
 
     def __init__(
         self,
@@ -129,6 +131,21 @@ class Scheduler:
     @property
     def waiting(self) -> int:
         return len(self._waiting)
+
+    def stats(self) -> SchedulerStats:
+        """The counters now (the model process sends them with every message)."""
+        return SchedulerStats(
+            active=self.active,
+            waiting=self.waiting,
+            steps=self.steps,
+            max_rows_seen=self.max_rows_seen,
+            loras_loaded=self.loras_loaded,
+            row_steps=self.row_steps,
+            decode_seconds=self.decode_seconds,
+            current_loras=self.current_loras(),
+            thread_count=self.thread_count,
+            thread_changes=self.thread_changes,
+        )
 
     def submit(self, job: Job) -> None:
         """Queue ``job``; :class:`Busy` when ``max_queue`` requests are already waiting."""

@@ -19,16 +19,16 @@ def main() -> None:
     from engine.threads import counters
 
     window = counters()
-    from engine.worker_process import serve  # torch and the scheduler: over a second
+    from engine.worker_messages import LoadModel
+    from engine.worker_process import serve  # torch comes with its own imports, later
 
     conn = Connection(int(sys.argv[1]))
     try:
         message = conn.recv()
     except (EOFError, OSError):  # the parent is gone (it failed to find the model)
         return
-    if message[0] == "load":  # else "stop": the parent gave up before loading
-        _, settings, source = message
-        serve(conn, settings, source, window)
+    if isinstance(message, LoadModel):  # else Stop: the parent gave up before loading
+        serve(conn, message.settings, message.source, window)
 
 
 if __name__ == "__main__":

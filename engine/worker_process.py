@@ -7,48 +7,56 @@ scheduler runs as the main thread of a child process; the parent keeps the token
 (prompt encoding, streaming decode, token counting) and talks to the child over a pipe —
 one message per decode step carrying every row's token.
 
-:class:`ProcessScheduler` offers the same methods the backend uses on the in-process
-:class:`~engine.scheduler.Scheduler`.
+:class:`ProcessScheduler` and the in-process :class:`~engine.scheduler.Scheduler` are both
+a :class:`~engine.scheduler_like.SchedulerLike`; the messages between the two processes are
+in engine/worker_messages.py.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import os
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.errors import Busy, LoraLoadError, ModelError
+from engine.errors import Busy, ModelError
 from engine.jobs import Job, send_to_loops
 from engine.local_files import ModelSource
+from engine.scheduler_like import SchedulerStats
 from engine.settings import EngineSettings
+from engine.worker_messages import (
+    AddStopIds,
+    Cancel,
+    ErrorReport,
+    Events,
+    Failed,
+    JobFailed,
+    LoadLora,
+    LoadModel,
+    ModelInfo,
+    Ready,
+    Result,
+    Stop,
+    Stopped,
+    Submit,
+    UnloadLora,
+    job_event,
+)
+
+if TYPE_CHECKING:
+    from engine.scheduler import Scheduler
 
 START_TIMEOUT_S = 300  # a first start may convert nothing here, but loading can be slow
 
 
-def _encode_error(exc: BaseException) -> tuple:
-    # Our exception types do not survive pickling (their __init__ takes other arguments).
-    if isinstance(exc, LoraLoadError):
-        return ("lora", exc.name, exc.path, exc.reason)
-    if isinstance(exc, Busy):
-        return ("busy", str(exc))
-    return ("model", str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}")
-
-
-def _decode_error(data: tuple) -> Exception:
-    if data[0] == "lora":
-        return LoraLoadError(data[1], data[2], data[3])
-    if data[0] == "busy":
-        return Busy(data[1])
-    return ModelError(data[1])
-
-
-def serve(conn, settings: EngineSettings, source: ModelSource, window=None) -> None:
+def serve(conn: Connection, settings: EngineSettings, source: ModelSource, window=None) -> None:
     """The child process: load, report ready, then run the scheduler on this main thread.
 
     ``window``: the thread policy's first window, opened when the process started."""
@@ -65,114 +73,124 @@ def serve(conn, settings: EngineSettings, source: ModelSource, window=None) -> N
             source, settings, with_tokenizer=False
         )
     except BaseException as exc:  # reported to the parent, which raises it from start()
-        conn.send(("failed", _encode_error(exc)))
+        conn.send(Failed(ErrorReport.of(exc)))
         return
-    jobs: dict[int, Job] = {}
-    send_lock = threading.Lock()
+    child = _ModelProcess(conn)
+    scheduler = build_scheduler(loaded, settings, send=child.send, threads=threads)
+    child.scheduler = scheduler
+    threading.Thread(target=child.read, name="charbot-pipe", daemon=True).start()
+    engine = "transformers" if scheduler.registry.transformers else "standalone"
+    info = ModelInfo(str(loaded.dtype), loaded.weight_bytes, loaded.step_bytes, engine)
+    child.post(Ready(info))
+    scheduler.run_forever()
+    child.post(Stopped())
 
-    def post(message: tuple) -> None:
-        with send_lock, _suppress_closed():
-            conn.send(message)
 
-    def stats() -> dict[str, Any]:
-        return {
-            "active": scheduler.active,
-            "waiting": scheduler.waiting,
-            "steps": scheduler.steps,
-            "max_rows_seen": scheduler.max_rows_seen,
-            "loras_loaded": scheduler.loras_loaded,
-            "row_steps": scheduler.row_steps,
-            "decode_seconds": scheduler.decode_seconds,
-            "current": scheduler.current_loras(),
-            "threads": scheduler.thread_count,
-            "thread_changes": scheduler.thread_changes,
+class _ModelProcess:
+    """The model process's end of the pipe: each message from the parent becomes a call on
+    the scheduler (one handler per message type); the scheduler's events go back as one
+    :class:`Events` message per step."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.scheduler: Scheduler  # set once built: its send is ours
+        self.jobs: dict[int, Job] = {}  # by the parent's job ids
+        self._send_lock = threading.Lock()  # the scheduler's thread and the reader's post
+        self._reading = True
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Submit: self._submit,
+            Cancel: self._cancel,
+            LoadLora: self._load_lora,
+            UnloadLora: self._unload_lora,
+            AddStopIds: self._add_stop_ids,
+            Stop: self._stop,
         }
 
-    def send(events: list[tuple[Job, tuple[str, Any]]]) -> None:
+    def post(self, message: object) -> None:
+        with self._send_lock, contextlib.suppress(EOFError, OSError):  # the parent is gone
+            self.conn.send(message)
+
+    def send(self, events: list[tuple[Job, tuple[str, Any]]]) -> None:
+        """The scheduler's ``send``: one step's events for every row."""
         out = []
         for job, (kind, value) in events:
-            if kind in ("done", "error"):
-                jobs.pop(job.id, None)
-            out.append((job.id, kind, _encode_error(value) if kind == "error" else value))
-        post(("events", out, stats()))
+            event = job_event(job.id, kind, value)
+            if event.ends_job:
+                self.jobs.pop(job.id, None)
+            out.append(event)
+        self.post(Events(tuple(out), self.scheduler.stats()))
 
-    scheduler = build_scheduler(loaded, settings, send=send, threads=threads)
+    def read(self) -> None:
+        """Handle the parent's messages until :class:`Stop` or the parent is gone."""
+        while self._reading:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):  # the parent is gone
+                self.scheduler.request_stop()
+                return
+            self._handlers[type(message)](message)
 
-    def answer(request_id: int, future: concurrent.futures.Future) -> None:
+    def _submit(self, message: Submit) -> None:
+        job = Job(message.prompt, message.sampling, message.lora, id=message.job_id)
+        self.jobs[job.id] = job
+        try:
+            self.scheduler.submit(job)
+        except ModelError as exc:
+            self.jobs.pop(job.id, None)
+            failed = JobFailed(job.id, ErrorReport.of(exc))
+            self.post(Events((failed,), self.scheduler.stats()))
+
+    def _cancel(self, message: Cancel) -> None:
+        job = self.jobs.get(message.job_id)
+        if job is not None:
+            self.scheduler.cancel(job)
+
+    def _load_lora(self, message: LoadLora) -> None:
+        future = self.scheduler.load_lora(message.name, message.path)
+        future.add_done_callback(lambda f: self._answer(message.request_id, f))
+
+    def _unload_lora(self, message: UnloadLora) -> None:
+        future = self.scheduler.unload_lora(message.name)
+        future.add_done_callback(lambda f: self._answer(message.request_id, f))
+
+    def _add_stop_ids(self, message: AddStopIds) -> None:
+        self.scheduler.eos_ids |= set(message.ids)
+
+    def _stop(self, message: Stop) -> None:
+        self.scheduler.request_stop()
+        self._reading = False
+
+    def _answer(self, request_id: int, future: concurrent.futures.Future) -> None:
         error = future.exception()
         if error is None:
-            post(("result", request_id, True, future.result(), stats()))
+            result = Result(request_id, future.result(), None, self.scheduler.stats())
         else:
-            post(("result", request_id, False, _encode_error(error), stats()))
-
-    def read() -> None:
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):  # the parent is gone
-                scheduler.request_stop()
-                return
-            kind = message[0]
-            if kind == "submit":
-                _, job_id, prompt, sampling, lora = message
-                job = Job(prompt, sampling, lora, id=job_id)
-                jobs[job_id] = job
-                try:
-                    scheduler.submit(job)
-                except ModelError as exc:
-                    jobs.pop(job_id, None)
-                    post(("events", [(job_id, "error", _encode_error(exc))], stats()))
-            elif kind == "cancel":
-                job = jobs.get(message[1])
-                if job is not None:
-                    scheduler.cancel(job)
-            elif kind == "load":
-                future = scheduler.load_lora(message[2], message[3])
-                future.add_done_callback(lambda f, rid=message[1]: answer(rid, f))
-            elif kind == "unload":
-                future = scheduler.unload_lora(message[2])
-                future.add_done_callback(lambda f, rid=message[1]: answer(rid, f))
-            elif kind == "stop_ids":  # the parent's tokenizer may know more EOS tokens
-                scheduler.eos_ids |= set(message[1])
-            elif kind == "stop":
-                scheduler.request_stop()
-                return
-
-    threading.Thread(target=read, name="charbot-pipe", daemon=True).start()
-    engine = "transformers" if scheduler.registry.transformers else "standalone"
-    info = {
-        "dtype": str(loaded.dtype),
-        "weight_bytes": loaded.weight_bytes,
-        "step_bytes": loaded.step_bytes,
-        "engine": engine,
-    }
-    post(("ready", info))
-    scheduler.run_forever()
-    post(("stopped",))
-
-
-class _suppress_closed:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, value, traceback) -> bool:
-        return kind is not None and issubclass(kind, (BrokenPipeError, EOFError, OSError))
+            result = Result(request_id, None, ErrorReport.of(error), self.scheduler.stats())
+        self.post(result)
 
 
 class ProcessScheduler:
-    """The parent's handle on the model process (same surface as Scheduler)."""
+    """The parent's handle on the model process: a
+    :class:`~engine.scheduler_like.SchedulerLike` whose counters are the ones the child
+    last reported."""
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         # The child's queue bound is the real one; this keeps the pipe from filling up.
         self.max_in_flight = settings.max_batch_size + settings.max_queue
-        self.info: dict[str, Any] = {}
-        self._stats: dict[str, Any] = {}
+        self.info: ModelInfo | None = None  # once ready
+        self._stats = SchedulerStats()
         self._jobs: dict[int, Job] = {}
         self._futures: dict[int, concurrent.futures.Future] = {}
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
         self._closed = False
+        self._reading = True
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Events: self._on_events,
+            Result: self._on_result,
+            Stopped: self._on_stopped,
+        }
         # A plain subprocess rather than multiprocessing's "spawn": that one re-runs the
         # parent's __main__ script in the child, which breaks scripts without a main guard.
         parent, child = socket.socketpair()
@@ -186,7 +204,7 @@ class ProcessScheduler:
         """Start the child process: it imports torch (over a second) while this one finds
         the base model (converting it on a first start); then :meth:`load`."""
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # find `bot` as we do
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # find `engine` as we do
         fd = self._child_socket.fileno()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "engine.worker_main", str(fd)],
@@ -197,9 +215,10 @@ class ProcessScheduler:
 
     def load(self, source: ModelSource) -> None:
         """Have the child load ``source``; :meth:`wait_ready` blocks until it has."""
-        self._conn.send(("load", self.settings, source))
+        self._conn.send(LoadModel(self.settings, source))
 
-    def wait_ready(self) -> None:
+    def wait_ready(self) -> ModelInfo:
+        """What the child loaded, once it has; the child's error if loading failed."""
         if not self._conn.poll(START_TIMEOUT_S):
             self._process.kill()
             raise ModelError("the model process did not start in time")
@@ -207,14 +226,15 @@ class ProcessScheduler:
             message = self._conn.recv()
         except EOFError:
             raise ModelError("the model process exited while loading (see its log)") from None
-        if message[0] == "failed":
+        if isinstance(message, Failed):
             self._process.wait(5)
-            raise _decode_error(message[1])
-        self.info = message[1]
+            raise message.error.rebuild()
+        self.info = message.info
         self._reader.start()
+        return self.info
 
     def stop(self) -> None:
-        self._post(("stop",))
+        self._post(Stop())
         if self._process is not None:
             try:
                 self._process.wait(10)
@@ -231,84 +251,92 @@ class ProcessScheduler:
             raise Busy("the model is busy; try again shortly")
         job.id = next(self._ids)
         self._jobs[job.id] = job
-        self._post(("submit", job.id, job.prompt, job.sampling, job.lora))
+        self._post(Submit(job.id, job.prompt, job.sampling, job.lora))
 
     def cancel(self, job: Job) -> None:
         if self._jobs.pop(job.id, None) is not None:
-            self._post(("cancel", job.id))
-
-    def wake(self) -> None:
-        return None
+            self._post(Cancel(job.id))
 
     def add_stop_ids(self, ids: set[int]) -> None:
-        self._post(("stop_ids", sorted(ids)))
+        self._post(AddStopIds(tuple(sorted(ids))))
 
     def load_lora(self, name: str, path: str) -> concurrent.futures.Future:
-        return self._request("load", name, str(path))
+        request_id, future = self._new_request()
+        self._post(LoadLora(request_id, name, str(path)))
+        return future
 
     def unload_lora(self, name: str) -> concurrent.futures.Future:
-        return self._request("unload", name)
+        request_id, future = self._new_request()
+        self._post(UnloadLora(request_id, name))
+        return future
 
     def current_loras(self) -> dict[str, str]:
-        return dict(self._stats.get("current", {}))
+        return dict(self._stats.current_loras)
 
-    active = property(lambda self: self._stats.get("active", 0))
-    waiting = property(lambda self: self._stats.get("waiting", 0))
-    steps = property(lambda self: self._stats.get("steps", 0))
-    max_rows_seen = property(lambda self: self._stats.get("max_rows_seen", 0))
-    loras_loaded = property(lambda self: self._stats.get("loras_loaded", 0))
-    row_steps = property(lambda self: self._stats.get("row_steps", 0))
-    decode_seconds = property(lambda self: self._stats.get("decode_seconds", 0.0))
-    thread_count = property(lambda self: self._stats.get("threads"))
-    thread_changes = property(lambda self: self._stats.get("thread_changes", 0))
+    # The counters, as of the child's last message (see SchedulerLike for each).
+    @property
+    def active(self) -> int:
+        return self._stats.active
+
+    @property
+    def waiting(self) -> int:
+        return self._stats.waiting
+
+    @property
+    def steps(self) -> int:
+        return self._stats.steps
+
+    @property
+    def max_rows_seen(self) -> int:
+        return self._stats.max_rows_seen
+
+    @property
+    def loras_loaded(self) -> int:
+        return self._stats.loras_loaded
+
+    @property
+    def row_steps(self) -> int:
+        return self._stats.row_steps
+
+    @property
+    def decode_seconds(self) -> float:
+        return self._stats.decode_seconds
+
+    @property
+    def thread_count(self) -> int | None:
+        return self._stats.thread_count
+
+    @property
+    def thread_changes(self) -> int:
+        return self._stats.thread_changes
 
     @property
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
     # --- internals ---------------------------------------------------------------------------
-    def _request(self, kind: str, *args: Any) -> concurrent.futures.Future:
+    def _new_request(self) -> tuple[int, concurrent.futures.Future]:
         future: concurrent.futures.Future = concurrent.futures.Future()
         request_id = next(self._ids)
         self._futures[request_id] = future
-        self._post((kind, request_id, *args))
-        return future
+        return request_id, future
 
-    def _post(self, message: tuple) -> None:
+    def _post(self, message: object) -> None:
         with self._send_lock:
             try:
                 self._conn.send(message)
             except (BrokenPipeError, OSError) as exc:
-                if message[0] != "stop":
+                if not isinstance(message, Stop):
                     raise ModelError("the model process has stopped") from exc
 
     def _read(self) -> None:
-        while True:
+        """Handle the child's messages until it stops or is gone; then fail what waits."""
+        while self._reading:
             try:
                 message = self._conn.recv()
             except (EOFError, OSError):
                 break
-            kind = message[0]
-            if kind == "events":
-                self._stats = message[2]
-                events = []
-                for job_id, event, value in message[1]:
-                    job = self._jobs.get(job_id)
-                    if job is None:
-                        continue  # cancelled here already
-                    if event in ("done", "error"):
-                        self._jobs.pop(job_id, None)
-                    events.append(
-                        (job, (event, _decode_error(value) if event == "error" else value))
-                    )
-                send_to_loops(events)
-            elif kind == "result":
-                _, request_id, ok, value, self._stats = message
-                future = self._futures.pop(request_id, None)
-                if future is not None:
-                    future.set_result(value) if ok else future.set_exception(_decode_error(value))
-            elif kind == "stopped":
-                break
+            self._handlers[type(message)](message)
         self._closed = True
         gone = ModelError("the model process stopped")
         send_to_loops([(job, ("error", gone)) for job in self._jobs.values()])
@@ -316,3 +344,28 @@ class ProcessScheduler:
         for future in self._futures.values():
             future.set_exception(gone)
         self._futures.clear()
+
+    def _on_events(self, message: Events) -> None:
+        self._stats = message.stats
+        events = []
+        for event in message.events:
+            job = self._jobs.get(event.job_id)
+            if job is None:
+                continue  # cancelled here already
+            if event.ends_job:
+                self._jobs.pop(event.job_id, None)
+            events.append((job, event.event()))
+        send_to_loops(events)
+
+    def _on_result(self, message: Result) -> None:
+        self._stats = message.stats
+        future = self._futures.pop(message.request_id, None)
+        if future is None:
+            return
+        if message.error is None:
+            future.set_result(message.value)
+        else:
+            future.set_exception(message.error.rebuild())
+
+    def _on_stopped(self, message: Stopped) -> None:
+        self._reading = False

@@ -1,4 +1,4 @@
-"""A row without a LoRA is untouched by LoRAs loaded for other characters (issue 15).
+"""A row without a LoRA is untouched by LoRAs loaded for other names (issue 15).
 
 After peft wraps a projection for the first LoRA, the base rows must still see the base
 weight: before any LoRA is loaded, while one is loaded (used by another row of the same
@@ -117,7 +117,7 @@ async def check_base_rows_survive(model, lora: Path, n: int) -> list[list[int]]:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("path", PATHS)
-async def test_base_row_unchanged_by_another_characters_lora(tiny_all_linear, dtype, path) -> None:
+async def test_base_row_unchanged_by_another_names_lora(tiny_all_linear, dtype, path) -> None:
     tiny = tiny_all_linear
     model = await start(tiny["base"], dtype, path)
     try:

@@ -140,6 +140,6 @@ def test_moving_after_steps_ran_keeps_the_one_call_layers_right(tmp_path, cache_
             return lean.forward(torch.tensor([[10]]), mask, positions, kv, MultiLora())
 
         before = step()
-        assert lean._structs.get("blocked")  # the one-call path ran
+        assert lean.layer_calls.structs.get("blocked")  # the one-call path ran
         assert lean.to_huge_pages() > 0
         assert torch.equal(step(), before)

@@ -57,7 +57,7 @@ def test_other_weights_are_within_half_a_step() -> None:
 def test_the_4bit_output_layer_rescores_its_top_candidates_in_bf16() -> None:
     """The top k of each row carry the bf16 layer's logits (so greedy and top-p picks are
     made on them); the rest the 4-bit ones."""
-    from engine.lean_llama import rescored_head
+    from engine.rescored_head import rescored_head
 
     torch.manual_seed(0)
     weight = (torch.randn(512, 64) * 0.5).to(torch.bfloat16)

@@ -29,7 +29,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def other_base_adapter(tmp_path_factory) -> Path:
+def other_base_lora(tmp_path_factory) -> Path:
     """A LoRA trained for a base with another hidden size."""
     root = tmp_path_factory.mktemp("other")
     other = build_tiny_model(root / "base", hidden_size=32)
@@ -151,7 +151,7 @@ def test_stream_decoder_holds_back_partial_characters(tiny_dir):
     assert not any("\ufffd" in d for d in deltas)
 
 
-async def test_adapter_reply_and_version(model, tiny_dir, tmp_path):
+async def test_lora_reply_and_version(model, tiny_dir, tmp_path):
     lora = build_tiny_adapter(tiny_dir, tmp_path / "aria" / "v3")
     spec = LoraSpec("aria", str(lora))
     text, usage = await collect(model, GenerationRequest(HELLO, GREEDY, spec))
@@ -160,7 +160,7 @@ async def test_adapter_reply_and_version(model, tiny_dir, tmp_path):
     assert text != reference(model, HELLO, GREEDY.max_new_tokens)
 
 
-async def test_missing_adapter_directory(model, tmp_path):
+async def test_missing_lora_directory(model, tmp_path):
     missing = str(tmp_path / "nope" / "v1")
     with pytest.raises(LoraLoadError) as info:
         await collect(model, GenerationRequest(HELLO, GREEDY, LoraSpec("aria", missing)))
@@ -169,13 +169,13 @@ async def test_missing_adapter_directory(model, tmp_path):
     assert usage.completion_tokens == GREEDY.max_new_tokens
 
 
-async def test_adapter_for_another_base(model, other_base_adapter):
-    spec = LoraSpec("bram", str(other_base_adapter))
+async def test_lora_for_another_base(model, other_base_lora):
+    spec = LoraSpec("bram", str(other_base_lora))
     with pytest.raises(LoraLoadError) as info:
         await collect(model, GenerationRequest(HELLO, GREEDY, spec))
     assert "bram" in str(info.value) and "another base model" in str(info.value)
     with pytest.raises(LoraLoadError):
-        await model.load_lora("bram", str(other_base_adapter))
+        await model.load_lora("bram", str(other_base_lora))
     _, usage = await collect(model, GenerationRequest(HELLO, GREEDY))
     assert usage.finish_reason == "length"
 
@@ -220,7 +220,7 @@ def test_prepacked_bf16_linears_match_plain(tiny_dir):
         assert torch.equal(plain(ids).logits, packed(ids).logits)
 
 
-async def test_bf16_with_adapters_streams(tiny_dir, tmp_path):
+async def test_bf16_with_loras_streams(tiny_dir, tmp_path):
     lora = build_tiny_adapter(tiny_dir, tmp_path / "aria" / "v1")
     settings = ModelSettings(base=str(tiny_dir), dtype="bfloat16")
     model = LocalModel(settings, progress=False, worker="thread")

@@ -249,14 +249,14 @@ async def test_one_call_per_layer_decodes_as_the_separate_calls_do(tiny_wide, dt
         assert await model.load_lora("bram", str(tiny_wide["lora"])) == "v1"
         spec = LoraSpec("bram", str(tiny_wide["lora"]))
         whole = [await greedy_ids(model, SEA, None, 16), await greedy_ids(model, OTHER, spec, 16)]
-        assert lean._structs.get(mode)  # the one-call path served them
+        assert lean.layer_calls.structs.get(mode)  # the one-call path served them
         # the two together: rows on different LoRAs, each row's LoRA term in the calls
         mixed = await asyncio.gather(
             greedy_ids(model, SEA, None, 16), greedy_ids(model, OTHER, spec, 16)
         )
         assert model.scheduler.max_rows_seen >= 2
         assert list(mixed) == whole
-        lean._structs[mode] = None  # now each step of a layer is its own call
+        lean.layer_calls.structs[mode] = None  # now each step of a layer is its own call
         apart = [await greedy_ids(model, SEA, None, 16), await greedy_ids(model, OTHER, spec, 16)]
         assert whole == apart
         assert whole[0] != whole[1]  # the LoRA changed the reply

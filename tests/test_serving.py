@@ -73,7 +73,7 @@ async def wait_for(predicate, timeout=3.0):
     raise AssertionError("condition not reached")
 
 
-async def test_mixed_batch_rows_equal_each_adapter_alone(model, tiny):
+async def test_mixed_batch_rows_equal_each_lora_alone(model, tiny):
     specs = [None, LoraSpec("aria", str(tiny["a1"])), LoraSpec("bram", str(tiny["b1"]))]
     cases = [(p, s) for p in PROMPTS for s in specs]
     solo = [await reply(model, p, s) for p, s in cases]
@@ -152,7 +152,7 @@ async def test_switching_version_mid_stream_keeps_the_old_one(model, tiny):
     await wait_for(lambda: model.scheduler.loras_loaded == 0)
 
 
-async def test_bad_adapters_fail_alone(model, tiny, tmp_path):
+async def test_bad_loras_fail_alone(model, tiny, tmp_path):
     good = LoraSpec("bram", str(tiny["b1"]))
     solo = await reply(model, PROMPTS[0], good, n=30)
     running = asyncio.create_task(reply(model, PROMPTS[0], good, n=30))

@@ -100,18 +100,18 @@ async def test_standalone_serves_like_transformers(tiny_all_linear, loras, dtype
         tiny_all_linear["base"], dtype=dtype, engine="transformers", kernels=kernels
     )
     try:
-        assert reference.scheduler.info["engine"] == "transformers"
+        assert reference.scheduler.info.engine == "transformers"
         expected = await replies(reference, specs)
     finally:
         await reference.close()
     model = await started(tiny_all_linear["base"], dtype=dtype, kernels=kernels)
     try:
-        assert model.scheduler.info["engine"] == "standalone"
+        assert model.scheduler.info.engine == "standalone"
         assert model.dtype == reference.dtype
         assert await replies(model, specs) == expected
         # The LoRAs changed the replies (or the comparison above would prove little).
         assert len(set(expected[:3])) == 3
-        # Switching a character to a new version and unloading work as with peft.
+        # Switching a name to a new version and unloading work as with peft.
         assert await model.load_lora("bram", str(loras["rslora"])) == "v1"
         assert model.loaded_loras() == {"bram": "v1", "rs": "v1"}
         await model.unload_lora("bram")
@@ -120,7 +120,7 @@ async def test_standalone_serves_like_transformers(tiny_all_linear, loras, dtype
         await model.close()
 
 
-async def test_adapters_it_cannot_serve_name_the_fix(tiny_all_linear, loras):
+async def test_loras_it_cannot_serve_name_the_fix(tiny_all_linear, loras):
     head = str(loras["head"])
     model = await started(tiny_all_linear["base"], dtype="float32")
     try:
@@ -227,7 +227,7 @@ async def test_a_sharded_checkpoint_loads_like_one_file(tiny_all_linear, tmp_pat
     for base in (tiny_all_linear["base"], sharded):
         model = await started(base, dtype="float32", cache_dir=tmp_path / "cache")
         try:
-            assert model.scheduler.info["engine"] == "standalone"
+            assert model.scheduler.info.engine == "standalone"
             texts.append(await replies(model, specs))
         finally:
             await model.close()

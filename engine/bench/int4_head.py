@@ -1,4 +1,4 @@
-"""The 4-bit output layer with bf16 rescoring (engine/lean_llama.py: rescored_head):
+"""The 4-bit output layer with bf16 rescoring (engine/rescored_head.py):
 how far its logits are from the bf16 layer's, and what it saves.
 
     .venv/bin/python -m engine.bench.int4_head [--states 320] [--threads 1]
@@ -91,9 +91,9 @@ def main() -> None:
     from tokenizers import Tokenizer
 
     from engine import int4
-    from engine.lean_llama import rescored_head
     from engine.loading import build_scheduler, load_standalone
     from engine.local_files import resolve_base
+    from engine.rescored_head import rescored_head
     from engine.settings import EngineSettings
 
     torch.set_num_threads(args.threads)
