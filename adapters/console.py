@@ -136,32 +136,29 @@ class ConsoleAdapter(PlatformAdapter):
                 if current.greeting:
                     await self.greet()
                 async for line in self._typed():
-                    # Around the reply only: prompt_toolkit takes SIGINT over while it reads.
-                    with self._ctrl_c_stops_replies():
-                        going_on = await self.handle_line(line)
-                    if not going_on or self._quitting:
+                    if not await self.handle_line(line) or self._quitting:
                         break
             else:
                 async for line in self._lines(prompt=""):
                     if not await self.handle_line(line):
                         break
         finally:
+            self._ignore_ctrl_c()
             self.done.set()
 
-    @contextlib.contextmanager
-    def _ctrl_c_stops_replies(self):  # type: ignore[no-untyped-def]
-        """While a reply is written the terminal sends SIGINT for Ctrl-C: stop that reply;
-        a second Ctrl-C quits. (At the prompt, prompt_toolkit reads Ctrl-C as a key.)"""
-        loop = asyncio.get_running_loop()
-        try:
-            loop.add_signal_handler(signal.SIGINT, self._interrupt)
-        except (NotImplementedError, RuntimeError):  # not on Windows, not off the main thread
-            yield
-            return
-        try:
-            yield
-        finally:
-            loop.remove_signal_handler(signal.SIGINT)
+    def _catch_ctrl_c(self) -> None:
+        """Between two prompts (while a reply is written, and while the next prompt starts)
+        the terminal sends SIGINT for Ctrl-C: it stops the reply, and a second quits. At
+        the prompt, prompt_toolkit reads Ctrl-C as a key; it takes SIGINT over while it
+        reads and drops this handler when it returns, so this is called after each prompt
+        — at once, before anything is printed, or a quick second Ctrl-C would find no
+        handler and kill the program."""
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows; other threads
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self._interrupt)
+
+    def _ignore_ctrl_c(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
 
     def _interrupt(self) -> None:
         self._ctrl_c += 1
@@ -183,6 +180,7 @@ class ConsoleAdapter(PlatformAdapter):
                 # would stop the event loop.
                 text = await session.prompt_async(f"{self.user_name}> ")
             except KeyboardInterrupt:
+                self._catch_ctrl_c()
                 self._ctrl_c += 1
                 if self._ctrl_c >= 2:
                     return
@@ -190,6 +188,7 @@ class ConsoleAdapter(PlatformAdapter):
                 continue
             except EOFError:
                 return
+            self._catch_ctrl_c()
             self._ctrl_c = 0
             yield text
 
