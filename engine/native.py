@@ -3,8 +3,8 @@ whole decoder layer in one call.
 
 Why: a decode step reads every weight once for a handful of rows. torch's CPU kernels read
 them at 6-10 GB/s for one row here; the kernels in ``cpu_kernels.c`` stream blocked weights
-at ~23 GB/s on one core, ~27 GB/s from huge pages (engine/huge_pages.py; README:
-Performance). They
+at ~23 GB/s on one core, ~27 GB/s from huge pages (engine/huge_pages.py;
+docs/performance.md). They
 need AVX-512 with BF16 and VNNI (AMD Zen 4 and later, Intel Xeon from Cooper Lake).
 
 The C file ships with the package and is compiled once per machine with the system's C

@@ -20,7 +20,7 @@ def rescored_head(x: torch.Tensor, quantized, weight: torch.Tensor, k: int = RES
     never below 4-bit rank 8 (engine/bench/int4_head.py), so the top 64 get bf16 logits — on
     the default model bit for bit the bf16 layer's — and greedy and top-p picks are made on
     them; the rest keep 4-bit logits, which only move the sampling distribution of flat
-    rows a little (figures in the README). For one row the layer took 5.5 ms in bf16 and
+    rows a little (figures in docs/performance.md). For one row the layer took 5.5 ms in bf16 and
     2.5 ms this way."""
     logits = int4_weights.linear(x, quantized).float()
     top = logits.topk(min(k, logits.shape[-1]), dim=-1, sorted=False).indices  # [B, k]

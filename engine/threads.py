@@ -5,7 +5,7 @@ each other at the end of every op. On a quiet 2-core machine two threads decode 
 than one, but when another busy process shares the cores, one of the two is often
 descheduled and every op waits for it: measured here, a second CPU-bound process took a
 2-thread decode from 34 to ~10 tok/s, while a 1-thread decode kept ~28 tok/s
-(benchmarks/busy.py; README "Thread policy").
+(benchmarks/busy.py; docs/performance.md, "Thread policy").
 
 ``threads = "auto"`` (the default) therefore watches the CPU time that *other* processes
 take (``/proc/stat`` less this process and its parent, the bot, which is idle while we

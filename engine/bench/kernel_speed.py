@@ -9,8 +9,9 @@ of 5: torch's bf16 (oneDNN, prepacked) and 4-bit kernels, and charbot's bf16 and
 the last three again with their weights on transparent huge pages, as loading places them
 (engine/huge_pages.py; oneDNN's packed weights cannot be moved).
 
-Quality: teacher-forced decoding over this repository's README (windows of 60 prompt
-tokens, then 20 one-row decode steps), each way of computing against plain bf16: how often
+Quality: teacher-forced decoding over a fixed English text (engine/bench/teacher_text.txt;
+windows of 60 prompt tokens, then 20 one-row decode steps), each way of computing against
+plain bf16: how often
 the greedy pick is the same, the largest and mean logit difference, and the
 total-variation distance of the shipped sampling distribution (temperature 0.5, top-p 0.9).
 """
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-from engine.bench.int4_head import decode_windows, sampling_distribution
+from engine.bench.int4_head import TEACHER_TEXT, decode_windows, sampling_distribution
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -151,7 +152,7 @@ def main() -> None:
         print(f"{name:>26} " + " ".join(f"{row[rows]:6.1f}" for rows in ROWS))
 
     tokenizer = Tokenizer.from_file(str(Path(source.path) / "tokenizer.json"))
-    ids = tokenizer.encode((ROOT / "README.md").read_text(encoding="utf-8")).ids
+    ids = tokenizer.encode(TEACHER_TEXT.read_text(encoding="utf-8")).ids
     ways = {"torch 4-bit": dict(int4=True, quantize=lambda name, w: int4.quantize(w))}
     if kernels is not None:
         ways["charbot bf16"] = dict(kernels=kernels)
