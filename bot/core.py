@@ -27,7 +27,16 @@ from bot.swipes import Swipes
 from bot.turns import TurnFilter, cut_short_usage, scene_filter
 from engine import ChatModel, GenerationRequest, LoraSpec, Sampling, Usage
 from engine.errors import Busy
-from storage.store import StorageUnavailable, Store, StoredInbound, StoredTurn, clean_text
+from storage.records import (
+    HistoryMessage,
+    NewInbound,
+    NewReply,
+    ReplyAddress,
+    StoredInbound,
+    StoredMessage,
+)
+from storage.schema import clean_text
+from storage.store import StorageUnavailable, Store
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +266,20 @@ class Core:
     async def _store_inbound(
         self, msg: Inbound, target: ReplyTarget, *, link_now: bool
     ) -> StoredInbound:
+        record = NewInbound(
+            platform=msg.platform,
+            chat_id=msg.chat_id,
+            thread_id=msg.thread_id,
+            platform_message_id=msg.message_id,
+            author_id=msg.author_id,
+            author_name=msg.author_name,
+            text=msg.text,
+            reply_to_platform_id=msg.reply_to_id,
+            created_at=msg.sent_at,
+            wants_answer=msg.addressed,
+            wanted_character=msg.character,
+            default_character=msg.default_character,
+        )
         noticed = False
 
         def waiting() -> None:  # the database is busy: tell the user once, then keep trying
@@ -267,22 +290,7 @@ class Core:
 
         while True:
             try:
-                return await self.store.store_inbound(
-                    platform=msg.platform,
-                    chat_id=msg.chat_id,
-                    thread_id=msg.thread_id,
-                    platform_message_id=msg.message_id,
-                    author_id=msg.author_id,
-                    author_name=msg.author_name,
-                    text=msg.text,
-                    reply_to_platform_id=msg.reply_to_id,
-                    created_at=msg.sent_at,
-                    link_now=link_now,
-                    wants_answer=msg.addressed,
-                    wanted_character=msg.character,
-                    default_character=msg.default_character,
-                    on_wait=waiting,
-                )
+                return await self.store.store_inbound(record, link_now=link_now, on_wait=waiting)
             except StorageUnavailable:
                 if self._stopping:
                     raise
@@ -312,7 +320,7 @@ class Core:
             parent = await self.swipes.continue_from(
                 stored.message_id, parent, msg.author_id, explicit=stored.replied is not None
             )
-            me = StoredTurn(stored.message_id, "user", msg.text, None, msg.author_name)
+            me = HistoryMessage(stored.message_id, "user", msg.text, None, msg.author_name)
             chain = self._chains.extend(parent, me)
             if chain is None:
                 chain = self._chains.put(tuple(await self.store.history(me.id, HISTORY_LIMIT)))
@@ -440,15 +448,8 @@ class Core:
         message_ids: list[str] = []
         # Records the reply as "streaming" once it is on the platform, so a crash mid-stream
         # leaves a row that the next start can finish.
-        shown = ShownReply(
-            target,
-            self.store,
-            conversation_id=conversation,
-            platform=platform,
-            chat_id=chat_id,
-            reply_to_id=parent,
-            character=character.name,
-        )
+        address = ReplyAddress(conversation, platform, chat_id, parent, character.name)
+        shown = ShownReply(target, self.store, address)
         try:
             async with StreamRenderer(shown, character) as renderer:
                 try:
@@ -475,13 +476,9 @@ class Core:
                 del self._runs[key]
         latency_ms = (time.perf_counter() - started) * 1000
         await shown.settled()
-        reply_id = await self.store.add_reply(
-            conversation_id=conversation,
-            platform=platform,
-            chat_id=chat_id,
-            reply_to_id=parent,
-            character=character.name,
-            text=text,
+        reply = NewReply(
+            address,
+            text,
             platform_message_ids=message_ids,
             prompt=prompt,
             sampling=sampling.as_dict(),
@@ -493,11 +490,14 @@ class Core:
             status="ok" if status == "cancelled" else status,
             error=error if status != "cancelled" else "cancelled",
             regenerated_from_id=regenerated_from,
-            streaming_id=shown.streaming_id,
-            answers=answers,
+        )
+        reply_id = await self.store.add_reply(
+            reply, streaming_id=shown.streaming_id, answers=answers
         )
         if status in ("ok", "cancelled"):
-            self._chains.put((*chain, StoredTurn(reply_id, "assistant", text, character.name, "")))
+            self._chains.put(
+                (*chain, HistoryMessage(reply_id, "assistant", text, character.name, ""))
+            )
         return ReplyResult(reply_id, character.name, text, message_ids, status)
 
     def _text_tokens(self, text: str) -> int:
@@ -539,7 +539,9 @@ class Core:
 
     # -- feedback ------------------------------------------------------------------------
 
-    async def _reply_row(self, platform: str, chat_id: str, message_id: str) -> Any:
+    async def _reply_row(
+        self, platform: str, chat_id: str, message_id: str
+    ) -> StoredMessage | None:
         row = await self.store.find_message(platform, chat_id, message_id)
         if row is None or row.role != "assistant":
             return None
@@ -578,9 +580,9 @@ class Core:
     ) -> ReplyResult | None:
         """A new sibling of the reply containing ``message_id``, from the same history."""
         row = await self._reply_row(platform, chat_id, message_id)
-        if row is None or row.reply_to_id is None:
+        if row is None or row.parent_id is None:
             return None
-        parent = await self.store.get_message(row.reply_to_id)
+        parent = await self.store.get_message(row.parent_id)
         thread = await self.store.conversation_thread(row.conversation_id)
         key = (platform, chat_id, thread)
         turn = self._lines.enter(key)
@@ -590,8 +592,8 @@ class Core:
             return await self._answer(
                 key=key,
                 conversation=row.conversation_id,
-                chain=self._chains.get(row.reply_to_id)
-                or tuple(await self.store.history(row.reply_to_id, HISTORY_LIMIT)),
+                chain=self._chains.get(row.parent_id)
+                or tuple(await self.store.history(row.parent_id, HISTORY_LIMIT)),
                 character=character,
                 user_name=parent.author_name if parent is not None else "user",
                 target=target,

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, case, func, select, union
 
 from storage.schema import Correction, Exclusion, Message, Rating, SwipeChoice
 from storage.store import Store
+from storage.votes import vote_counts
 
 _M = Message.__table__
 _R = Rating.__table__
@@ -116,15 +117,7 @@ def _replies_query(selection: Selection, swipes: bool) -> Any:
         .limit(1)
         .scalar_subquery()
     )
-    votes = (
-        select(
-            _R.c.message_id,
-            func.sum(case((_R.c.value > 0, 1), else_=0)).label("up"),
-            func.sum(case((_R.c.value < 0, 1), else_=0)).label("down"),
-        )
-        .group_by(_R.c.message_id)
-        .subquery()
-    )
+    votes = vote_counts(_R.c.message_id).subquery()
     return (
         select(
             _M.c.id,
@@ -233,15 +226,7 @@ async def character_stats(store: Store) -> dict[str, dict[str, int]]:
         .where(replies)
         .group_by(_M.c.character)
     )
-    per_vote = (
-        select(
-            _M.c.character,
-            func.sum(case((_R.c.value > 0, 1), else_=0)),
-            func.sum(case((_R.c.value < 0, 1), else_=0)),
-        )
-        .join(_M, _M.c.id == _R.c.message_id)
-        .group_by(_M.c.character)
-    )
+    per_vote = vote_counts(_M.c.character).join(_M, _M.c.id == _R.c.message_id)
     per_fix = (
         select(_M.c.character, func.count(_X.c.id))
         .join(_M, _M.c.id == _X.c.message_id)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, func, select
 
 from storage.schema import Correction, Message, Rating
 from storage.store import Store
+from storage.votes import vote_counts
 
 _M = Message.__table__
 _R = Rating.__table__
@@ -42,16 +43,7 @@ async def stats_by_version(store: Store, character: str | None = None) -> list[V
         ok = ok & (func.lower(_M.c.character) == character.lower())
     key = (_M.c.character, _M.c.lora_version)
     replies = select(*key, func.count(_M.c.id)).where(ok).group_by(*key)
-    votes = (
-        select(
-            *key,
-            func.sum(case((_R.c.value > 0, 1), else_=0)),
-            func.sum(case((_R.c.value < 0, 1), else_=0)),
-        )
-        .join(_M, _M.c.id == _R.c.message_id)
-        .where(ok)
-        .group_by(*key)
-    )
+    votes = vote_counts(*key).join(_M, _M.c.id == _R.c.message_id).where(ok)
     fixes = (
         select(*key, func.count(_X.c.id))
         .join(_M, _M.c.id == _X.c.message_id)

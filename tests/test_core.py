@@ -46,7 +46,7 @@ async def test_reply_is_streamed_and_stored_with_its_prompt(make_core: MakeCore)
     assert target.text == "Hello there, traveller."
     user, reply = await core.store.list_messages()
     assert (user.role, user.text, user.platform_message_id) == ("user", msg.text, msg.message_id)
-    assert reply.role == "assistant" and reply.reply_to_id == user.id
+    assert reply.role == "assistant" and reply.parent_id == user.id
     assert reply.text == "Hello there, traveller." and reply.model == "fake"
     assert '"Hi! 👋 안녕"' in reply.prompt_json  # the exact prompt, unescaped unicode
     assert '"temperature": 0.3' in reply.sampling_json
@@ -198,7 +198,7 @@ async def test_replies_in_one_chat_come_in_order_chats_run_concurrently(
         users = [r.text for r in rows if r.role == "user"]
         assert users == [u.format(chat=chat) for u in expected_users]  # stored in arrival order
         # Replies were made in arrival order, each answering its own message.
-        answered = [by_id[r.reply_to_id].text for r in rows if r.role == "assistant"]
+        answered = [by_id[r.parent_id].text for r in rows if r.role == "assistant"]
         assert answered == users
         # The last reply's history is the whole chat, alternating, in order.
         history = await core.store.history(rows[-1].id)
@@ -223,7 +223,7 @@ async def test_ratings_corrections_regeneration_and_reset(make_core: MakeCore) -
     assert turns(model.requests[1]) == turns(model.requests[0])
     rows = {r.id: r for r in await core.store.list_messages()}
     assert rows[sibling.reply_id].regenerated_from_id == first.reply_id
-    assert rows[sibling.reply_id].reply_to_id == rows[first.reply_id].reply_to_id
+    assert rows[sibling.reply_id].parent_id == rows[first.reply_id].parent_id
     assert [(r.message_id, r.value) for r in await core.store.list_ratings()] == [
         (first.reply_id, -1)
     ]

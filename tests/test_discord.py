@@ -288,7 +288,7 @@ async def test_a_reply_to_a_characters_message_continues_with_it(
     stored_answer = next(
         r for r in await core.store.list_messages() if r.platform_message_id == answer["id"]
     )
-    assert stored_answer.reply_to_id == first.id
+    assert stored_answer.parent_id == first.id
     model: FakeModel = core.model  # type: ignore[assignment]
     prompt = " ".join(m["content"] for m in model.requests[1].messages)
     assert "how is the sea?" in prompt and "The sea is grey." in prompt
@@ -343,7 +343,7 @@ async def test_regenerate_reaction_posts_a_sibling_reply(
     rows = await replies_stored(core, 2)
 
     second = rows[-1]
-    assert second.text == "Second take." and second.reply_to_id == first.reply_to_id
+    assert second.text == "Second take." and second.parent_id == first.parent_id
     assert visible_text(fake.bot_messages()[1]["content"]) == "Second take."
 
 

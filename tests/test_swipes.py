@@ -52,7 +52,7 @@ async def test_swipes_page_in_place_and_the_conversation_continues_from_the_kept
     assert history == [("user", "Hi"), ("assistant", "Two."), ("user", "Go on")]
     rows = await core.store.list_messages()
     user_row = next(r for r in rows if r.text == "Go on")
-    assert user_row.reply_to_id == two
+    assert user_row.parent_id == two
     (choice,) = await choices(core.store)
     assert choice == (two, first.reply_id - 1, "42")  # kept, the message it answers, who
 
@@ -105,7 +105,7 @@ async def test_telegram_regenerate_and_page_in_one_message(
     history = [t.text for t in await core.store.history(rows[-1].id)]
     assert history == ["hi", "First take.", "and then?", "On we go."]
     (choice,) = await choices(core.store)
-    assert choice == (first.id, first.reply_to_id, str(ALICE))
+    assert choice == (first.id, first.parent_id, str(ALICE))
     # The choice is a preference pair in the export: the kept take against the swiped-away.
     dpo, _ = await exported(core, "dpo")
     pairs = [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in dpo]

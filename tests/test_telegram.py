@@ -142,7 +142,7 @@ async def test_private_message_streams_a_reply_and_stores_both_messages(
     assert user_row.platform_message_id == str(said["message_id"])
     assert (reply.text, reply.character, reply.status) == (words, "Aria", "ok")
     assert reply.platform_message_id == str(bot_message["message_id"])
-    assert reply.reply_to_id == user_row.id
+    assert reply.parent_id == user_row.id
     assert await core.store.platform_ids(reply.id) == [str(bot_message["message_id"])]
 
 
@@ -356,7 +356,7 @@ async def test_regenerate_button_posts_a_sibling_reply(
     rows = await replies_stored(core, 2)
     second = rows[1]
     assert second.text == "Second take."
-    assert second.reply_to_id == first.reply_to_id
+    assert second.parent_id == first.parent_id
     assert fake.bot_messages(ALICE)[-1]["text"] == "Aria\nSecond take."
 
 

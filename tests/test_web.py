@@ -157,7 +157,7 @@ async def test_regenerate_writes_a_sibling_into_the_same_bubble_and_the_shown_on
     await browser.say("And then?")
     rows = await store.list_messages(platform="web")
     asked = next(r for r in rows if r.text == "And then?")
-    assert asked.reply_to_id == first["reply_id"]
+    assert asked.parent_id == first["reply_id"]
     kept = await swipes.choices(store)
     assert [(k, user) for k, _, user in kept] == [(first["reply_id"], rows[0].author_id)]
 
@@ -340,6 +340,7 @@ async def test_a_restart_answers_what_the_last_run_left_and_finishes_cut_off_rep
     import time
 
     from adapters.web.app import WebAdapter
+    from storage.records import NewInbound, ReplyAddress
 
     await browser.say("first")  # the session's chat, as the page knows it
     store = browser.core.store
@@ -347,26 +348,24 @@ async def test_a_restart_answers_what_the_last_run_left_and_finishes_cut_off_rep
 
     async def left(text: str, link: bool) -> Any:
         return await store.store_inbound(
-            platform="web",
-            chat_id=viewer,
-            thread_id=None,
-            platform_message_id=f"u-{text}",
-            author_id=viewer,
-            author_name="User",
-            text=text,
-            reply_to_platform_id=None,
-            created_at=time.time(),
+            NewInbound(
+                platform="web",
+                chat_id=viewer,
+                thread_id=None,
+                platform_message_id=f"u-{text}",
+                author_id=viewer,
+                author_name="User",
+                text=text,
+                reply_to_platform_id=None,
+                created_at=time.time(),
+                wants_answer=True,
+            ),
             link_now=link,
-            wants_answer=True,
         )
 
     asked = await left("tell me a story", True)
     await store.begin_reply(
-        conversation_id=asked.conversation_id,
-        platform="web",
-        chat_id=viewer,
-        reply_to_id=asked.message_id,
-        character="Mara",
+        ReplyAddress(asked.conversation_id, "web", viewer, asked.message_id, "Mara"),
         text="Once upon a",
         platform_message_id="w-cut",
     )

@@ -23,7 +23,8 @@ Command = Callable[[Config, argparse.Namespace], Awaitable[int]]
 
 def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add ``export``, ``import-corrections`` and ``data`` to the CLI's subparsers."""
-    from training.records import FORMATS, THUMBS_DOWN
+    from storage.votes import THUMBS_DOWN
+    from training.records import FORMATS
 
     export = commands.add_parser(
         "export", parents=[common], help="write feedback as JSONL training records"

@@ -23,33 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.feedback import CorrectionRow, FeedbackRow
+from storage.votes import VoteRule
 
 FORMATS = ("sft", "sft-messages", "dpo", "kto", "review")
-THUMBS_DOWN = ("net", "any")  # a reply is 👎 when its net score < 0 | it has any 👎
-
-
-@dataclass(frozen=True, slots=True)
-class VoteRule:
-    """What the votes on a reply mean: the one place where 👍/👎 are decided."""
-
-    thumbs_down: str = "net"
-    min_votes: int = 0  # replies with fewer votes count only through their corrections
-
-    def __post_init__(self) -> None:
-        if self.thumbs_down not in THUMBS_DOWN:
-            raise ValueError(f"thumbs-down rule {self.thumbs_down!r}; use net or any")
-
-    def counted(self, row: FeedbackRow) -> bool:
-        """Whether the votes are enough to judge the reply by."""
-        return row.up + row.down >= max(self.min_votes, 1)
-
-    def good(self, row: FeedbackRow) -> bool:
-        return self.counted(row) and row.score > 0 and not self.bad(row)
-
-    def bad(self, row: FeedbackRow) -> bool:
-        if not self.counted(row):
-            return False
-        return row.score < 0 if self.thumbs_down == "net" else row.down > 0
 
 
 @dataclass(frozen=True, slots=True)
