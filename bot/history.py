@@ -7,6 +7,7 @@ from collections import OrderedDict
 from storage.records import HistoryMessage
 
 Chain = tuple[HistoryMessage, ...]
+HISTORY_LIMIT = 200  # messages walked up the reply tree before the token budget trims
 
 
 class ChainCache:

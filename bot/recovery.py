@@ -11,11 +11,11 @@ from typing import Protocol
 
 from bot.characters import Character
 from bot.messages import Inbound
-from bot.progress import finish_interrupted
 from bot.reply import ReplyTarget
-from storage.intake import cut_off, mark_interrupted, unanswered
+from bot.streaming import finish_interrupted
 from storage.records import StoredInbound
 from storage.store import Store
+from storage.unfinished import cut_off, mark_interrupted, unanswered
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from bot.characters import Character
 from bot.config import ModelSettings, TelegramSettings
 from bot.core import Core
 from bot.messages import Inbound
-from storage.intake import intake_counts
 from storage.records import NewInbound, ReplyAddress
 from storage.store import Store
+from storage.unfinished import intake_counts
 from tests.fake_telegram import BOT_USERNAME, FakeTelegram
 from tests.fakes import FakeModel
 

@@ -319,7 +319,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 async def test_a_failing_model_is_an_apology_in_the_chat(
     config_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bot.core import APOLOGY
+    from bot.answering import APOLOGY
     from tests.fakes import FakeModel
 
     async with open_browser(config_path, monkeypatch) as browser:
