@@ -224,7 +224,8 @@ class Core:
         """At start-up: finish ``platform``'s replies cut off by the last run (edited to end
         with "[interrupted]", with their buttons), answer its unanswered messages younger
         than ``answer_backlog_minutes`` in order per chat, and mark older ones skipped.
-        ``target_for(chat_id, thread_id, reply_to_id)`` makes the adapter's reply target."""
+        ``target_for(chat_id, thread_id, reply_to_platform_id)`` makes the adapter's reply
+        target."""
         return await recover(self, platform, target_for, self.answer_backlog_minutes)
 
     def resume(
@@ -272,14 +273,14 @@ class Core:
         row = await self._feedback.reply(platform, chat_id, message_id)
         return row.character if row is not None else None
 
-    async def rate(
+    async def vote(
         self, platform: str, chat_id: str, message_id: str, user_id: str, value: int
     ) -> bool:
         """Vote +1 / -1 on the reply containing ``message_id``; 0 removes the user's vote.
 
         One vote per user per reply: a new vote replaces the old. False if not a reply.
         """
-        return await self._feedback.rate(platform, chat_id, message_id, user_id, value)
+        return await self._feedback.vote(platform, chat_id, message_id, user_id, value)
 
     async def correct(
         self, platform: str, chat_id: str, message_id: str, user_id: str, text: str

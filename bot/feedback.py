@@ -40,14 +40,14 @@ class Feedback:
             return None
         return row
 
-    async def rate(
+    async def vote(
         self, platform: str, chat_id: str, message_id: str, user_id: str, value: int
     ) -> bool:
-        """See :meth:`bot.core.Core.rate`."""
+        """See :meth:`bot.core.Core.vote`."""
         row = await self.reply(platform, chat_id, message_id)
         if row is None:
             return False
-        await self.store.set_rating(row.id, user_id, value)
+        await self.store.set_vote(row.id, user_id, value)
         return True
 
     async def correct(

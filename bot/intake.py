@@ -108,7 +108,7 @@ class Intake:
             author_id=msg.author_id,
             author_name=msg.author_name,
             text=msg.text,
-            reply_to_platform_id=msg.reply_to_id,
+            reply_to_platform_id=msg.reply_to_platform_id,
             created_at=msg.sent_at,
             wants_answer=msg.addressed,
             wanted_character=msg.character,

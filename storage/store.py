@@ -305,7 +305,7 @@ class Store:
 
     # -- feedback ------------------------------------------------------------------------
 
-    async def set_rating(self, message_id: int, user_id: str, value: int) -> None:
+    async def set_vote(self, message_id: int, user_id: str, value: int) -> None:
         """+1 / -1 sets this user's vote on the reply (replacing an earlier one); 0 removes it."""
         if value not in (-1, 0, 1):
             raise ValueError(f"a rating is +1, -1 or 0 (remove), not {value}")
@@ -317,7 +317,7 @@ class Store:
             lambda conn: corrections.insert_correction(conn, message_id, user_id, text)
         )
 
-    async def list_ratings(self, message_ids: Iterable[int] | None = None) -> list[StoredVote]:
+    async def list_votes(self, message_ids: Iterable[int] | None = None) -> list[StoredVote]:
         return await self.read(lambda conn: votes.list_votes(conn, message_ids))
 
     async def list_corrections(

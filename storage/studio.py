@@ -16,14 +16,14 @@ from sqlalchemy import Connection, func, select, union, update
 from storage.feedback import Selection
 from storage.feedback import _filters as feedback_filters  # the export's own reply filters
 from storage.review import add_correction_sync
-from storage.schema import Conversation, Correction, Exclusion, Message, MessagePart, Rating
+from storage.schema import Conversation, Correction, Exclusion, Message, MessagePart, Vote
 from storage.store import Store
 from storage.votes import VoteRule, vote_counts
 
 _C = Conversation.__table__
 _M = Message.__table__
 _P = MessagePart.__table__
-_R = Rating.__table__
+_V = Vote.__table__
 _X = Correction.__table__
 _E = Exclusion.__table__
 
@@ -79,10 +79,10 @@ async def current_conversation(
             func.coalesce(_P.c.platform_message_id, _M.c.platform_message_id),
             _P.c.id.is_not(None),
             _M.c.reply_to_id,
-            _R.c.value,
+            _V.c.value,
         )
         .outerjoin(_P, (_P.c.message_id == _M.c.id) & (_P.c.part_index == 0))
-        .outerjoin(_R, (_R.c.message_id == _M.c.id) & (_R.c.user_id == user_id))
+        .outerjoin(_V, (_V.c.message_id == _M.c.id) & (_V.c.user_id == user_id))
         .where(_M.c.conversation_id == open_one, _M.c.status == "ok")
         .order_by(_M.c.id.desc())
         .limit(limit)
@@ -119,8 +119,8 @@ async def current_conversation(
 async def my_votes(store: Store, message_ids: Iterable[int], user_id: str) -> dict[int, int]:
     """``user_id``'s vote on each of ``message_ids`` that has one."""
     wanted = list(message_ids)
-    query = select(_R.c.message_id, _R.c.value).where(
-        _R.c.message_id.in_(wanted), _R.c.user_id == user_id
+    query = select(_V.c.message_id, _V.c.value).where(
+        _V.c.message_id.in_(wanted), _V.c.user_id == user_id
     )
 
     def work(conn: Connection) -> dict[int, int]:
@@ -212,7 +212,7 @@ async def write_reviewed(store: Store, message_id: int, reviewer: str, text: str
 
 # Which replies the queue shows. The scores by votes are VoteRule's (net and any 👎, net 👍)
 # as SQL, so that a page costs one indexed query, not a scan of every rated reply (a store
-# with 100,000 ratings took over a minute that way).
+# with 100,000 votes took over a minute that way).
 REVIEW_SCORES = ("down", "any-down", "up", "corrected", "excluded", "all")
 _BY_VOTES = {
     "down": VoteRule(thumbs_down="net").bad_where,
@@ -241,14 +241,14 @@ class ReviewRow:
 def _candidates(score: str) -> Any:
     """The ids of the replies ``score`` selects, from the small feedback tables."""
     if score in _BY_VOTES:
-        votes = vote_counts(_R.c.message_id).subquery()
+        votes = vote_counts(_V.c.message_id).subquery()
         return select(votes.c.message_id).where(_BY_VOTES[score](votes))
     if score == "corrected":
         return select(_X.c.message_id).distinct()
     if score == "excluded":
         return select(_E.c.message_id)
     if score == "all":
-        return union(select(_R.c.message_id), select(_X.c.message_id))
+        return union(select(_V.c.message_id), select(_X.c.message_id))
     raise ValueError(f"review score {score!r}; use one of {', '.join(REVIEW_SCORES)}")
 
 
@@ -285,11 +285,11 @@ async def review_queue(
     def work(conn: Connection) -> tuple[int, list[ReviewRow]]:
         total = conn.execute(select(func.count()).select_from(matching.subquery())).scalar_one()
         found = list(conn.execute(page))
-        # Votes only for the page's replies: grouping every rating again would double the cost.
+        # Votes only for the page's replies: grouping every vote again would double the cost.
         votes = {
             row.message_id: (int(row.up), int(row.down))
             for row in conn.execute(
-                vote_counts(_R.c.message_id).where(_R.c.message_id.in_([r.id for r in found]))
+                vote_counts(_V.c.message_id).where(_V.c.message_id.in_([r.id for r in found]))
             )
         }
         rows = [

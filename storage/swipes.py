@@ -28,7 +28,7 @@ class Sibling:
 
 @dataclass(frozen=True, slots=True)
 class Shown:
-    """What a platform message shows after a swipe: sibling ``index`` (from 0) of ``count``."""
+    """What a platform message shows after paging: sibling ``index`` (from 0) of ``count``."""
 
     sibling: Sibling
     index: int
@@ -72,11 +72,11 @@ async def siblings_of(store: Store, platform: str, chat_id: str, message_id: str
     return await store.read(work)
 
 
-async def swipe(
+async def page(
     store: Store, platform: str, chat_id: str, message_id: str, step: int
 ) -> Shown | None:
     """Make platform message ``message_id`` show the sibling ``step`` places from the one it
-    shows now (clamped to the ends): its part row moves to that sibling, so ratings and
+    shows now (clamped to the ends): its part row moves to that sibling, so votes and
     corrections on the message attach to what it shows. None if it shows no stored reply."""
 
     def work(conn: Connection) -> Shown | None:

@@ -28,9 +28,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from storage.records import StoredVote
-from storage.schema import Rating
+from storage.schema import Vote
 
-_V = Rating.__table__
+_V = Vote.__table__
 
 # In StoredVote's field order.
 _VOTE_COLUMNS = (

@@ -180,19 +180,19 @@ async def test_settle_links_a_message_stored_while_others_waited(store: Store) -
 
 async def test_one_vote_per_user_change_and_removal(store: Store) -> None:
     _, reply = await add_exchange(store)
-    await store.set_rating(reply, "u1", 1)
-    await store.set_rating(reply, "u1", 1)  # the same vote twice is one vote
-    assert [(r.user_id, r.value) for r in await store.list_ratings()] == [("u1", 1)]
-    await store.set_rating(reply, "u1", -1)  # a change replaces it
-    await store.set_rating(reply, "u2", -1)
-    assert sorted((r.user_id, r.value) for r in await store.list_ratings()) == [
+    await store.set_vote(reply, "u1", 1)
+    await store.set_vote(reply, "u1", 1)  # the same vote twice is one vote
+    assert [(r.user_id, r.value) for r in await store.list_votes()] == [("u1", 1)]
+    await store.set_vote(reply, "u1", -1)  # a change replaces it
+    await store.set_vote(reply, "u2", -1)
+    assert sorted((r.user_id, r.value) for r in await store.list_votes()) == [
         ("u1", -1),
         ("u2", -1),
     ]
-    await store.set_rating(reply, "u1", 0)  # removal deletes it
-    assert [(r.user_id, r.value) for r in await store.list_ratings()] == [("u2", -1)]
+    await store.set_vote(reply, "u1", 0)  # removal deletes it
+    assert [(r.user_id, r.value) for r in await store.list_votes()] == [("u2", -1)]
     with pytest.raises(ValueError):
-        await store.set_rating(reply, "u1", 5)
+        await store.set_vote(reply, "u1", 5)
 
 
 async def test_two_processes_voting_at_once_keep_one_vote_per_user(
@@ -206,10 +206,10 @@ async def test_two_processes_voting_at_once_keep_one_vote_per_user(
         votes = [
             (s, user, value) for user in ("u1", "u2") for value in (1, -1) for s in (store, other)
         ]
-        await asyncio.gather(*(s.set_rating(reply, user, value) for s, user, value in votes * 5))
+        await asyncio.gather(*(s.set_vote(reply, user, value) for s, user, value in votes * 5))
     finally:
         await other.close()
-    rows = await store.list_ratings()
+    rows = await store.list_votes()
     assert sorted(r.user_id for r in rows) == ["u1", "u2"]
 
 

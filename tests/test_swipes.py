@@ -42,8 +42,8 @@ async def test_swipes_page_in_place_and_the_conversation_continues_from_the_kept
     assert (await core.swipes.page("test", "c1", shown_in, +5)).sibling.text == "Three."  # type: ignore[union-attr]
     await core.swipes.page("test", "c1", shown_in, -1)
     # A rating on the message lands on the sibling it shows now.
-    assert await core.rate("test", "c1", shown_in, "42", 1)
-    ratings = await core.store.list_ratings()
+    assert await core.vote("test", "c1", shown_in, "42", 1)
+    ratings = await core.store.list_votes()
     two = back.sibling.id
     assert [r.message_id for r in ratings] == [two]
 
@@ -97,7 +97,7 @@ async def test_telegram_regenerate_and_page_in_one_message(
     await until(lambda: shown()["text"] == "Aria\nFirst take.")
 
     fake.press(message_id, VOTE_UP, chat_id=ALICE)
-    ratings = await until(core.store.list_ratings)
+    ratings = await until(core.store.list_votes)
     assert [r.message_id for r in ratings] == [first.id]
 
     fake.user_says("and then?", user_id=ALICE)

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import select
 
 from storage.records import NewInbound, NewReply, ReplyAddress
-from storage.schema import Message, Rating
+from storage.schema import Message, Vote
 from storage.store import Store
 from storage.votes import THUMBS_DOWN, VoteRule, vote_counts
 
 _M = Message.__table__
-_R = Rating.__table__
+_V = Vote.__table__
 COUNTS = list(itertools.product(range(4), range(4)))  # (👍, 👎) on one reply each
 Voted = tuple[Store, dict[tuple[int, int], int]]  # the store, reply ids by (👍, 👎)
 RULES = [VoteRule(down, least) for down in THUMBS_DOWN for least in (0, 1, 2, 3)]
@@ -49,17 +49,17 @@ async def voted(db_url: str) -> AsyncIterator[Voted]:
         reply = await store.add_reply(NewReply(address, f"{up} up, {down} down"))
         ids[(up, down)] = reply
         for n in range(up):
-            await store.set_rating(reply, f"fan{n}", 1)
+            await store.set_vote(reply, f"fan{n}", 1)
         for n in range(down):
-            await store.set_rating(reply, f"critic{n}", -1)
+            await store.set_vote(reply, f"critic{n}", -1)
     yield store, ids
     await store.close()
 
 
 async def test_vote_counts_per_reply_and_per_character(voted: Voted) -> None:
     store, ids = voted
-    per_reply = vote_counts(_R.c.message_id)
-    per_character = vote_counts(_M.c.character).join(_M, _M.c.id == _R.c.message_id)
+    per_reply = vote_counts(_V.c.message_id)
+    per_character = vote_counts(_M.c.character).join(_M, _M.c.id == _V.c.message_id)
 
     def read(conn):  # type: ignore[no-untyped-def]
         by_reply = {row.message_id: (row.up, row.down) for row in conn.execute(per_reply)}
@@ -74,7 +74,7 @@ async def test_vote_counts_per_reply_and_per_character(voted: Voted) -> None:
 
 async def test_the_rule_in_sql_selects_what_it_judges_in_python(voted: Voted) -> None:
     store, ids = voted
-    votes = vote_counts(_R.c.message_id).subquery()
+    votes = vote_counts(_V.c.message_id).subquery()
 
     def read(conn):  # type: ignore[no-untyped-def]
         found = {}

@@ -68,12 +68,12 @@ async def test_rate_correct_and_take_a_vote_back(browser: Browser) -> None:
     done = (await browser.say("Is it safe?"))[-1][1]
     assert (await browser.post("/api/chat/rate", {"message_id": done["id"], "value": -1})).json()
     assert await browser.post("/api/chat/correct", {"message_id": done["id"], "text": "Safe."})
-    ratings = await browser.core.store.list_ratings([done["reply_id"]])
+    ratings = await browser.core.store.list_votes([done["reply_id"]])
     assert [r.value for r in ratings] == [-1]
     fixes = await browser.core.store.list_corrections([done["reply_id"]])
     assert [f.text for f in fixes] == ["Safe."]
     await browser.post("/api/chat/rate", {"message_id": done["id"], "value": 0})
-    assert await browser.core.store.list_ratings([done["reply_id"]]) == []
+    assert await browser.core.store.list_votes([done["reply_id"]]) == []
 
 
 async def test_bad_chat_input_is_one_line_each(browser: Browser) -> None:
@@ -146,8 +146,8 @@ async def test_regenerate_writes_a_sibling_into_the_same_bubble_and_the_shown_on
         "vote": 0,
     }
     await browser.post("/api/chat/rate", {"message_id": first["id"], "value": -1})
-    assert [r.value for r in await store.list_ratings([first["reply_id"]])] == [-1]
-    assert await store.list_ratings([second["reply_id"]]) == []
+    assert [r.value for r in await store.list_votes([first["reply_id"]])] == [-1]
+    assert await store.list_votes([second["reply_id"]]) == []
     page = (await browser.get("/")).text
     assert f'data-id="{first["id"]}" data-index="0" data-count="2" data-vote="-1"' in page
     bad = await browser.post("/api/chat/swipe", {"message_id": first["id"], "step": 2})

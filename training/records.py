@@ -84,12 +84,12 @@ def build(fmt: str, group: Sequence[FeedbackRow], votes: VoteRule) -> Iterator[B
 
 def _sft(group: Sequence[FeedbackRow], votes: VoteRule, *, messages: bool) -> Iterator[Built]:
     for row in group:
-        fix = better(row)
-        if fix is None and not votes.good(row):
+        correction = better(row)
+        if correction is None and not votes.good(row):
             continue
-        answer = fix.text if fix is not None else row.text
+        answer = correction.text if correction is not None else row.text
         prompt = json.loads(row.prompt_json)
-        info = {**meta(row), "answer_from": "correction" if fix else "reply"}
+        info = {**meta(row), "answer_from": "correction" if correction else "reply"}
         if messages:
             record = {"messages": [*prompt, *assistant(answer)], "meta": info}
         else:
@@ -109,10 +109,10 @@ def _dpo(group: Sequence[FeedbackRow], votes: VoteRule) -> Iterator[Built]:
         # Rejected: a 👎 reply, or one swiped away (unless people liked it after all).
         if not (votes.bad(row) or (swiped_away and not votes.good(row))):
             continue
-        fix = better(row)
+        correction = better(row)
         sibling = next((r for r in liked if r.text != row.text), None)
-        if fix is not None and fix.text != row.text:
-            chosen, source, chosen_id = fix.text, "correction", None
+        if correction is not None and correction.text != row.text:
+            chosen, source, chosen_id = correction.text, "correction", None
         elif kept is not None and kept.id != row.id and kept.text != row.text:
             chosen, source, chosen_id = kept.text, "kept swipe", kept.id
         elif sibling is not None:
