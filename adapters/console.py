@@ -311,7 +311,7 @@ class ConsoleAdapter(PlatformAdapter):
             return
         core, platform, chat, reply = self.core, self.platform, self.chat_id, self.last_reply
         if command in ("/good", "/bad"):
-            await core.rate(platform, chat, reply, self.user_name, 1 if command == "/good" else -1)
+            await core.vote(platform, chat, reply, self.user_name, 1 if command == "/good" else -1)
             self.say("[rated 👍]" if command == "/good" else "[rated 👎]")
         elif command == "/fix":
             if not argument:

@@ -173,7 +173,7 @@ class DiscordAdapter(PlatformAdapter):
             author_name=message.author.display_name,
             text=text,
             thread_id=chat_id if isinstance(message.channel, discord.Thread) else None,
-            reply_to_id=reply_to,
+            reply_to_platform_id=reply_to,
             addressed=addressed,
             default_character=self.channel_character(message.channel),
             sent_at=message.created_at.timestamp(),
@@ -261,7 +261,7 @@ class DiscordAdapter(PlatformAdapter):
             await swipe(self.core, self.webhooks, channel, message_id, step)  # type: ignore[arg-type]
             return
         value = self._remember_vote((chat_id, message_id, user_id), _VOTES[emoji], added)
-        await self.core.rate(PLATFORM, chat_id, message_id, user_id, value)
+        await self.core.vote(PLATFORM, chat_id, message_id, user_id, value)
 
     def _remember_vote(self, key: tuple[str, str, str], value: int, added: bool) -> int:
         active = self._reactions.pop(key, [])

@@ -292,7 +292,7 @@ class TelegramAdapter(PlatformAdapter):
             author_name=user.full_name,
             text=text,
             thread_id=str(thread_id) if thread_id is not None else None,
-            reply_to_id=str(replied.message_id) if replied is not None else None,
+            reply_to_platform_id=str(replied.message_id) if replied is not None else None,
             addressed=forced or private or mentioned or to_us,
             default_character=self.settings.default_character,
             sent_at=message.date.timestamp(),
@@ -341,7 +341,7 @@ class TelegramAdapter(PlatformAdapter):
         chat_id, message_id = str(chat.id), str(message.message_id)
         if query.data in (VOTE_UP, VOTE_DOWN):
             value = _VOTES[query.data]
-            saved = await self.core.rate(
+            saved = await self.core.vote(
                 PLATFORM, chat_id, message_id, str(query.from_user.id), value
             )
             thanks = f"Thanks for the {THUMBS_UP if value > 0 else THUMBS_DOWN}"
@@ -414,7 +414,7 @@ class TelegramAdapter(PlatformAdapter):
         if not old and not new:
             return  # ❤️ and friends are not votes
         self.track()
-        await self.core.rate(
+        await self.core.vote(
             PLATFORM, str(chat.id), str(reaction.message_id), str(user.id), new[-1] if new else 0
         )
 

@@ -138,7 +138,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         for (chat, reply, _text, _row), (_q, better) in zip(
             before_c, persona.CORRECTED, strict=True
         ):
-            assert await core.rate("bench", chat, reply, "alex", -1)
+            assert await core.vote("bench", chat, reply, "alex", -1)
             assert await core.correct("bench", chat, reply, "alex", better)
         # The held-out pairs, with the exact prompts the bot built, validate the training.
         folder = tmp / "datasets" / name

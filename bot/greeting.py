@@ -1,5 +1,5 @@
-"""The greeting opens a conversation: shown by the adapter, stored as an assistant turn, so
-the model's history starts where the person's did."""
+"""The greeting opens a conversation: shown by the adapter, stored as an assistant message,
+so the model's history starts where the person's did."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ async def show_greeting(
     user: str,
     target: ReplyTarget,
 ) -> int:
-    """Send ``character``'s greeting through ``target`` and store it as the next turn of
-    the chat's conversation (platform, chat, thread in ``key``); return its row id."""
+    """Send ``character``'s greeting through ``target`` and store it as the next message
+    of the chat's conversation (platform, chat, thread in ``key``); return its row id."""
     text = greeting_text(character, user)
     message_id = await target.send(text, character=character)
     platform, chat_id, thread_id = key

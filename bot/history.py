@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from storage.store import StoredTurn
+from storage.records import HistoryMessage
 
-Chain = tuple[StoredTurn, ...]
+Chain = tuple[HistoryMessage, ...]
+HISTORY_LIMIT = 200  # messages walked up the reply tree before the token budget trims
 
 
 class ChainCache:
@@ -37,7 +38,7 @@ class ChainCache:
             self._chains.popitem(last=False)
         return chain
 
-    def extend(self, parent_id: int | None, turn: StoredTurn) -> Chain | None:
+    def extend(self, parent_id: int | None, turn: HistoryMessage) -> Chain | None:
         """The chain ending in ``turn`` if its parent's chain is known, else None."""
         if parent_id is None:
             return self.put((turn,))

@@ -21,7 +21,7 @@ class Inbound:
     author_name: str
     text: str
     thread_id: str | None = None  # a Discord thread or Telegram forum topic
-    reply_to_id: str | None = None  # platform id of the message this one replies to
+    reply_to_platform_id: str | None = None  # platform id of the message this one replies to
     addressed: bool = True  # the bot was mentioned, DMed, replied to or commanded
     character: str | None = None  # an explicit choice (slash command option, /ask as NAME)
     default_character: str | None = None  # the adapter's configured default for this chat

@@ -11,10 +11,11 @@ from typing import Protocol
 
 from bot.characters import Character
 from bot.messages import Inbound
-from bot.progress import finish_interrupted
 from bot.reply import ReplyTarget
-from storage.intake import cut_off, mark_interrupted, unanswered
-from storage.store import Store, StoredInbound
+from bot.streaming import finish_interrupted
+from storage.records import StoredInbound
+from storage.store import Store
+from storage.unfinished import cut_off, mark_interrupted, unanswered
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,10 @@ async def recover(
         stored = StoredInbound(
             conversation_id=message.conversation_id,
             message_id=message.id,
-            parent_id=message.reply_to_id,
+            parent_id=message.parent_id,
             # An unlinked message is linked again; for the conversation's first that is a
             # no-op, so an ambiguous NULL is safe to settle.
-            linked=message.reply_to_id is not None,
+            linked=message.parent_id is not None,
             replied=None,
             chat_character=await store.chat_character(platform, message.chat_id),
         )

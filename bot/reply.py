@@ -50,7 +50,7 @@ class ReplyTarget(ABC):
     async def finished(  # noqa: B027 - optional hook
         self, message_ids: list[str], text: str, *, character: Character
     ) -> None:
-        """Called once when the reply is complete (e.g. to attach rating buttons)."""
+        """Called once when the reply is complete (e.g. to attach the vote buttons)."""
 
     async def notice(self, text: str) -> str | None:
         """Post a short system notice (busy, apology); returns its id. Defaults to ``send``."""

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Hashable
 
 
-class Turn:
-    """One message's place in its chat's line. ``await turn.wait()``, then ``turn.done()``."""
+class Place:
+    """One message's place in its chat's line. ``await place.wait()``, then ``place.done()``."""
 
     def __init__(self, line: ChatLines, key: Hashable, ahead: asyncio.Future[None] | None) -> None:
         self._line = line
@@ -33,12 +33,13 @@ class Turn:
 
 
 class ChatLines:
-    """Hands out turns. ``enter`` is synchronous, so arrival order is taken before any await."""
+    """Hands out places in line. ``enter`` is synchronous, so arrival order is taken before
+    any await."""
 
     def __init__(self) -> None:
         self.tails: dict[Hashable, asyncio.Future[None]] = {}
 
-    def enter(self, key: Hashable) -> Turn:
-        turn = Turn(self, key, self.tails.get(key))
-        self.tails[key] = turn._mine
-        return turn
+    def enter(self, key: Hashable) -> Place:
+        place = Place(self, key, self.tails.get(key))
+        self.tails[key] = place._mine
+        return place

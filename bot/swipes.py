@@ -2,7 +2,7 @@
 
 🔁 generates a new sibling into the same platform message (:meth:`Swipes.in_place`); ◀ ▶
 page through the siblings (:meth:`Swipes.page`), and the message's part row follows what it
-shows, so a rating lands on the sibling shown. When the conversation goes on, it continues
+shows, so a vote lands on the sibling shown. When the conversation goes on, it continues
 from the sibling shown then (:meth:`Swipes.continue_from`) and that choice is stored in
 ``swipe_choices``: the kept sibling against the others is a preference pair for training.
 """
@@ -14,7 +14,7 @@ from typing import Any
 from bot.characters import Character
 from bot.reply import ReplyTarget
 from storage.store import Store
-from storage.swipes import Shown, keep, release, siblings_of, swipe
+from storage.swipes import Shown, keep, page, release, siblings_of
 
 
 class Swipes:
@@ -32,7 +32,7 @@ class Swipes:
     async def page(self, platform: str, chat_id: str, message_id: str, step: int) -> Shown | None:
         """Show the sibling ``step`` places on (-1 ◀, +1 ▶) in platform message
         ``message_id``; the caller edits the message to the returned sibling."""
-        shown = await swipe(self.store, platform, chat_id, message_id, step)
+        shown = await page(self.store, platform, chat_id, message_id, step)
         if shown is not None:
             self._show(shown)
         return shown

@@ -23,8 +23,8 @@ async def stats_command(config: Config, args: argparse.Namespace) -> int:
     if args.by_version:
         return await lora_commands.stats_by_version_command(config, args)
     from storage.feedback import character_stats
-    from storage.intake import intake_counts
     from storage.store import open_store
+    from storage.unfinished import intake_counts
 
     async with open_store(config.storage) as store:
         stats = await character_stats(store)

@@ -10,11 +10,12 @@ from typing import Any
 
 from sqlalchemy import Connection, case, func, select, union
 
-from storage.schema import Correction, Exclusion, Message, Rating, SwipeChoice
+from storage.schema import Correction, Exclusion, Message, SwipeChoice, Vote
 from storage.store import Store
+from storage.votes import vote_counts
 
 _M = Message.__table__
-_R = Rating.__table__
+_V = Vote.__table__
 _X = Correction.__table__
 _E = Exclusion.__table__
 _W = SwipeChoice.__table__
@@ -96,12 +97,12 @@ def _filters(selection: Selection) -> list[Any]:
     return where
 
 
-def _replies_query(selection: Selection, swipes: bool) -> Any:
+def _replies_query(selection: Selection, swipe_choices: bool) -> Any:
     # Candidates come from the feedback tables (small) and reach messages by primary key, so
     # a million unrated messages are never scanned. With swipe choices stored, every sibling
     # of a kept reply is a candidate too (one pass over messages: reply_to_id has no index).
-    sources = [select(_R.c.message_id), select(_X.c.message_id)]
-    if swipes:
+    sources = [select(_V.c.message_id), select(_X.c.message_id)]
+    if swipe_choices:
         sibling = _M.alias("sibling")
         sources.append(
             select(sibling.c.id).where(sibling.c.reply_to_id.in_(select(_W.c.parent_id)))
@@ -116,15 +117,7 @@ def _replies_query(selection: Selection, swipes: bool) -> Any:
         .limit(1)
         .scalar_subquery()
     )
-    votes = (
-        select(
-            _R.c.message_id,
-            func.sum(case((_R.c.value > 0, 1), else_=0)).label("up"),
-            func.sum(case((_R.c.value < 0, 1), else_=0)).label("down"),
-        )
-        .group_by(_R.c.message_id)
-        .subquery()
-    )
+    votes = vote_counts(_V.c.message_id).subquery()
     return (
         select(
             _M.c.id,
@@ -171,13 +164,13 @@ def _corrections_query(selection: Selection) -> Any:
     )
 
 
-def _has_swipes(conn: Connection) -> bool:
+def _has_swipe_choices(conn: Connection) -> bool:
     return conn.execute(select(_W.c.id).limit(1)).first() is not None
 
 
 def count_feedback(conn: Connection, selection: Selection = Selection()) -> int:
     """How many replies :func:`iter_feedback` will yield (for a progress bar's total)."""
-    query = _replies_query(selection, _has_swipes(conn))
+    query = _replies_query(selection, _has_swipe_choices(conn))
     query = query.with_only_columns(func.count()).order_by(None)
     return int(conn.execute(query.execution_options(yield_per=None)).scalar_one())
 
@@ -188,19 +181,23 @@ def iter_feedback(conn: Connection, selection: Selection = Selection()) -> Itera
     Two ordered cursors — replies and corrections — are merged as they are read, so memory
     stays bounded however many there are.
     """
-    fixes = iter(conn.execute(_corrections_query(selection)))
-    fix = next(fixes, None)
-    for row in conn.execute(_replies_query(selection, _has_swipes(conn))):
+    corrections = iter(conn.execute(_corrections_query(selection)))
+    correction = next(corrections, None)
+    for row in conn.execute(_replies_query(selection, _has_swipe_choices(conn))):
         key = (row.reply_to_id, row.id)
         found: list[CorrectionRow] = []
-        while fix is not None and (fix.reply_to_id, fix.message_id) <= key:
-            if fix.message_id == row.id:
+        while correction is not None and (correction.reply_to_id, correction.message_id) <= key:
+            if correction.message_id == row.id:
                 found.append(
                     CorrectionRow(
-                        fix.text, fix.user_id, fix.source, bool(fix.accepted), fix.created_at
+                        correction.text,
+                        correction.user_id,
+                        correction.source,
+                        bool(correction.accepted),
+                        correction.created_at,
                     )
                 )
-            fix = next(fixes, None)
+            correction = next(corrections, None)
         yield FeedbackRow(
             id=row.id,
             conversation_id=row.conversation_id,
@@ -233,16 +230,8 @@ async def character_stats(store: Store) -> dict[str, dict[str, int]]:
         .where(replies)
         .group_by(_M.c.character)
     )
-    per_vote = (
-        select(
-            _M.c.character,
-            func.sum(case((_R.c.value > 0, 1), else_=0)),
-            func.sum(case((_R.c.value < 0, 1), else_=0)),
-        )
-        .join(_M, _M.c.id == _R.c.message_id)
-        .group_by(_M.c.character)
-    )
-    per_fix = (
+    per_vote = vote_counts(_M.c.character).join(_M, _M.c.id == _V.c.message_id)
+    per_correction = (
         select(_M.c.character, func.count(_X.c.id))
         .join(_M, _M.c.id == _X.c.message_id)
         .group_by(_M.c.character)
@@ -258,7 +247,7 @@ async def character_stats(store: Store) -> dict[str, dict[str, int]]:
             )
         for name, up, down in conn.execute(per_vote):
             stats[name].update(up=int(up or 0), down=int(down or 0))
-        for name, count in conn.execute(per_fix):
+        for name, count in conn.execute(per_correction):
             stats[name]["corrections"] = int(count)
 
     await store.read(work)

@@ -1,16 +1,17 @@
-"""A character's greeting, stored as an assistant turn of the conversation it was shown in."""
+"""A character's greeting, stored as an assistant message of the conversation it was shown in."""
 
 from __future__ import annotations
 
 import time
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, insert, select
 
-from storage.schema import Conversation, Message, MessagePart
-from storage.store import Store, StoredTurn
+from storage.inbound import CURRENT_CONVERSATION, LATEST_OK, start_conversation
+from storage.records import HistoryMessage
+from storage.schema import Message, MessagePart
+from storage.store import Store
 
 _M = Message.__table__
-_C = Conversation.__table__
 _P = MessagePart.__table__
 
 
@@ -23,30 +24,19 @@ async def add_greeting(
     character: str,
     text: str,
     platform_message_id: str | None,
-) -> StoredTurn:
-    """Store ``text`` as ``character``'s turn in the chat's current conversation (started
-    if there is none), after its latest message: in a new conversation, the first turn.
-    ``platform_message_id`` is the message that shows it, so it can be rated like a reply.
+) -> HistoryMessage:
+    """Store ``text`` as ``character``'s message in the chat's current conversation
+    (started if there is none), after its latest message: in a new conversation, the first.
+    ``platform_message_id`` is the message that shows it, so it can be voted on like a reply.
     One transaction."""
     keys = {"platform": platform, "chat_id": chat_id, "thread_id": thread_id or ""}
 
     def work(conn: Connection) -> int:
         now = time.time()
-        conversation = conn.execute(
-            select(_C.c.id)
-            .where(*(_C.c[k] == v for k, v in keys.items()), _C.c.reset_at.is_(None))
-            .order_by(_C.c.id.desc())
-            .limit(1)
-        ).scalar()
+        conversation = conn.execute(select(CURRENT_CONVERSATION), keys).scalar()
         if conversation is None:
-            conversation = conn.execute(
-                insert(_C).values(**keys, started_at=now).returning(_C.c.id)
-            ).scalar_one()
-        latest = conn.execute(
-            select(func.max(_M.c.id)).where(
-                _M.c.conversation_id == conversation, _M.c.status == "ok"
-            )
-        ).scalar()
+            conversation = start_conversation(conn, keys, now)
+        latest = conn.execute(select(LATEST_OK), {"conv": conversation}).scalar()
         greeting = conn.execute(
             insert(_M)
             .values(
@@ -78,4 +68,4 @@ async def add_greeting(
         return greeting
 
     greeting_id = await store.write(work)
-    return StoredTurn(greeting_id, "assistant", text, character, character)
+    return HistoryMessage(greeting_id, "assistant", text, character, character)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, Row, func, insert, select, update
 
 from storage.errors import StorageError
 from storage.schema import LoraChoice
@@ -32,7 +33,7 @@ class Choice:
     rolled_back_at: float | None = None
 
 
-def _choice(row) -> Choice:  # type: ignore[no-untyped-def]
+def _choice(row: Row[Any]) -> Choice:
     return Choice(
         row.id,
         row.character,
@@ -71,20 +72,20 @@ async def record_choice(
 async def current_choices(store: Store) -> dict[str, Choice]:
     """Every character's current choice, by lower-case name (cheap: polled every few s)."""
 
-    def work(conn: Connection) -> list:  # type: ignore[type-arg]
-        return list(conn.execute(select(_L).where(_L.c.id.in_(_NEWEST_LIVE))))
+    def work(conn: Connection) -> list[Choice]:
+        return [_choice(row) for row in conn.execute(select(_L).where(_L.c.id.in_(_NEWEST_LIVE)))]
 
-    return {row.character.lower(): _choice(row) for row in await store.read(work)}
+    return {choice.character.lower(): choice for choice in await store.read(work)}
 
 
 async def history(store: Store, character: str) -> list[Choice]:
     """Every choice made for ``character``, newest first, rolled-back ones included."""
 
-    def work(conn: Connection) -> list:  # type: ignore[type-arg]
+    def work(conn: Connection) -> list[Choice]:
         query = select(_L).where(func.lower(_L.c.character) == character.lower())
-        return list(conn.execute(query.order_by(_L.c.id.desc())))
+        return [_choice(row) for row in conn.execute(query.order_by(_L.c.id.desc()))]
 
-    return [_choice(row) for row in await store.read(work)]
+    return await store.read(work)
 
 
 async def roll_back(store: Store, character: str) -> Choice | None:
@@ -93,7 +94,7 @@ async def roll_back(store: Store, character: str) -> Choice | None:
     Raises StorageError when there is nothing to roll back.
     """
 
-    def work(conn: Connection) -> list:  # type: ignore[type-arg]
+    def work(conn: Connection) -> list[Choice]:
         live = list(
             conn.execute(
                 select(_L)
@@ -108,7 +109,7 @@ async def roll_back(store: Store, character: str) -> Choice | None:
                 f"see `charbot loras list {character}`"
             )
         conn.execute(update(_L).where(_L.c.id == live[0].id).values(rolled_back_at=time.time()))
-        return live[1:]
+        return [_choice(row) for row in live[1:]]
 
     rest = await store.write(work)
-    return _choice(rest[0]) if rest else None
+    return rest[0] if rest else None

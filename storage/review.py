@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
+from storage.corrections import insert_correction
 from storage.errors import StorageError
 from storage.schema import Correction, Exclusion, Message
 from storage.store import Store
@@ -69,17 +70,7 @@ def add_correction_sync(
             if accepted and not same.accepted:
                 conn.execute(update(_X).where(_X.c.id == same.id).values(accepted=True))
             return None
-    result = conn.execute(
-        insert(_X).values(
-            message_id=message_id,
-            user_id=user_id,
-            text=text,
-            source=source,
-            accepted=accepted,
-            created_at=time.time(),
-        )
-    )
-    return int(result.inserted_primary_key[0])
+    return insert_correction(conn, message_id, user_id, text, source=source, accepted=accepted)
 
 
 async def add_correction(

@@ -156,8 +156,8 @@ class MessagePart(Base):
     )
 
 
-class Rating(Base):
-    """A 👍 (+1) or 👎 (-1) vote; one per user per reply."""
+class Vote(Base):
+    """A 👍 (+1) or 👎 (-1) vote; one per user per reply (the table keeps its first name)."""
 
     __tablename__ = "ratings"
 
@@ -204,7 +204,7 @@ class Exclusion(Base):
 
 
 class SwipeChoice(Base):
-    """Which sibling reply (swipe) a person kept: the conversation continued from
+    """Which sibling a person kept after swiping: the conversation continued from
     ``kept_id``; the other replies to ``parent_id`` were swiped away."""
 
     __tablename__ = "swipe_choices"

@@ -1,4 +1,4 @@
-"""``[storage]``: where conversations, ratings and corrections live (config.toml builds it)."""
+"""``[storage]``: where conversations, votes and corrections live (config.toml builds it)."""
 
 from __future__ import annotations
 

@@ -11,18 +11,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, case, func, select, union, update
+from sqlalchemy import Connection, func, select, union, update
 
 from storage.feedback import Selection
 from storage.feedback import _filters as feedback_filters  # the export's own reply filters
 from storage.review import add_correction_sync
-from storage.schema import Conversation, Correction, Exclusion, Message, MessagePart, Rating
+from storage.schema import Conversation, Correction, Exclusion, Message, MessagePart, Vote
 from storage.store import Store
+from storage.votes import VoteRule, vote_counts
 
 _C = Conversation.__table__
 _M = Message.__table__
 _P = MessagePart.__table__
-_R = Rating.__table__
+_V = Vote.__table__
 _X = Correction.__table__
 _E = Exclusion.__table__
 
@@ -78,10 +79,10 @@ async def current_conversation(
             func.coalesce(_P.c.platform_message_id, _M.c.platform_message_id),
             _P.c.id.is_not(None),
             _M.c.reply_to_id,
-            _R.c.value,
+            _V.c.value,
         )
         .outerjoin(_P, (_P.c.message_id == _M.c.id) & (_P.c.part_index == 0))
-        .outerjoin(_R, (_R.c.message_id == _M.c.id) & (_R.c.user_id == user_id))
+        .outerjoin(_V, (_V.c.message_id == _M.c.id) & (_V.c.user_id == user_id))
         .where(_M.c.conversation_id == open_one, _M.c.status == "ok")
         .order_by(_M.c.id.desc())
         .limit(limit)
@@ -118,8 +119,8 @@ async def current_conversation(
 async def my_votes(store: Store, message_ids: Iterable[int], user_id: str) -> dict[int, int]:
     """``user_id``'s vote on each of ``message_ids`` that has one."""
     wanted = list(message_ids)
-    query = select(_R.c.message_id, _R.c.value).where(
-        _R.c.message_id.in_(wanted), _R.c.user_id == user_id
+    query = select(_V.c.message_id, _V.c.value).where(
+        _V.c.message_id.in_(wanted), _V.c.user_id == user_id
     )
 
     def work(conn: Connection) -> dict[int, int]:
@@ -128,7 +129,9 @@ async def my_votes(store: Store, message_ids: Iterable[int], user_id: str) -> di
     return await store.read(work)
 
 
-async def corrections_of(store: Store, message_ids: Iterable[int]) -> dict[int, list[Any]]:
+async def corrections_of(
+    store: Store, message_ids: Iterable[int]
+) -> dict[int, list[CorrectionEntry]]:
     """Every correction of each reply in ``message_ids``, oldest first, with its id."""
     wanted = list(message_ids)
     if not wanted:
@@ -147,8 +150,8 @@ async def corrections_of(store: Store, message_ids: Iterable[int]) -> dict[int, 
         .order_by(_X.c.id)
     )
 
-    def work(conn: Connection) -> dict[int, list[Any]]:
-        found: dict[int, list[Any]] = {}
+    def work(conn: Connection) -> dict[int, list[CorrectionEntry]]:
+        found: dict[int, list[CorrectionEntry]] = {}
         for row in conn.execute(query):
             entry = CorrectionEntry(
                 row.id,
@@ -207,10 +210,15 @@ async def write_reviewed(store: Store, message_id: int, reviewer: str, text: str
 
 # -- the review queue ------------------------------------------------------------------------
 
-# Which replies the queue shows. The vote rules are training/records.VoteRule's (net and any
-# 👎, net 👍) written as SQL, so that a page costs one indexed query, not a scan of every
-# rated reply (a store with 100,000 ratings took over a minute that way).
+# Which replies the queue shows. The scores by votes are VoteRule's (net and any 👎, net 👍)
+# as SQL, so that a page costs one indexed query, not a scan of every rated reply (a store
+# with 100,000 votes took over a minute that way).
 REVIEW_SCORES = ("down", "any-down", "up", "corrected", "excluded", "all")
+_BY_VOTES = {
+    "down": VoteRule(thumbs_down="net").bad_where,
+    "any-down": VoteRule(thumbs_down="any").bad_where,
+    "up": VoteRule().good_where,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,32 +238,17 @@ class ReviewRow:
     excluded: str | None
 
 
-def _votes() -> Any:
-    return (
-        select(
-            _R.c.message_id,
-            func.sum(case((_R.c.value > 0, 1), else_=0)).label("up"),
-            func.sum(case((_R.c.value < 0, 1), else_=0)).label("down"),
-        )
-        .group_by(_R.c.message_id)
-        .subquery()
-    )
-
-
-def _candidates(score: str, votes: Any) -> Any:
+def _candidates(score: str) -> Any:
     """The ids of the replies ``score`` selects, from the small feedback tables."""
-    if score == "down":
-        return select(votes.c.message_id).where(votes.c.up < votes.c.down)
-    if score == "any-down":
-        return select(votes.c.message_id).where(votes.c.down > 0)
-    if score == "up":
-        return select(votes.c.message_id).where(votes.c.up > votes.c.down)
+    if score in _BY_VOTES:
+        votes = vote_counts(_V.c.message_id).subquery()
+        return select(votes.c.message_id).where(_BY_VOTES[score](votes))
     if score == "corrected":
         return select(_X.c.message_id).distinct()
     if score == "excluded":
         return select(_E.c.message_id)
     if score == "all":
-        return union(select(_R.c.message_id), select(_X.c.message_id))
+        return union(select(_V.c.message_id), select(_X.c.message_id))
     raise ValueError(f"review score {score!r}; use one of {', '.join(REVIEW_SCORES)}")
 
 
@@ -263,7 +256,7 @@ async def review_queue(
     store: Store, selection: Selection, score: str, *, limit: int, offset: int = 0
 ) -> tuple[int, list[ReviewRow]]:
     """(how many replies match, the page of them newest first) for the review queue."""
-    wanted = _candidates(score, _votes()).subquery()
+    wanted = _candidates(score).subquery()
     matching = (
         select(_M.c.id)
         .join(wanted, wanted.c.message_id == _M.c.id)
@@ -292,17 +285,11 @@ async def review_queue(
     def work(conn: Connection) -> tuple[int, list[ReviewRow]]:
         total = conn.execute(select(func.count()).select_from(matching.subquery())).scalar_one()
         found = list(conn.execute(page))
-        # Votes only for the page's replies: grouping every rating again would double the cost.
+        # Votes only for the page's replies: grouping every vote again would double the cost.
         votes = {
             row.message_id: (int(row.up), int(row.down))
             for row in conn.execute(
-                select(
-                    _R.c.message_id,
-                    func.sum(case((_R.c.value > 0, 1), else_=0)).label("up"),
-                    func.sum(case((_R.c.value < 0, 1), else_=0)).label("down"),
-                )
-                .where(_R.c.message_id.in_([row.id for row in found]))
-                .group_by(_R.c.message_id)
+                vote_counts(_V.c.message_id).where(_V.c.message_id.in_([r.id for r in found]))
             )
         }
         rows = [

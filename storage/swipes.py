@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy import Connection, insert, select, update
 
@@ -27,7 +28,7 @@ class Sibling:
 
 @dataclass(frozen=True, slots=True)
 class Shown:
-    """What a platform message shows after a swipe: sibling ``index`` (from 0) of ``count``."""
+    """What a platform message shows after paging: sibling ``index`` (from 0) of ``count``."""
 
     sibling: Sibling
     index: int
@@ -71,11 +72,11 @@ async def siblings_of(store: Store, platform: str, chat_id: str, message_id: str
     return await store.read(work)
 
 
-async def swipe(
+async def page(
     store: Store, platform: str, chat_id: str, message_id: str, step: int
 ) -> Shown | None:
     """Make platform message ``message_id`` show the sibling ``step`` places from the one it
-    shows now (clamped to the ends): its part row moves to that sibling, so ratings and
+    shows now (clamped to the ends): its part row moves to that sibling, so votes and
     corrections on the message attach to what it shows. None if it shows no stored reply."""
 
     def work(conn: Connection) -> Shown | None:
@@ -133,11 +134,20 @@ async def keep(store: Store, *, kept_id: int, relink_id: int | None, user_id: st
     await store.write(work)
 
 
-async def choices(store: Store) -> list[tuple[int, int, str]]:
-    """Every stored choice as (kept reply id, parent message id, user id), oldest first."""
+class Kept(NamedTuple):
+    """One stored choice: the sibling kept, the message all the siblings answer, and who.
+    A tuple too, as the export's pairs are read: (kept, parent, user)."""
 
-    def work(conn: Connection) -> list[tuple[int, int, str]]:
+    kept_id: int
+    parent_id: int
+    user_id: str
+
+
+async def choices(store: Store) -> list[Kept]:
+    """Every stored choice, oldest first."""
+
+    def work(conn: Connection) -> list[Kept]:
         rows = conn.execute(select(_W.c.kept_id, _W.c.parent_id, _W.c.user_id).order_by(_W.c.id))
-        return [(r.kept_id, r.parent_id, r.user_id) for r in rows]
+        return [Kept(*row) for row in rows]
 
     return await store.read(work)

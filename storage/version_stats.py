@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, func, select
 
-from storage.schema import Correction, Message, Rating
+from storage.schema import Correction, Message, Vote
 from storage.store import Store
+from storage.votes import vote_counts
 
 _M = Message.__table__
-_R = Rating.__table__
+_V = Vote.__table__
 _X = Correction.__table__
 
 
@@ -42,17 +43,8 @@ async def stats_by_version(store: Store, character: str | None = None) -> list[V
         ok = ok & (func.lower(_M.c.character) == character.lower())
     key = (_M.c.character, _M.c.lora_version)
     replies = select(*key, func.count(_M.c.id)).where(ok).group_by(*key)
-    votes = (
-        select(
-            *key,
-            func.sum(case((_R.c.value > 0, 1), else_=0)),
-            func.sum(case((_R.c.value < 0, 1), else_=0)),
-        )
-        .join(_M, _M.c.id == _R.c.message_id)
-        .where(ok)
-        .group_by(*key)
-    )
-    fixes = (
+    votes = vote_counts(*key).join(_M, _M.c.id == _V.c.message_id).where(ok)
+    per_correction = (
         select(*key, func.count(_X.c.id))
         .join(_M, _M.c.id == _X.c.message_id)
         .where(ok)
@@ -65,7 +57,7 @@ async def stats_by_version(store: Store, character: str | None = None) -> list[V
             found[(name, version)] = [int(count), 0, 0, 0]
         for name, version, up, down in conn.execute(votes):
             found[(name, version)][1:3] = [int(up or 0), int(down or 0)]
-        for name, version, count in conn.execute(fixes):
+        for name, version, count in conn.execute(per_correction):
             found[(name, version)][3] = int(count)
         return found
 

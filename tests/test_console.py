@@ -40,7 +40,7 @@ async def test_console_script_drives_the_whole_loop(make_core: MakeCore) -> None
     rows = await core.store.list_messages()
     first, regen = rows[1], rows[2]
     assert regen.regenerated_from_id == first.id
-    ratings = {(r.message_id, r.value) for r in await core.store.list_ratings()}
+    ratings = {(r.message_id, r.value) for r in await core.store.list_votes()}
     assert ratings == {(first.id, -1), (regen.id, 1)}  # /good rated the regenerated reply
     assert [(c.message_id, c.text) for c in await core.store.list_corrections()] == [
         (first.id, "A better answer.")

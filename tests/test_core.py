@@ -46,7 +46,7 @@ async def test_reply_is_streamed_and_stored_with_its_prompt(make_core: MakeCore)
     assert target.text == "Hello there, traveller."
     user, reply = await core.store.list_messages()
     assert (user.role, user.text, user.platform_message_id) == ("user", msg.text, msg.message_id)
-    assert reply.role == "assistant" and reply.reply_to_id == user.id
+    assert reply.role == "assistant" and reply.parent_id == user.id
     assert reply.text == "Hello there, traveller." and reply.model == "fake"
     assert '"Hi! 👋 안녕"' in reply.prompt_json  # the exact prompt, unescaped unicode
     assert '"temperature": 0.3' in reply.sampling_json
@@ -76,7 +76,7 @@ async def test_reply_to_an_older_message_follows_that_chain(make_core: MakeCore)
     first = await core.handle(inbound("Q1"), RecordingTarget())
     await core.handle(inbound("Q2"), RecordingTarget())
     assert first is not None
-    await core.handle(inbound("Q3", reply_to_id=first.message_ids[0]), RecordingTarget())
+    await core.handle(inbound("Q3", reply_to_platform_id=first.message_ids[0]), RecordingTarget())
     # Q2 and its answer are on another branch and stay out of the prompt.
     assert turns(model.requests[2]) == [("user", "Q1"), ("assistant", "A1"), ("user", "Q3")]
 
@@ -91,7 +91,7 @@ async def test_character_routing(make_core: MakeCore) -> None:
     # Merely talking about a character does not summon it.
     assert (await core.handle(inbound("I like Bram's lamp"), target)).character == "Aria"
     # A reply to Bram's message continues with Bram.
-    cont = await core.handle(inbound("and?", reply_to_id=named.message_ids[0]), target)
+    cont = await core.handle(inbound("and?", reply_to_platform_id=named.message_ids[0]), target)
     assert cont.character == "Bram"
     assert (await core.handle(inbound("x", character="bram"), target)).character == "Bram"
     await core.set_character("test", "c1", "Bram")
@@ -198,7 +198,7 @@ async def test_replies_in_one_chat_come_in_order_chats_run_concurrently(
         users = [r.text for r in rows if r.role == "user"]
         assert users == [u.format(chat=chat) for u in expected_users]  # stored in arrival order
         # Replies were made in arrival order, each answering its own message.
-        answered = [by_id[r.reply_to_id].text for r in rows if r.role == "assistant"]
+        answered = [by_id[r.parent_id].text for r in rows if r.role == "assistant"]
         assert answered == users
         # The last reply's history is the whole chat, alternating, in order.
         history = await core.store.history(rows[-1].id)
@@ -213,9 +213,9 @@ async def test_ratings_corrections_regeneration_and_reset(make_core: MakeCore) -
     core = await make_core(model=model)
     first = await core.handle(inbound("tell me a story"), RecordingTarget())
     part = first.message_ids[0]
-    assert await core.rate("test", "c1", part, "u1", -1)
-    assert await core.rate("test", "c1", part, "u1", -1)
-    assert not await core.rate("test", "c1", "not-a-reply", "u1", 1)
+    assert await core.vote("test", "c1", part, "u1", -1)
+    assert await core.vote("test", "c1", part, "u1", -1)
+    assert not await core.vote("test", "c1", "not-a-reply", "u1", 1)
     assert await core.correct("test", "c1", part, "u1", "A better story.")
     sibling = await core.regenerate("test", "c1", part, RecordingTarget())
     assert sibling is not None and sibling.text == "second try"
@@ -223,8 +223,8 @@ async def test_ratings_corrections_regeneration_and_reset(make_core: MakeCore) -
     assert turns(model.requests[1]) == turns(model.requests[0])
     rows = {r.id: r for r in await core.store.list_messages()}
     assert rows[sibling.reply_id].regenerated_from_id == first.reply_id
-    assert rows[sibling.reply_id].reply_to_id == rows[first.reply_id].reply_to_id
-    assert [(r.message_id, r.value) for r in await core.store.list_ratings()] == [
+    assert rows[sibling.reply_id].parent_id == rows[first.reply_id].parent_id
+    assert [(r.message_id, r.value) for r in await core.store.list_votes()] == [
         (first.reply_id, -1)
     ]
     await core.reset("test", "c1")

@@ -170,7 +170,7 @@ async def test_thumbs_up_becomes_a_rating_and_removing_it_removes_it(
     await fake.react(message_id, "👍🏽")  # a skin tone is still a thumbs-up
 
     async def ratings() -> list[Any]:
-        return list(await core.store.list_ratings())
+        return list(await core.store.list_votes())
 
     (rating,) = await until(ratings)
     assert (rating.message_id, rating.user_id, rating.value) == (reply.id, str(fake.alice.id), 1)
@@ -178,7 +178,7 @@ async def test_thumbs_up_becomes_a_rating_and_removing_it_removes_it(
     await fake.react(message_id, "👍🏽", remove=True)
 
     async def no_ratings() -> bool:
-        return not await core.store.list_ratings()
+        return not await core.store.list_votes()
 
     await until(no_ratings)
 
@@ -192,7 +192,7 @@ async def test_removing_one_of_two_votes_keeps_the_other(
     message_id = int(fake.bot_messages()[0]["id"])
 
     async def values() -> list[int]:
-        return [r.value for r in await core.store.list_ratings()]
+        return [r.value for r in await core.store.list_votes()]
 
     await fake.react(message_id, "👍")
     await until(lambda: _equals(values, [1]))
@@ -288,7 +288,7 @@ async def test_a_reply_to_a_characters_message_continues_with_it(
     stored_answer = next(
         r for r in await core.store.list_messages() if r.platform_message_id == answer["id"]
     )
-    assert stored_answer.reply_to_id == first.id
+    assert stored_answer.parent_id == first.id
     model: FakeModel = core.model  # type: ignore[assignment]
     prompt = " ".join(m["content"] for m in model.requests[1].messages)
     assert "how is the sea?" in prompt and "The sea is grey." in prompt
@@ -343,7 +343,7 @@ async def test_regenerate_reaction_posts_a_sibling_reply(
     rows = await replies_stored(core, 2)
 
     second = rows[-1]
-    assert second.text == "Second take." and second.reply_to_id == first.reply_to_id
+    assert second.text == "Second take." and second.parent_id == first.parent_id
     assert visible_text(fake.bot_messages()[1]["content"]) == "Second take."
 
 
@@ -445,7 +445,7 @@ async def test_the_token_never_reaches_a_log_line(
     await fake.user_says(mention(fake, "hi"), mentions=[fake.bot])
     await replies_stored(core)
     await fake.react(int(fake.bot_messages()[0]["id"]), "👍")
-    await until(core.store.list_ratings)
+    await until(core.store.list_votes)
     await adapter.stop()
 
     # A wrong token fails with our error, which names the variable and not the token.

@@ -52,10 +52,10 @@ async def _scene(make_core: MakeCore) -> tuple[Core, dict[str, int], list]:
     sibling = await core.regenerate("test", "c1", bad.message_ids[0], RecordingTarget())
     liked = await core.handle(msg("Q2", 2), RecordingTarget())
     await core.handle(msg("Q3 unrated", 3), RecordingTarget())
-    await core.rate("test", "c1", bad.message_ids[0], "u1", -1)
-    await core.rate("test", "c1", bad.message_ids[0], "u2", -1)
-    await core.rate("test", "c1", sibling.message_ids[0], "u1", 1)
-    await core.rate("test", "c1", liked.message_ids[0], "u1", 1)
+    await core.vote("test", "c1", bad.message_ids[0], "u1", -1)
+    await core.vote("test", "c1", bad.message_ids[0], "u2", -1)
+    await core.vote("test", "c1", sibling.message_ids[0], "u1", 1)
+    await core.vote("test", "c1", liked.message_ids[0], "u1", 1)
     await core.correct("test", "c1", bad.message_ids[0], "u3", "first fix")
     await core.correct("test", "c1", bad.message_ids[0], "u4", "corrected answer")
     ids = {"bad": bad.reply_id, "sibling": sibling.reply_id, "liked": liked.reply_id}
@@ -144,8 +144,8 @@ async def test_dpo_uses_a_liked_sibling_when_there_is_no_correction(make_core: M
     core = await make_core(model=FakeModel(["meh", "great"]))
     bad = await core.handle(msg("Q", 1), RecordingTarget())
     good = await core.regenerate("test", "c1", bad.message_ids[0], RecordingTarget())
-    await core.rate("test", "c1", bad.message_ids[0], "u1", -1)
-    await core.rate("test", "c1", good.message_ids[0], "u1", 1)
+    await core.vote("test", "c1", bad.message_ids[0], "u1", -1)
+    await core.vote("test", "c1", good.message_ids[0], "u1", 1)
     (record,), _ = await exported(core, "dpo")
     assert (record["chosen"], record["rejected"]) == (a("great"), a("meh"))
     assert record["meta"]["chosen_from"] == "sibling"
@@ -202,12 +202,12 @@ async def test_selection_and_vote_rules(make_core: MakeCore) -> None:
     first = await core.handle(msg("Q1", 1), RecordingTarget())
     second = await core.handle(msg("Q2", 2, platform="discord"), RecordingTarget())
     third = await core.handle(msg("Q3 Bram?", 3), RecordingTarget())
-    await core.rate("test", "c1", first.message_ids[0], "u1", 1)
-    await core.rate("discord", "c1", second.message_ids[0], "u1", 1)
-    await core.rate("discord", "c1", second.message_ids[0], "u2", 1)
-    await core.rate("test", "c1", third.message_ids[0], "u1", 1)
-    await core.rate("test", "c1", third.message_ids[0], "u2", -1)
-    await core.rate("test", "c1", third.message_ids[0], "u3", 1)
+    await core.vote("test", "c1", first.message_ids[0], "u1", 1)
+    await core.vote("discord", "c1", second.message_ids[0], "u1", 1)
+    await core.vote("discord", "c1", second.message_ids[0], "u2", 1)
+    await core.vote("test", "c1", third.message_ids[0], "u1", 1)
+    await core.vote("test", "c1", third.message_ids[0], "u2", -1)
+    await core.vote("test", "c1", third.message_ids[0], "u3", 1)
 
     def texts(records: list[dict]) -> list[str]:
         return [r["completion"][0]["content"] for r in records]
@@ -233,7 +233,7 @@ async def test_cleaning_and_duplicates_are_counted(make_core: MakeCore) -> None:
     for n in range(4):  # one chat each: four equal prompts
         inbound = Inbound("test", f"chat{n}", f"in{n}", "42", "Sam", "Same question")
         result = await core.handle(inbound, RecordingTarget())
-        await core.rate("test", f"chat{n}", result.message_ids[0], "u1", 1)
+        await core.vote("test", f"chat{n}", result.message_ids[0], "u1", 1)
 
     class Rules:
         exclude_words = ("director",)
@@ -282,7 +282,7 @@ async def _populate(url: str) -> dict[str, int]:
     ids = {}
     for n, name in enumerate(("first", "second", "third")):
         result = await core.handle(msg(f"Q{n}", n), RecordingTarget())
-        await core.rate("test", "c1", result.message_ids[0], "u1", -1)
+        await core.vote("test", "c1", result.message_ids[0], "u1", -1)
         ids[name] = result.reply_id
     await core.close()
     await store.close()
@@ -446,7 +446,7 @@ async def test_dpo_pairs_the_kept_swipe_against_the_swiped_away(make_core: MakeC
     await core.handle(msg("unrelated, unrated", 2), RecordingTarget())
     await keep(core.store, kept_id=third.reply_id, relink_id=None, user_id="u1")
     await keep(core.store, kept_id=second.reply_id, relink_id=None, user_id="u1")  # newest
-    await core.rate("test", "c1", third.message_ids[0], "u2", 1)  # liked, though swiped away
+    await core.vote("test", "c1", third.message_ids[0], "u2", 1)  # liked, though swiped away
     dpo, _ = await exported(core, "dpo")
     assert [(r["chosen"], r["rejected"], r["meta"]["chosen_from"]) for r in dpo] == [
         (a("take two"), a("take one"), "kept swipe")
@@ -456,7 +456,7 @@ async def test_dpo_pairs_the_kept_swipe_against_the_swiped_away(make_core: MakeC
     # Only the 👍 sibling is voted or corrected: the other formats see nothing else.
     assert [r["id"] for r in (await exported(core, "review"))[0]] == [third.reply_id]
     assert len((await exported(core, "kto"))[0]) == 1
-    await core.rate("test", "c1", first.message_ids[0], "u2", -1)
+    await core.vote("test", "c1", first.message_ids[0], "u2", -1)
     await core.correct("test", "c1", first.message_ids[0], "u2", "A better story.")
     (record,), _ = await exported(core, "dpo")
     assert (record["chosen"], record["meta"]["chosen_from"]) == (a("A better story."), "correction")

@@ -20,8 +20,9 @@ from bot.characters import Character
 from bot.config import ModelSettings, TelegramSettings
 from bot.core import Core
 from bot.messages import Inbound
-from storage.intake import intake_counts
+from storage.records import NewInbound, ReplyAddress
 from storage.store import Store
+from storage.unfinished import intake_counts
 from tests.fake_telegram import BOT_USERNAME, FakeTelegram
 from tests.fakes import FakeModel
 
@@ -128,10 +129,9 @@ async def test_store_inbound_twice_is_one_row(db_url: str) -> None:
             text="hi",
             reply_to_platform_id=None,
             created_at=1.0,
-            link_now=True,
         )
-        first = await store.store_inbound(**values)
-        again = await store.store_inbound(**values)
+        first = await store.store_inbound(NewInbound(**values), link_now=True)
+        again = await store.store_inbound(NewInbound(**values), link_now=True)
         assert not first.duplicate and again.duplicate
         assert again.message_id == first.message_id
         assert len(await store.list_messages()) == 1
@@ -211,7 +211,7 @@ async def test_burst_larger_than_the_handler_slots_then_stop_keeps_every_confirm
     await until(lambda: _all_answered(core, 300), timeout=30)
     users = await rows(core, "user")
     assert {r.platform_message_id for r in users} == sent  # all 300, each stored once
-    answers = [r.reply_to_id for r in await rows(core, "assistant")]
+    answers = [r.parent_id for r in await rows(core, "assistant")]
     addressed = [r.id for r in users if r.text.startswith("burst") and r.progress]
     assert len(addressed) == 30
     assert sorted(answers) == sorted(addressed)  # each answered exactly once
@@ -263,17 +263,19 @@ async def test_restart_answers_the_backlog_once_skips_old_and_finishes_cut_off_r
 
     async def left(chat: str, pid: str, text: str, age_s: float, link: bool = True) -> Any:
         return await store.store_inbound(
-            platform="telegram",
-            chat_id=chat,
-            thread_id=None,
-            platform_message_id=pid,
-            author_id=chat,
-            author_name="Ann",
-            text=text,
-            reply_to_platform_id=None,
-            created_at=now - age_s,
+            NewInbound(
+                platform="telegram",
+                chat_id=chat,
+                thread_id=None,
+                platform_message_id=pid,
+                author_id=chat,
+                author_name="Ann",
+                text=text,
+                reply_to_platform_id=None,
+                created_at=now - age_s,
+                wants_answer=True,
+            ),
             link_now=link,
-            wants_answer=True,
         )
 
     # What a run that died left behind: two recent messages in one chat, an old one ...
@@ -284,11 +286,7 @@ async def test_restart_answers_the_backlog_once_skips_old_and_finishes_cut_off_r
     asked = await left("702", "14", "tell me", 20)
     half = await fake._api_sendMessage({"chat_id": 702, "text": "Aria\nOnce upon a"})
     await store.begin_reply(
-        conversation_id=asked.conversation_id,
-        platform="telegram",
-        chat_id="702",
-        reply_to_id=asked.message_id,
-        character="Aria",
+        ReplyAddress(asked.conversation_id, "telegram", "702", asked.message_id, "Aria"),
         text="Once upon a",
         platform_message_id=str(half["message_id"]),
     )

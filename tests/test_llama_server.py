@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from bot.answering import APOLOGY
 from bot.characters import Character
 from bot.config import ModelSettings
-from bot.core import APOLOGY
 from engine import GenerationRequest, Sampling
 from engine.openai_backend import OpenAIModel
 from tests.conftest import MakeCore

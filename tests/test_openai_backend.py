@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.answering import APOLOGY
 from bot.characters import Character
 from bot.config import ModelSettings, load_config
-from bot.core import APOLOGY
 from bot.errors import ConfigError
 from charbot.wiring import persona_samples, served_loras
 from engine import GenerationRequest, Sampling

@@ -34,10 +34,10 @@ async def test_greeting_is_stored_as_the_first_turn_and_enters_history(
     await core.handle(inbound("Where are we going?"), RecordingTarget())
     greeting, user, reply = await core.store.list_messages()
     assert greeting.id == greeting_id and greeting.role == "assistant"
-    assert greeting.character == "Mara" and greeting.reply_to_id is None
-    assert user.reply_to_id == greeting.id and reply.reply_to_id == user.id
+    assert greeting.character == "Mara" and greeting.parent_id is None
+    assert user.parent_id == greeting.id and reply.parent_id == user.id
     # The greeting can be rated like any reply: its platform message is one of its parts.
-    assert await core.rate("test", "c1", next(iter(target.messages)), "42", 1)
+    assert await core.vote("test", "c1", next(iter(target.messages)), "42", 1)
     turns = roles(model.requests[0].messages)
     after_examples = turns[turns.index(("system", EXAMPLES_END.replace("{{user}}", "Sam"))) + 1 :]
     assert after_examples == [

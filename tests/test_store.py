@@ -4,6 +4,7 @@ vote semantics."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 from sqlalchemy import text
 
 from storage.migrations import MIGRATIONS, SchemaTooNew
+from storage.records import NewInbound, NewReply, ReplyAddress, StoredMessage
+from storage.schema import Message
 from storage.store import Store
 
 
@@ -39,15 +42,17 @@ def store_text(
     message_id: str = "",
 ):  # type: ignore[no-untyped-def]
     return store.store_inbound(
-        platform="test",
-        chat_id=chat,
-        thread_id=thread,
-        platform_message_id=message_id or text_in,
-        author_id="42",
-        author_name="Sam",
-        text=text_in,
-        reply_to_platform_id=None,
-        created_at=1.0,
+        NewInbound(
+            platform="test",
+            chat_id=chat,
+            thread_id=thread,
+            platform_message_id=message_id or text_in,
+            author_id="42",
+            author_name="Sam",
+            text=text_in,
+            reply_to_platform_id=None,
+            created_at=1.0,
+        ),
         link_now=link_now,
     )
 
@@ -67,12 +72,7 @@ async def add_exchange(
         **reply_fields,
     }
     reply = await store.add_reply(
-        conversation_id=conversation,
-        platform="test",
-        chat_id=chat,
-        reply_to_id=user,
-        character="Aria",
-        **fields,
+        NewReply(ReplyAddress(conversation, "test", chat, user, "Aria"), **fields)
     )
     return user, reply
 
@@ -118,7 +118,7 @@ async def test_messages_round_trip_exactly(store: Store) -> None:
     rows = {row.id: row for row in await store.list_messages()}
     assert rows[user].text == odd.replace("\x00", "\ufffd")  # PostgreSQL's text has no NUL
     assert rows[big_user].text == huge
-    assert rows[reply].reply_to_id == user and rows[reply].character == "Aria"
+    assert rows[reply].parent_id == user and rows[reply].character == "Aria"
     assert await store.platform_ids(reply) == [f"r1-{user}", f"r2-{user}"]
     # Any part of a reply finds the reply; the user's own message is found by its id.
     found = await store.find_message("test", "c1", f"r2-{user}")
@@ -126,6 +126,14 @@ async def test_messages_round_trip_exactly(store: Store) -> None:
     by_user_id = await store.find_message("test", "c1", f"u-{odd[:8]}")
     assert by_user_id is not None and by_user_id.id == user
     assert await store.find_message("test", "other-chat", f"r2-{user}") is None
+
+
+def test_a_stored_message_has_every_column_of_messages() -> None:
+    """StoredMessage is the whole row (its parent_id is the reply_to_id column), so a column
+    a migration adds cannot be left out of what the store hands back."""
+    columns = [c.name for c in Message.__table__.c]
+    fields = [f.name for f in dataclasses.fields(StoredMessage)]
+    assert fields == ["parent_id" if c == "reply_to_id" else c for c in columns]
 
 
 async def test_replies_corrections_and_errors_with_nul_are_stored_not_refused(
@@ -157,16 +165,14 @@ async def test_settle_links_a_message_stored_while_others_waited(store: Store) -
     )  # arrived while "first" was being answered
     assert first.linked and first.parent_id is None and not waiting.linked
     reply = await store.add_reply(
-        conversation_id=first.conversation_id,
-        platform="test",
-        chat_id="c1",
-        reply_to_id=first.message_id,
-        character="Aria",
-        text="answer",
-        platform_message_ids=["r"],
-        prompt=None,
-        sampling=None,
-        model="fake",
+        NewReply(
+            ReplyAddress(first.conversation_id, "test", "c1", first.message_id, "Aria"),
+            text="answer",
+            platform_message_ids=["r"],
+            prompt=None,
+            sampling=None,
+            model="fake",
+        )
     )
     # "second" follows the reply to "first", though that reply was stored after it.
     assert await store.settle(waiting.message_id, waiting.conversation_id) == reply
@@ -174,19 +180,19 @@ async def test_settle_links_a_message_stored_while_others_waited(store: Store) -
 
 async def test_one_vote_per_user_change_and_removal(store: Store) -> None:
     _, reply = await add_exchange(store)
-    await store.set_rating(reply, "u1", 1)
-    await store.set_rating(reply, "u1", 1)  # the same vote twice is one vote
-    assert [(r.user_id, r.value) for r in await store.list_ratings()] == [("u1", 1)]
-    await store.set_rating(reply, "u1", -1)  # a change replaces it
-    await store.set_rating(reply, "u2", -1)
-    assert sorted((r.user_id, r.value) for r in await store.list_ratings()) == [
+    await store.set_vote(reply, "u1", 1)
+    await store.set_vote(reply, "u1", 1)  # the same vote twice is one vote
+    assert [(r.user_id, r.value) for r in await store.list_votes()] == [("u1", 1)]
+    await store.set_vote(reply, "u1", -1)  # a change replaces it
+    await store.set_vote(reply, "u2", -1)
+    assert sorted((r.user_id, r.value) for r in await store.list_votes()) == [
         ("u1", -1),
         ("u2", -1),
     ]
-    await store.set_rating(reply, "u1", 0)  # removal deletes it
-    assert [(r.user_id, r.value) for r in await store.list_ratings()] == [("u2", -1)]
+    await store.set_vote(reply, "u1", 0)  # removal deletes it
+    assert [(r.user_id, r.value) for r in await store.list_votes()] == [("u2", -1)]
     with pytest.raises(ValueError):
-        await store.set_rating(reply, "u1", 5)
+        await store.set_vote(reply, "u1", 5)
 
 
 async def test_two_processes_voting_at_once_keep_one_vote_per_user(
@@ -200,10 +206,10 @@ async def test_two_processes_voting_at_once_keep_one_vote_per_user(
         votes = [
             (s, user, value) for user in ("u1", "u2") for value in (1, -1) for s in (store, other)
         ]
-        await asyncio.gather(*(s.set_rating(reply, user, value) for s, user, value in votes * 5))
+        await asyncio.gather(*(s.set_vote(reply, user, value) for s, user, value in votes * 5))
     finally:
         await other.close()
-    rows = await store.list_ratings()
+    rows = await store.list_votes()
     assert sorted(r.user_id for r in rows) == ["u1", "u2"]
 
 
@@ -251,7 +257,7 @@ async def test_a_postgresql_lock_held_elsewhere_is_waited_out_not_hung_on(pg_url
     try:
         foreign.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")  # held until commit
         told: list[int] = []
-        kwargs = dict(
+        said: dict[str, Any] = dict(
             platform="test",
             chat_id="c1",
             thread_id=None,
@@ -259,19 +265,21 @@ async def test_a_postgresql_lock_held_elsewhere_is_waited_out_not_hung_on(pg_url
             author_name="Sam",
             reply_to_platform_id=None,
             created_at=1.0,
-            link_now=True,
         )
         waiting = asyncio.create_task(
             store.store_inbound(
-                platform_message_id="m1",
-                text="during the lock",
+                NewInbound(platform_message_id="m1", text="during the lock", **said),
+                link_now=True,
                 on_wait=lambda: told.append(1),
-                **kwargs,
             )
         )
         with pytest.raises(StorageUnavailable):
             await asyncio.wait_for(
-                impatient.store_inbound(platform_message_id="m2", text="given up", **kwargs), 10
+                impatient.store_inbound(
+                    NewInbound(platform_message_id="m2", text="given up", **said),
+                    link_now=True,
+                ),
+                10,
             )
         assert not waiting.done() and told == [1]
         foreign.commit()

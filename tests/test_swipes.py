@@ -42,8 +42,8 @@ async def test_swipes_page_in_place_and_the_conversation_continues_from_the_kept
     assert (await core.swipes.page("test", "c1", shown_in, +5)).sibling.text == "Three."  # type: ignore[union-attr]
     await core.swipes.page("test", "c1", shown_in, -1)
     # A rating on the message lands on the sibling it shows now.
-    assert await core.rate("test", "c1", shown_in, "42", 1)
-    ratings = await core.store.list_ratings()
+    assert await core.vote("test", "c1", shown_in, "42", 1)
+    ratings = await core.store.list_votes()
     two = back.sibling.id
     assert [r.message_id for r in ratings] == [two]
 
@@ -52,7 +52,7 @@ async def test_swipes_page_in_place_and_the_conversation_continues_from_the_kept
     assert history == [("user", "Hi"), ("assistant", "Two."), ("user", "Go on")]
     rows = await core.store.list_messages()
     user_row = next(r for r in rows if r.text == "Go on")
-    assert user_row.reply_to_id == two
+    assert user_row.parent_id == two
     (choice,) = await choices(core.store)
     assert choice == (two, first.reply_id - 1, "42")  # kept, the message it answers, who
 
@@ -97,7 +97,7 @@ async def test_telegram_regenerate_and_page_in_one_message(
     await until(lambda: shown()["text"] == "Aria\nFirst take.")
 
     fake.press(message_id, VOTE_UP, chat_id=ALICE)
-    ratings = await until(core.store.list_ratings)
+    ratings = await until(core.store.list_votes)
     assert [r.message_id for r in ratings] == [first.id]
 
     fake.user_says("and then?", user_id=ALICE)
@@ -105,7 +105,7 @@ async def test_telegram_regenerate_and_page_in_one_message(
     history = [t.text for t in await core.store.history(rows[-1].id)]
     assert history == ["hi", "First take.", "and then?", "On we go."]
     (choice,) = await choices(core.store)
-    assert choice == (first.id, first.reply_to_id, str(ALICE))
+    assert choice == (first.id, first.parent_id, str(ALICE))
     # The choice is a preference pair in the export: the kept take against the swiped-away.
     dpo, _ = await exported(core, "dpo")
     pairs = [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in dpo]

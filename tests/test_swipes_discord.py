@@ -40,4 +40,4 @@ async def test_discord_swipe_reactions_page_the_new_sibling_in_place(
     history = [t.text for t in await core.store.history(rows[-1].id)]
     assert history[-3:-1] == ["First take.", history[-2]] and "Second take." not in history
     (choice,) = await choices(core.store)
-    assert choice[:2] == (first.id, first.reply_to_id)
+    assert choice[:2] == (first.id, first.parent_id)

@@ -142,7 +142,7 @@ async def test_private_message_streams_a_reply_and_stores_both_messages(
     assert user_row.platform_message_id == str(said["message_id"])
     assert (reply.text, reply.character, reply.status) == (words, "Aria", "ok")
     assert reply.platform_message_id == str(bot_message["message_id"])
-    assert reply.reply_to_id == user_row.id
+    assert reply.parent_id == user_row.id
     assert await core.store.platform_ids(reply.id) == [str(bot_message["message_id"])]
 
 
@@ -275,7 +275,7 @@ async def test_thumbs_down_button_stores_a_rating_and_answers(
 
     fake.press(message_id, VOTE_DOWN, chat_id=ALICE, user_id=BOB)
     await until(lambda: fake.calls("answerCallbackQuery"))
-    ratings = await until(core.store.list_ratings)
+    ratings = await until(core.store.list_votes)
     assert [(r.message_id, r.user_id, r.value) for r in ratings] == [(reply.id, str(BOB), -1)]
     (answer,) = fake.calls("answerCallbackQuery")
     assert "👎" in answer.params["text"]
@@ -283,7 +283,7 @@ async def test_thumbs_down_button_stores_a_rating_and_answers(
     # One vote per user per reply: 👍 replaces the 👎.
     fake.press(message_id, VOTE_UP, chat_id=ALICE, user_id=BOB)
     await until(lambda: len(fake.calls("answerCallbackQuery")) == 2)
-    assert [r.value for r in await core.store.list_ratings()] == [1]
+    assert [r.value for r in await core.store.list_votes()] == [1]
 
 
 async def test_reactions_rate_and_removing_them_removes_the_vote(
@@ -295,7 +295,7 @@ async def test_reactions_rate_and_removing_them_removes_the_vote(
     message_id = int(reply.platform_message_id)
 
     fake.react(message_id, chat_id=GROUP, new=["👍"], user_id=BOB)
-    ratings = await until(core.store.list_ratings)
+    ratings = await until(core.store.list_votes)
     assert [(r.message_id, r.user_id, r.value) for r in ratings] == [(reply.id, str(BOB), 1)]
 
     fake.react(message_id, chat_id=GROUP, old=["👍"], new=["👎"], user_id=BOB)
@@ -307,7 +307,7 @@ async def test_reactions_rate_and_removing_them_removes_the_vote(
 
 
 async def _values(core: Core, expected: list[int]) -> bool:
-    return [r.value for r in await core.store.list_ratings()] == expected
+    return [r.value for r in await core.store.list_votes()] == expected
 
 
 async def test_fix_command_on_a_reply_stores_a_correction(
@@ -356,7 +356,7 @@ async def test_regenerate_button_posts_a_sibling_reply(
     rows = await replies_stored(core, 2)
     second = rows[1]
     assert second.text == "Second take."
-    assert second.reply_to_id == first.reply_to_id
+    assert second.parent_id == first.parent_id
     assert fake.bot_messages(ALICE)[-1]["text"] == "Aria\nSecond take."
 
 
@@ -455,7 +455,7 @@ async def test_unknown_commands_and_odd_updates_are_ignored(
     await settle(fake)
 
     assert len(fake.calls("sendMessage")) == 1  # only the first reply
-    assert [r.value for r in await core.store.list_ratings()] == [1]  # the one real reaction
+    assert [r.value for r in await core.store.list_votes()] == [1]  # the one real reaction
     assert "ignoring update" in caplog.text  # the unknown command
     assert "does not parse" in caplog.text  # the sticker and poll PTB cannot read
     fake.user_says("are you alive?", user_id=ALICE)

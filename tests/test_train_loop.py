@@ -92,7 +92,7 @@ system_prompt = "You are Bram."
         for question, better in CORRECTIONS.items():
             chat, reply, text = await ask(core, question)
             before.append(text)
-            assert await core.rate("test", chat, reply, "ann", -1)
+            assert await core.vote("test", chat, reply, "ann", -1)
             assert await core.correct("test", chat, reply, "ann", better)
 
         # Export and train (`charbot train`, a separate command), then choose the version.

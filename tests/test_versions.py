@@ -205,7 +205,7 @@ async def test_cli_lists_uses_rolls_back_and_counts_feedback_per_version(
             await switcher.use("Aria", version, "test")
         await _reply(core)
         (row,) = [r for r in await core.store.list_messages() if r.role == "assistant"][-1:]
-        await core.store.set_rating(row.id, "ann", vote)
+        await core.store.set_vote(row.id, "ann", vote)
         if vote < 0:
             await core.store.add_correction(row.id, "ann", "Better.")
     config = str(_config(tmp_path, db_url))

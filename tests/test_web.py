@@ -68,12 +68,12 @@ async def test_rate_correct_and_take_a_vote_back(browser: Browser) -> None:
     done = (await browser.say("Is it safe?"))[-1][1]
     assert (await browser.post("/api/chat/rate", {"message_id": done["id"], "value": -1})).json()
     assert await browser.post("/api/chat/correct", {"message_id": done["id"], "text": "Safe."})
-    ratings = await browser.core.store.list_ratings([done["reply_id"]])
+    ratings = await browser.core.store.list_votes([done["reply_id"]])
     assert [r.value for r in ratings] == [-1]
     fixes = await browser.core.store.list_corrections([done["reply_id"]])
     assert [f.text for f in fixes] == ["Safe."]
     await browser.post("/api/chat/rate", {"message_id": done["id"], "value": 0})
-    assert await browser.core.store.list_ratings([done["reply_id"]]) == []
+    assert await browser.core.store.list_votes([done["reply_id"]]) == []
 
 
 async def test_bad_chat_input_is_one_line_each(browser: Browser) -> None:
@@ -146,8 +146,8 @@ async def test_regenerate_writes_a_sibling_into_the_same_bubble_and_the_shown_on
         "vote": 0,
     }
     await browser.post("/api/chat/rate", {"message_id": first["id"], "value": -1})
-    assert [r.value for r in await store.list_ratings([first["reply_id"]])] == [-1]
-    assert await store.list_ratings([second["reply_id"]]) == []
+    assert [r.value for r in await store.list_votes([first["reply_id"]])] == [-1]
+    assert await store.list_votes([second["reply_id"]]) == []
     page = (await browser.get("/")).text
     assert f'data-id="{first["id"]}" data-index="0" data-count="2" data-vote="-1"' in page
     bad = await browser.post("/api/chat/swipe", {"message_id": first["id"], "step": 2})
@@ -157,7 +157,7 @@ async def test_regenerate_writes_a_sibling_into_the_same_bubble_and_the_shown_on
     await browser.say("And then?")
     rows = await store.list_messages(platform="web")
     asked = next(r for r in rows if r.text == "And then?")
-    assert asked.reply_to_id == first["reply_id"]
+    assert asked.parent_id == first["reply_id"]
     kept = await swipes.choices(store)
     assert [(k, user) for k, _, user in kept] == [(first["reply_id"], rows[0].author_id)]
 
@@ -319,7 +319,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 async def test_a_failing_model_is_an_apology_in_the_chat(
     config_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bot.core import APOLOGY
+    from bot.answering import APOLOGY
     from tests.fakes import FakeModel
 
     async with open_browser(config_path, monkeypatch) as browser:
@@ -340,6 +340,7 @@ async def test_a_restart_answers_what_the_last_run_left_and_finishes_cut_off_rep
     import time
 
     from adapters.web.app import WebAdapter
+    from storage.records import NewInbound, ReplyAddress
 
     await browser.say("first")  # the session's chat, as the page knows it
     store = browser.core.store
@@ -347,26 +348,24 @@ async def test_a_restart_answers_what_the_last_run_left_and_finishes_cut_off_rep
 
     async def left(text: str, link: bool) -> Any:
         return await store.store_inbound(
-            platform="web",
-            chat_id=viewer,
-            thread_id=None,
-            platform_message_id=f"u-{text}",
-            author_id=viewer,
-            author_name="User",
-            text=text,
-            reply_to_platform_id=None,
-            created_at=time.time(),
+            NewInbound(
+                platform="web",
+                chat_id=viewer,
+                thread_id=None,
+                platform_message_id=f"u-{text}",
+                author_id=viewer,
+                author_name="User",
+                text=text,
+                reply_to_platform_id=None,
+                created_at=time.time(),
+                wants_answer=True,
+            ),
             link_now=link,
-            wants_answer=True,
         )
 
     asked = await left("tell me a story", True)
     await store.begin_reply(
-        conversation_id=asked.conversation_id,
-        platform="web",
-        chat_id=viewer,
-        reply_to_id=asked.message_id,
-        character="Mara",
+        ReplyAddress(asked.conversation_id, "web", viewer, asked.message_id, "Mara"),
         text="Once upon a",
         platform_message_id="w-cut",
     )

@@ -167,7 +167,7 @@ def test_chat_shows_the_streamed_reply_and_rates_it(studio: ServedStudio, browse
     )
     assert browser.find_element(By.ID, "status").text == "rated 👎"
     reply = web_messages(studio)[-1]
-    ratings = studio.call(studio.core.store.list_ratings([reply.id]))
+    ratings = studio.call(studio.core.store.list_votes([reply.id]))
     assert [r.value for r in ratings] == [-1]
     browser.save_screenshot(str(ARTIFACTS / "chat.png"))
 

@@ -29,7 +29,8 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_export(commands: Any, common: argparse.ArgumentParser) -> None:
-    from training.records import FORMATS, THUMBS_DOWN
+    from storage.votes import THUMBS_DOWN
+    from training.records import FORMATS
 
     export = commands.add_parser(
         "export", parents=[common], help="write feedback as JSONL training records"

@@ -19,8 +19,9 @@ from sqlalchemy import Connection, Engine
 from tqdm import tqdm
 
 from storage.feedback import Selection, count_feedback, iter_feedback
+from storage.votes import VoteRule
 from training.cleaning import Cleaner, Report
-from training.records import FORMATS, VoteRule, build
+from training.records import FORMATS, build
 
 __all__ = ["FORMATS", "Selection", "VoteRule", "dumps", "iter_records", "write_export"]
 

@@ -23,33 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.feedback import CorrectionRow, FeedbackRow
+from storage.votes import VoteRule
 
 FORMATS = ("sft", "sft-messages", "dpo", "kto", "review")
-THUMBS_DOWN = ("net", "any")  # a reply is 👎 when its net score < 0 | it has any 👎
-
-
-@dataclass(frozen=True, slots=True)
-class VoteRule:
-    """What the votes on a reply mean: the one place where 👍/👎 are decided."""
-
-    thumbs_down: str = "net"
-    min_votes: int = 0  # replies with fewer votes count only through their corrections
-
-    def __post_init__(self) -> None:
-        if self.thumbs_down not in THUMBS_DOWN:
-            raise ValueError(f"thumbs-down rule {self.thumbs_down!r}; use net or any")
-
-    def counted(self, row: FeedbackRow) -> bool:
-        """Whether the votes are enough to judge the reply by."""
-        return row.up + row.down >= max(self.min_votes, 1)
-
-    def good(self, row: FeedbackRow) -> bool:
-        return self.counted(row) and row.score > 0 and not self.bad(row)
-
-    def bad(self, row: FeedbackRow) -> bool:
-        if not self.counted(row):
-            return False
-        return row.score < 0 if self.thumbs_down == "net" else row.down > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +84,12 @@ def build(fmt: str, group: Sequence[FeedbackRow], votes: VoteRule) -> Iterator[B
 
 def _sft(group: Sequence[FeedbackRow], votes: VoteRule, *, messages: bool) -> Iterator[Built]:
     for row in group:
-        fix = better(row)
-        if fix is None and not votes.good(row):
+        correction = better(row)
+        if correction is None and not votes.good(row):
             continue
-        answer = fix.text if fix is not None else row.text
+        answer = correction.text if correction is not None else row.text
         prompt = json.loads(row.prompt_json)
-        info = {**meta(row), "answer_from": "correction" if fix else "reply"}
+        info = {**meta(row), "answer_from": "correction" if correction else "reply"}
         if messages:
             record = {"messages": [*prompt, *assistant(answer)], "meta": info}
         else:
@@ -133,10 +109,10 @@ def _dpo(group: Sequence[FeedbackRow], votes: VoteRule) -> Iterator[Built]:
         # Rejected: a 👎 reply, or one swiped away (unless people liked it after all).
         if not (votes.bad(row) or (swiped_away and not votes.good(row))):
             continue
-        fix = better(row)
+        correction = better(row)
         sibling = next((r for r in liked if r.text != row.text), None)
-        if fix is not None and fix.text != row.text:
-            chosen, source, chosen_id = fix.text, "correction", None
+        if correction is not None and correction.text != row.text:
+            chosen, source, chosen_id = correction.text, "correction", None
         elif kept is not None and kept.id != row.id and kept.text != row.text:
             chosen, source, chosen_id = kept.text, "kept swipe", kept.id
         elif sibling is not None:

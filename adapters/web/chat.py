@@ -174,7 +174,7 @@ async def rate(request: Request) -> Response:
     if value not in (1, -1, 0) or isinstance(value, bool):
         return problem("value: use 1 (👍), -1 (👎) or 0 (remove your vote)")
     studio, viewer = studio_of(request), viewer_id(request)
-    if not await studio.core.rate(PLATFORM, viewer, message_id, viewer, value):
+    if not await studio.core.vote(PLATFORM, viewer, message_id, viewer, value):
         return problem("message_id: not a reply in this chat", 404)
     return JSONResponse({"ok": True, "value": value})
 

@@ -16,6 +16,7 @@ import time
 
 from bot.characters import Character
 from bot.reply import ReplyTarget, split_message
+from storage.records import ReplyAddress
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -28,17 +29,7 @@ class ShownReply(ReplyTarget):
 
     save_interval = 2.0  # seconds between saves of the text shown so far
 
-    def __init__(
-        self,
-        target: ReplyTarget,
-        store: Store,
-        *,
-        conversation_id: int,
-        platform: str,
-        chat_id: str,
-        reply_to_id: int,
-        character: str,
-    ) -> None:
+    def __init__(self, target: ReplyTarget, store: Store, address: ReplyAddress) -> None:
         self.inner = target
         self.store = store
         # The renderer reads these per instance: they are the wrapped platform's.
@@ -46,13 +37,7 @@ class ShownReply(ReplyTarget):
         self.edit_interval = target.edit_interval  # type: ignore[misc]
         self.typing_interval = target.typing_interval  # type: ignore[misc]
         self.text_length = target.text_length  # type: ignore[method-assign]
-        self._row = dict(
-            conversation_id=conversation_id,
-            platform=platform,
-            chat_id=chat_id,
-            reply_to_id=reply_to_id,
-            character=character,
-        )
+        self.address = address
         self.streaming_id: int | None = None
         self._shown: dict[str, str] = {}  # platform message id -> its text, in order
         self._saved_at = 0.0
@@ -65,9 +50,7 @@ class ShownReply(ReplyTarget):
         message_id = await self.inner.send(text, character=character)
         self._shown[message_id] = text
         if self.streaming_id is None:
-            self.streaming_id = await self.store.begin_reply(
-                **self._row, text=text, platform_message_id=message_id
-            )
+            self.streaming_id = await self.store.begin_reply(self.address, text, message_id)
             self._saved_at = time.monotonic()
         else:
             self._save_soon(force=True)  # a new message id must be known before a crash

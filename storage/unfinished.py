@@ -10,14 +10,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, delete, func, insert, select, update
+from sqlalchemy import Connection, case, func, select
 
-from storage.schema import Conversation, Message, MessagePart, StreamingReply
+from storage.records import NewReply, ReplyAddress
+from storage.replies import store_reply
+from storage.schema import Conversation, Message, StreamingReply
 from storage.store import Store
 
 _M = Message.__table__
 _C = Conversation.__table__
-_P = MessagePart.__table__
 _SR = StreamingReply.__table__
 
 
@@ -30,7 +31,7 @@ class Unanswered:
     chat_id: str
     thread_id: str
     platform_message_id: str | None
-    reply_to_id: int | None
+    parent_id: int | None  # None: the first of its conversation, or not linked yet
     author_id: str
     author_name: str
     text: str
@@ -49,7 +50,7 @@ class CutOff:
     thread_id: str
     character: str
     text: str  # as last saved: what the platform shows, or a little less
-    reply_to_id: int
+    parent_id: int  # the message it answers
     platform_ids: list[str]
 
 
@@ -108,45 +109,22 @@ async def cut_off(store: Store, platform: str) -> list[CutOff]:
 async def mark_interrupted(store: Store, platform: str, reply: CutOff, text: str) -> int:
     """A cut-off reply, now finished on the platform: stored as an ``interrupted`` reply
     with its messages, and the message it answered marked answered. Returns its row id."""
-    values = {
-        "conversation_id": reply.conversation_id,
-        "platform": platform,
-        "chat_id": reply.chat_id,
-        "platform_message_id": reply.platform_ids[0] if reply.platform_ids else None,
-        "role": "assistant",
-        "author_id": "bot",
-        "author_name": reply.character,
-        "character": reply.character,
-        "text": text,
-        "reply_to_id": reply.reply_to_id,
-        "status": "interrupted",
-        "error": "the bot stopped while showing this reply",
-        "created_at": time.time(),
-    }
+    address = ReplyAddress(
+        reply.conversation_id, platform, reply.chat_id, reply.parent_id, reply.character
+    )
+    finished = NewReply(
+        address,
+        text,
+        platform_message_ids=reply.platform_ids,
+        status="interrupted",
+        error="the bot stopped while showing this reply",
+    )
+    now = time.time()
 
     def work(conn: Connection) -> int:
-        message_id = conn.execute(insert(_M).values(values).returning(_M.c.id)).scalar_one()
-        if reply.platform_ids:
-            conn.execute(
-                insert(_P),
-                [
-                    {
-                        "message_id": message_id,
-                        "platform": platform,
-                        "chat_id": reply.chat_id,
-                        "platform_message_id": pid,
-                        "part_index": index,
-                    }
-                    for index, pid in enumerate(reply.platform_ids)
-                ],
-            )
-        conn.execute(delete(_SR).where(_SR.c.id == reply.id))
-        conn.execute(
-            update(_M)
-            .where(and_(_M.c.id == reply.reply_to_id, _M.c.progress == "pending"))
-            .values(progress="answered")
+        return store_reply(
+            conn, finished, created_at=now, streaming_id=reply.id, answers=reply.parent_id
         )
-        return int(message_id)
 
     return await store.write(work)
 

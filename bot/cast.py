@@ -1,0 +1,77 @@
+"""The cast: the configured characters by name, and which of them answers a message."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+
+from bot.characters import Character
+from bot.errors import UnknownCharacter
+from bot.messages import Inbound
+from storage.records import StoredInbound
+
+
+class Cast:
+    """Every configured character, looked up by name (case-insensitive), and the default.
+
+    A character's LoRA can change while the bot runs (:meth:`replace`); everything else
+    about the cast is fixed at start-up.
+    """
+
+    def __init__(self, characters: Sequence[Character], default: str | None = None) -> None:
+        if not characters:
+            raise ValueError("at least one character is needed")
+        self._by_name = {c.name.lower(): c for c in characters}
+        # By name, not a copy: replace() swaps the Character object.
+        self._default_key = self.get(default or characters[0].name).name.lower()
+        # A character is named when the message starts with its name ("Mara, ...") or
+        # @-mentions it anywhere; merely talking about a character does not summon it.
+        # Longest names first, so "Captain Mara" wins over "Mara".
+        names = "|".join(sorted((re.escape(c.name) for c in characters), key=len, reverse=True))
+        self._name_pattern = re.compile(
+            rf"^\s*@?({names})(?!\w)|(?<!\w)@({names})(?!\w)", re.IGNORECASE
+        )
+
+    @property
+    def characters(self) -> list[Character]:
+        return list(self._by_name.values())
+
+    @property
+    def default(self) -> Character:
+        return self._by_name[self._default_key]
+
+    def get(self, name: str) -> Character:
+        """The character called ``name`` (case-insensitive); raises UnknownCharacter."""
+        found = self._by_name.get(name.strip().lower())
+        if found is None:
+            raise UnknownCharacter(name, [c.name for c in self._by_name.values()])
+        return found
+
+    def first_known(self, *names: str | None) -> Character:
+        """The first of ``names`` that is a configured character, else the default."""
+        for name in names:
+            if name and name.lower() in self._by_name:
+                return self._by_name[name.lower()]
+        return self.default
+
+    def with_lora(self, name: str, path: str | None) -> Character:
+        """Give character ``name`` the LoRA at ``path`` from now on; the updated character."""
+        updated = dataclasses.replace(self.get(name), lora=path)
+        self._by_name[updated.name.lower()] = updated
+        return updated
+
+    def choose(self, msg: Inbound, stored: StoredInbound) -> Character:
+        """Who answers ``msg``: an explicit choice, a name at the start or @-mentioned, the
+        character replied to, the chat's current character, the adapter's default for the
+        chat, the default. Raises UnknownCharacter for an explicit choice of nobody."""
+        if msg.character:
+            return self.get(msg.character)
+        named = self._name_pattern.search(msg.text)
+        if named:
+            return self.get(named.group(1) or named.group(2))
+        replied = stored.replied
+        continuing = (
+            replied.character if replied is not None and replied.role == "assistant" else None
+        )
+        return self.first_known(continuing, stored.chat_character, msg.default_character)

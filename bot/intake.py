@@ -1,0 +1,201 @@
+"""Intake: store what arrives at once, in arrival order per chat, then answer each message
+in its chat's line — linked into the conversation first, answered if it is addressed."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from bot.answering import Answerer, ChatKey, ReplyResult, notice
+from bot.cast import Cast
+from bot.errors import CharbotError
+from bot.history import HISTORY_LIMIT, Chain, ChainCache
+from bot.messages import Inbound
+from bot.reply import ReplyTarget
+from bot.sequencer import ChatLines, Place
+from bot.swipes import Swipes
+from storage.records import HistoryMessage, NewInbound, StoredInbound
+from storage.schema import clean_text
+from storage.store import StorageUnavailable, Store
+
+log = logging.getLogger(__name__)
+
+STORE_BUSY = "I'm having trouble saving messages right now — I'll answer as soon as I can."
+
+Answering = asyncio.Task[ReplyResult | None]
+
+
+class Intake:
+    """Takes every inbound message in and answers it in its chat's line.
+
+    Two lines per chat: a short one for storing (so row ids follow arrival) and the
+    answering line (``lines``, shared with the rest of the core). At most ``max_replies``
+    replies are written at once over all chats; that decides when a message is answered,
+    never whether it is stored.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        cast: Cast,
+        answerer: Answerer,
+        swipes: Swipes,
+        chains: ChainCache,
+        lines: ChatLines,
+        max_replies: int,
+    ) -> None:
+        self.store = store
+        self.cast = cast
+        self.answerer = answerer
+        self.swipes = swipes
+        self.chains = chains
+        self.lines = lines
+        self._store_lines = ChatLines()
+        self.answering: set[Answering] = set()  # see receive()
+        self._background: set[asyncio.Task[Any]] = set()  # notices sent on the side
+        self.stopping = False  # set by Core.begin_stop: nothing new is answered
+        # Replies being written at once, over all chats. More only queue up in the model and
+        # the platform's HTTP pool, and they would starve intake of the event loop.
+        self._replying = asyncio.Semaphore(max_replies)
+
+    async def receive(
+        self, msg: Inbound, target: ReplyTarget, *, report_errors: bool = True
+    ) -> Answering | None:
+        """Store ``msg`` and return at once with the task answering it (see
+        :meth:`bot.core.Core.receive`)."""
+        if not msg.text.strip():
+            return None
+        msg = dataclasses.replace(
+            msg, text=clean_text(msg.text), author_name=clean_text(msg.author_name)
+        )
+        key = (msg.platform, msg.chat_id, msg.thread_id or "")
+        storing, place = self._store_lines.enter(key), self.lines.enter(key)
+        stored: StoredInbound | None = None
+        try:
+            await storing.wait()
+            # With nothing ahead of it in this chat, its place is known now.
+            stored = await self._store(msg, target, link_now=place.first)
+        finally:
+            storing.done()
+            # The answering line is entered; it must be left in order even when nothing is
+            # answered (a duplicate, a failure), so that is a task too.
+            answer = stored if stored is not None and not stored.duplicate else None
+            task = self._start(self._answer_in_line(place, key, msg, answer, target, report_errors))
+        return task if stored is not None and not stored.duplicate else None
+
+    def resume(self, msg: Inbound, stored: StoredInbound, target: ReplyTarget) -> Answering:
+        """Answer a message stored earlier in its chat's line, after whatever waits there."""
+        key = (msg.platform, msg.chat_id, msg.thread_id or "")
+        place = self.lines.enter(key)
+        return self._start(self._answer_in_line(place, key, msg, stored, target, True))
+
+    def _start(self, work: Coroutine[Any, Any, ReplyResult | None]) -> Answering:
+        task = asyncio.create_task(work)
+        self.answering.add(task)
+        task.add_done_callback(self._answered)
+        return task
+
+    async def _store(self, msg: Inbound, target: ReplyTarget, *, link_now: bool) -> StoredInbound:
+        record = NewInbound(
+            platform=msg.platform,
+            chat_id=msg.chat_id,
+            thread_id=msg.thread_id,
+            platform_message_id=msg.message_id,
+            author_id=msg.author_id,
+            author_name=msg.author_name,
+            text=msg.text,
+            reply_to_platform_id=msg.reply_to_platform_id,
+            created_at=msg.sent_at,
+            wants_answer=msg.addressed,
+            wanted_character=msg.character,
+            default_character=msg.default_character,
+        )
+        noticed = False
+
+        def waiting() -> None:  # the database is busy: tell the user once, then keep trying
+            nonlocal noticed
+            if not noticed and msg.addressed:
+                noticed = True
+                self._spawn(notice(target, STORE_BUSY))
+
+        while True:
+            try:
+                return await self.store.store_inbound(record, link_now=link_now, on_wait=waiting)
+            except StorageUnavailable:
+                if self.stopping:
+                    raise
+                log.error("database unavailable; still holding message %s", msg.message_id)
+                waiting()
+
+    async def _answer_in_line(
+        self,
+        place: Place,
+        key: ChatKey,
+        msg: Inbound,
+        stored: StoredInbound | None,
+        target: ReplyTarget,
+        report_errors: bool,
+    ) -> ReplyResult | None:
+        """Wait for this message's place in its chat's line, link it into the conversation,
+        and answer it if it is addressed, unless the core is stopping (then it stays pending
+        and the next start answers it)."""
+        try:
+            await place.wait()
+            if stored is None:
+                return None
+            chain = await self._link(msg, stored)
+            if not msg.addressed or self.stopping:
+                return None
+            try:
+                character = self.cast.choose(msg, stored)
+            except CharbotError as exc:
+                # Told to the user; answered in that sense, so a restart does not repeat it.
+                await self.store.set_progress([stored.message_id], "answered")
+                if not report_errors:
+                    raise
+                await notice(target, str(exc))
+                return None
+            async with self._replying:
+                if self.stopping:
+                    return None
+                return await self.answerer.answer(
+                    key=key,
+                    conversation=stored.conversation_id,
+                    chain=chain,
+                    character=character,
+                    user_name=msg.author_name,
+                    target=target,
+                    answers=stored.message_id,
+                )
+        finally:
+            place.done()
+
+    async def _link(self, msg: Inbound, stored: StoredInbound) -> Chain:
+        """Link the stored message to the one it follows; its chain, ending with it."""
+        parent = stored.parent_id
+        if not stored.linked:
+            parent = await self.store.settle(stored.message_id, stored.conversation_id)
+        # After swipes, the conversation goes on from the sibling shown (choice stored).
+        parent = await self.swipes.continue_from(
+            stored.message_id, parent, msg.author_id, explicit=stored.replied is not None
+        )
+        me = HistoryMessage(stored.message_id, "user", msg.text, None, msg.author_name)
+        chain = self.chains.extend(parent, me)
+        if chain is None:
+            chain = self.chains.put(tuple(await self.store.history(me.id, HISTORY_LIMIT)))
+        return chain
+
+    def _answered(self, task: Answering) -> None:
+        self.answering.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            log.error("answering failed: %s", error, exc_info=error)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
