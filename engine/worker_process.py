@@ -241,6 +241,10 @@ class ProcessScheduler:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+        # The child is gone, so the reader meets Stopped or the end of the socket soon:
+        # closing the connection under its recv() would fail that thread instead.
+        if self._reader.is_alive():
+            self._reader.join(timeout=10)
         self._conn.close()
 
     # --- used by the backend ---------------------------------------------------------------
