@@ -20,8 +20,6 @@ from storage.errors import StorageError
 from training import commands as data_commands
 from training import commands_train as lora_commands
 
-log = logging.getLogger("charbot")
-
 
 def build_parser() -> argparse.ArgumentParser:
     # The shared options are accepted before or after the command ("charbot chat --backend
