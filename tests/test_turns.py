@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.characters import Character
-from bot.turns import TurnFilter
+from bot.turns import TURN_MARKERS, TurnFilter
 from tests.conftest import MakeCore
 from tests.fakes import FakeModel, RecordingTarget
 from tests.test_core import inbound
@@ -170,3 +170,25 @@ async def test_the_local_backend_stops_at_a_new_turn(make_core: MakeCore, tmp_pa
         assert reply.text == "Hi." and reply.completion_tokens < 20
     finally:
         await model.close()
+
+
+def test_held_back_marker_starts_match_a_check_of_every_prefix() -> None:
+    """The tail lookup holds back exactly what checking every prefix of every marker did."""
+    import random
+
+    def every_prefix(text: str, markers: tuple[str, ...]) -> int:
+        hold = len(text)
+        for marker in markers:
+            for size in range(min(len(marker) - 1, len(text)), 0, -1):
+                if text.endswith(marker[:size]):
+                    hold = min(hold, len(text) - size)
+                    break
+        return hold
+
+    chosen = random.Random(7)
+    markers = (*TURN_MARKERS, "<|a", "ab")
+    turns = TurnFilter([], markers)
+    pieces = ["<", "|", "im", "_", "start", "end", "[", "INST", "]", "</", "s", "a", "b", "x", " "]
+    for _ in range(3000):
+        text = "".join(chosen.choice(pieces) for _ in range(chosen.randint(0, 8)))
+        assert turns._hold_from(text) == every_prefix(text, markers), text
