@@ -30,7 +30,7 @@ from engine.errors import Busy, ModelError
 from engine.jobs import Job, send_to_loops
 from engine.local_files import ModelSource
 from engine.scheduler_like import SchedulerStats
-from engine.settings import EngineSettings
+from engine.settings import EngineSettings, engine_settings
 from engine.worker_messages import (
     AddStopIds,
     Cancel,
@@ -175,7 +175,9 @@ class ProcessScheduler:
     last reported."""
 
     def __init__(self, settings: EngineSettings) -> None:
-        self.settings = settings
+        # A caller's subclass (the bot's ModelSettings) would make the child import the bot
+        # to unpickle it: the child gets the engine's fields only.
+        self.settings = engine_settings(settings)
         # The child's queue bound is the real one; this keeps the pipe from filling up.
         self.max_in_flight = settings.max_batch_size + settings.max_queue
         self.info: ModelInfo | None = None  # once ready

@@ -154,7 +154,7 @@ from engine.local_files import ModelSource
 settings = ModelSettings(base={str(tiny_all_linear["base"])!r}, threads=1)
 loaded = load_standalone(ModelSource(settings.base, "tiny"), settings)
 scheduler = build_scheduler(loaded, settings)
-name = scheduler.registry.load("bram", {str(tiny_all_linear["lora"])!r}).name
+name = scheduler.registry.load("bram", {str(tiny_all_linear["lora"])!r}).peft_name
 scheduler.registry.multi.set_rows([name])
 kv = BatchKV(len(loaded.model.model.layers), 1, transformers=False)
 ids, mask, positions = kv.prefill_inputs([[5, 6, 7]], 0)

@@ -117,6 +117,23 @@ def test_every_message_survives_the_boundary(pipe):
         assert across(pipe, message) == message
 
 
+def test_the_model_process_is_sent_the_engines_settings_only():
+    """The bot's ModelSettings subclasses EngineSettings; unpickling it would make the model
+    process import the bot, so the child is sent a plain EngineSettings with its values."""
+    from bot.config import ModelSettings
+
+    process = ProcessScheduler(ModelSettings(base="tiny", threads=1, temperature=0.2))
+    child = Connection(process._child_socket.detach())
+    try:
+        process.load(ModelSource("/m", "m"))
+        sent = child.recv()
+        assert type(sent.settings) is EngineSettings
+        assert sent.settings == EngineSettings(base="tiny", threads=1)
+    finally:
+        child.close()
+        process._conn.close()
+
+
 def test_scheduler_events_become_typed_events_and_back():
     error = Busy("the model is busy; try again shortly")
     token, done, failed = (
