@@ -135,15 +135,17 @@ class ConsoleAdapter(PlatformAdapter):
                 self.say(f"Talking to {current.name}. /help lists the commands.")
                 if current.greeting:
                     await self.greet()
-                async for line in self._typed():
-                    if not await self.handle_line(line) or self._quitting:
-                        break
+                try:
+                    async for line in self._typed():
+                        if not await self.handle_line(line) or self._quitting:
+                            break
+                finally:
+                    self._ignore_ctrl_c()
             else:
                 async for line in self._lines(prompt=""):
                     if not await self.handle_line(line):
                         break
         finally:
-            self._ignore_ctrl_c()
             self.done.set()
 
     def _catch_ctrl_c(self) -> None:
