@@ -10,13 +10,13 @@ import pytest
 
 from engine import ChatModel, Chunk, GenerationRequest, Sampling, Usage
 from training.paraphrase import (
+    ASK,
     CANDIDATES_PER_PARAPHRASE,
     clean_rewording,
     generate_paraphrases,
 )
 
 BOAT = "What is your boat called?"
-PREFIX = "Reword this question: "
 NAME = "What name does your boat have?"
 
 
@@ -32,7 +32,7 @@ class CannedRewordings(ChatModel):
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)
-        asked = request.messages[-1]["content"].removeprefix(PREFIX)
+        asked = request.messages[-1]["content"].removeprefix(ASK)
         canned = self.replies.get(asked, [])
         seed = request.sampling.seed or 0
         text = canned[seed] if seed < len(canned) else ""
@@ -106,7 +106,7 @@ async def test_every_question_is_asked_with_its_own_seeds_and_may_get_none(minil
     count = 2 * CANDIDATES_PER_PARAPHRASE
     assert len(model.requests) == 2 * count
     for question in (BOAT, other):
-        asked = [r for r in model.requests if r.messages[-1]["content"] == PREFIX + question]
+        asked = [r for r in model.requests if r.messages[-1]["content"] == ASK + question]
         assert sorted(r.sampling.seed for r in asked) == list(range(count))
         assert asked[0].messages[0]["role"] == "system"
 
@@ -122,6 +122,11 @@ async def test_every_question_is_asked_with_its_own_seeds_and_may_get_none(minil
         ("Boat name?", None),  # under three words
         (" ".join(["very"] * 30) + " long?", None),
         ("I think it is called the Kittiwake.", None),  # an answer to a question
+        ('I can rephrase it as: "What name does your boat have?', NAME),
+        ('What do you mean by "called"?', 'What do you mean by "called"?'),
+        ("What name does my boat have?", None),  # asked of the wrong person
+        ("Do you moor your boat by the shop?", None),  # the prompt's example leaking in
+        ("the name of your boat?", None),  # a fragment
     ],
 )
 def test_cleaning_a_reply(reply: str, expected: str | None) -> None:

@@ -50,6 +50,11 @@ _LABEL = re.compile(
 )
 _MARKER = re.compile(r"^(?:\d+[.)]|[-*•])\s+")
 _QUOTES = "\"'`“”‘’«»*"
+ASK = "Reword this question: "
+# A sentence quoted inside a lead-in: 'I can rephrase it as: "Where ...?"' (closed or not).
+_QUOTED = re.compile(r"[\"“]([^\"“”]+[?.!])(?:[\"”]|$)")
+_YOU = re.compile(r"\b(?:you|your|yours|yourself)\b", re.IGNORECASE)
+_ME = re.compile(r"\b(?:i|me|my|mine|myself)\b", re.IGNORECASE)
 
 
 class Encoder(Protocol):
@@ -58,31 +63,50 @@ class Encoder(Protocol):
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+# One worked example: without it SmolLM2-135M mostly answers the question instead. Its
+# words leak into rewordings ("Do you sleep at the shop?"): such a candidate is dropped.
+EXAMPLE = ("What time does the shop open?", "When does the shop open its doors?")
+EXAMPLE_WORDS = frozenset({"shop", "doors"})
+
+
 def reword_prompt(question: str) -> list[dict[str, str]]:
     """The chat messages asking the model for one rewording of ``question``."""
     return [
         {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": f"Reword this question: {question}"},
+        {"role": "user", "content": f"{ASK}{EXAMPLE[0]}"},
+        {"role": "assistant", "content": EXAMPLE[1]},
+        {"role": "user", "content": f"{ASK}{question}"},
     ]
 
 
 def clean_rewording(text: str, question: str) -> str | None:
-    """The rewording in a model's reply: its first line with text once labels, list markers
-    and quotes are taken off, cut after its first "?" when the question is one. None where
-    that is not MIN_WORDS-MAX_WORDS words ending in "?" for a question (a statement there
-    is mostly the model answering it, and an answer scores ~0.77 against its question) or in
-    ?, . or ! for a request; one without an ending was usually cut off at max_new_tokens."""
+    """The rewording in a model's reply, or None.
+
+    Its first line with text once labels, list markers and quotes are taken off (or the
+    sentence it quotes: 'I would put it as: "...?"'), cut after its first "?" when the
+    question is one. None unless that is MIN_WORDS-MAX_WORDS words ending in "?" for a
+    question (a statement there is mostly the model answering it, and an answer scores
+    ~0.77 against its question) or in ?, . or ! for a request (no ending: usually cut off at
+    max_new_tokens) and starting with a capital; None too where it uses the prompt's example
+    (EXAMPLE_WORDS), or asks about "me" what the question asks "you" (SmolLM2
+    turns "What do you like to eat?" into "What do I like to eat?", similarity ~0.9).
+    """
     line = ""
     for raw in text.splitlines():
-        line = _strip(raw)
+        quoted = [q for q in _QUOTED.findall(raw) if len(q.split()) >= MIN_WORDS]
+        line = _strip(quoted[-1] if quoted else raw)
         if line:
             break
+    if _YOU.search(question) and not _YOU.search(line) and _ME.search(line):
+        return None  # "What do I like to eat?": asked of the wrong person
+    if (EXAMPLE_WORDS & set(normalised(line).split())) - set(normalised(question).split()):
+        return None
     asks = question.rstrip().endswith("?")
     if asks and "?" in line:
         line = line[: line.index("?") + 1]
     if not MIN_WORDS <= len(line.split()) <= MAX_WORDS or line[-1] not in ("?" if asks else "?.!"):
         return None
-    return line if any(c.isalpha() for c in line) else None
+    return line if line[0].isupper() else None  # a sentence, not a fragment or a number
 
 
 def _strip(line: str) -> str:
