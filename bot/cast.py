@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from bot.characters import Character
 from bot.errors import UnknownCharacter
+from bot.knowledge import with_version_knowledge
 from bot.messages import Inbound
 from storage.records import StoredInbound
 
@@ -22,7 +23,13 @@ class Cast:
     def __init__(self, characters: Sequence[Character], default: str | None = None) -> None:
         if not characters:
             raise ValueError("at least one character is needed")
-        self._by_name = {c.name.lower(): c for c in characters}
+        self._configured_knowledge = {c.name.lower(): c.knowledge for c in characters}
+        self._by_name = {
+            c.name.lower(): dataclasses.replace(
+                c, knowledge=with_version_knowledge(c.knowledge, c.lora)
+            )
+            for c in characters
+        }
         # By name, not a copy: replace() swaps the Character object.
         self._default_key = self.get(default or characters[0].name).name.lower()
         # A character is named when the message starts with its name ("Mara, ...") or
@@ -56,8 +63,13 @@ class Cast:
         return self.default
 
     def with_lora(self, name: str, path: str | None) -> Character:
-        """Give character ``name`` the LoRA at ``path`` from now on; the updated character."""
-        updated = dataclasses.replace(self.get(name), lora=path)
+        """Give character ``name`` the LoRA at ``path`` from now on, and the corrections that
+        version learnt as knowledge; the updated character."""
+        character = self.get(name)
+        knowledge = self._configured_knowledge[character.name.lower()]
+        updated = dataclasses.replace(
+            character, lora=path, knowledge=with_version_knowledge(knowledge, path)
+        )
         self._by_name[updated.name.lower()] = updated
         return updated
 

@@ -34,6 +34,9 @@ INDEX_VERSION = 1  # bump when the index layout or the embedded text changes
 BATCH = 256
 TOP_K = 4
 MIN_SCORE = 0.35  # below this a "closest" entry is usually unrelated; leave it out
+# In a LoRA version's directory: the corrections it was trained on, as question–answer
+# knowledge, so retrieval puts them in the prompt when they are asked about in any words.
+LEARNT = "knowledge.jsonl"
 
 
 class KnowledgeFileError(ValueError):
@@ -42,10 +45,12 @@ class KnowledgeFileError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Fact:
-    """One entry of a knowledge file: ``key`` is embedded, ``text`` is inserted."""
+    """One entry of a knowledge file: ``key`` is embedded, ``text`` is inserted; a
+    question–answer pair keeps its ``answer`` alone too (training asks the question)."""
 
     key: str
     text: str
+    answer: str = ""
 
 
 def read_facts(path: Path) -> Iterator[Fact]:
@@ -78,7 +83,12 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 def _qa(question: str, answer: str) -> Fact:
     # Unlabelled: with "Q: … A: …" in the prompt, the default model began 6-8% of its
     # replies with "A: " or wrote "- Q: …" lines (benchmarks/persona.py, five seeds).
-    return Fact(question.strip(), f"{question.strip()} {answer.strip()}")
+    return Fact(question.strip(), fact_text(question, answer), answer.strip())
+
+
+def fact_text(question: str, answer: str) -> str:
+    """How a question–answer pair reads in the prompt's knowledge."""
+    return f"{question.strip()} {answer.strip()}"
 
 
 def _csv_facts(path: Path) -> Iterator[Fact]:
@@ -148,6 +158,14 @@ def _passage_facts(path: Path) -> Iterator[Fact]:
             paragraph = []
     if paragraph:
         yield Fact(" ".join(paragraph), " ".join(paragraph))
+
+
+def with_version_knowledge(files: tuple[str, ...], lora_path: str | None) -> tuple[str, ...]:
+    """A character's knowledge ``files`` and the LoRA version's learnt knowledge, if any."""
+    if lora_path is None:
+        return files
+    learnt = Path(lora_path) / LEARNT
+    return (*files, str(learnt)) if learnt.is_file() else files
 
 
 def check_file(path: Path) -> int:

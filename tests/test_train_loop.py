@@ -70,9 +70,10 @@ rank = 8
 alpha = 16
 epochs = 20
 learning_rate = 0.02
-max_length = 96
+max_length = 256
 val_fraction = 0.0
 bf16 = "false"
+replay = 0
 [[characters]]
 name = "Bram"
 system_prompt = "You are Bram."
@@ -102,6 +103,9 @@ system_prompt = "You are Bram."
         assert code == 0
         (version,) = list_versions(loras, "Bram")
         assert version.metadata["examples"] == len(CORRECTIONS)
+        assert version.metadata["recipe"]["counts"]["corrections"] == len(CORRECTIONS)
+        learnt = (version.path / "knowledge.jsonl").read_text().splitlines()
+        assert len(learnt) == len(CORRECTIONS)  # the corrections, kept as knowledge too
         assert version.metadata["stages"][-1]["name"] == "feedback"
         assert version.metadata["evaluation"]["corrected_questions"] == len(CORRECTIONS)
         code = await asyncio.to_thread(

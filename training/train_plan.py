@@ -20,8 +20,10 @@ from typing import Any
 
 from bot.config import Config, TrainingSettings
 from bot.errors import CharbotError
+from bot.knowledge import LEARNT
 from bot.loras import LoraVersion, character_dir, find_version
 from engine import BaseIdentity, EngineError, base_identity, fingerprint
+from training.recipe import Recipe, build_recipe, write_learnt
 from training.train import StopFlag, TrainPlan, TrainResult, lora_bytes, train
 from training.train_data import (
     DataError,
@@ -36,6 +38,7 @@ from training.train_data import (
 from training.versions import RunDir, check_disk, last_run, new_run, publish
 
 HELDOUT = "heldout.jsonl"
+CORRECTIONS = "corrections.jsonl"  # this version's corrections and their paraphrases
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Prepared:
     since: float | None  # feedback from replies made at or after this time
     sources: list[list[DataFile]]  # per stage: where its records came from
     resume: bool = False
+    recipe: Recipe | None = None  # the feedback recipe (sft from feedback), else None
 
 
 async def current_version(config: Config, name: str) -> LoraVersion | None:
@@ -74,11 +78,27 @@ async def build_plan(config: Config, name: str, args: argparse.Namespace) -> tup
     parent = await _parent(config, name)
     since = parent.metadata.get("created_ts") if parent is not None else None
     stages, validation = await _stages(config, name, settings, method, args, since)
-    if validation is None:
+    recipe = None
+    if _feedback_recipe(stages, method):
+        check_fits(stages, method, settings.min_examples)  # before any model loads
+        stages, own_validation, recipe = await _with_recipe(
+            config, name, settings, stages, parent, validation is None, args
+        )
+        validation = own_validation if validation is None else validation
+    elif validation is None:
         stages, validation = split_validation(stages, settings.val_fraction, settings.seed)
     check_fits(stages, method, settings.min_examples)
     run = new_run(settings.loras_dir, name)
     _write_data(run, stages, validation)
+    if recipe is not None:
+        write_learnt(run.path / "data", recipe.learnt)
+        write_records(
+            run.path / "data" / CORRECTIONS,
+            [
+                {"question": c.question, "answer": c.answer, "paraphrases": list(c.paraphrases)}
+                for c in recipe.corrections
+            ],
+        )
     plan = TrainPlan(
         name,
         method,
@@ -90,10 +110,55 @@ async def build_plan(config: Config, name: str, args: argparse.Namespace) -> tup
         args.device,
     )
     sources = [stage.files for stage in stages]
-    prepared = Prepared(plan, run, parent.id if parent else None, since, sources)
+    prepared = Prepared(plan, run, parent.id if parent else None, since, sources, recipe=recipe)
     _save_plan(prepared)
     note = f"from {parent.id}" if parent else "a fresh LoRA"
     return prepared, note
+
+
+def _feedback_recipe(stages: list[Stage], method: str) -> bool:
+    """The recipe applies to sft feedback read from the store (not to --data files)."""
+    return method == "sft" and bool(stages) and stages[-1].name == "feedback"
+
+
+async def _with_recipe(
+    config: Config,
+    name: str,
+    settings: TrainingSettings,
+    stages: list[Stage],
+    parent: LoraVersion | None,
+    split_head: bool,
+    args: argparse.Namespace,
+) -> tuple[list[Stage], list[dict[str, Any]], Recipe]:
+    """The feedback stage through the recipe (training/recipe.py), with the serving model
+    started for the prompts and the replayed answers; the dataset stage split as before."""
+    from engine import create_model
+    from training.asking import Asker
+
+    feedback = stages[-1]
+    head, head_validation = stages[:-1], []
+    if split_head:
+        head, head_validation = split_validation(head, settings.val_fraction, settings.seed)
+    model = create_model(
+        dataclasses.replace(config.model, backend="local"), progress=False, worker="thread"
+    )
+    await model.start()
+    try:
+        asker = Asker(config, model)
+        speaking = asker.character(name, str(parent.path) if parent else None)
+        cache = character_dir(settings.loras_dir, name) / ".replay"
+        recipe = await build_recipe(
+            asker, speaking, settings, feedback.records, speaking.lora, cache
+        )
+    finally:
+        await model.close()
+    records = [normalise(r, "sft", "feedback") for r in recipe.train]
+    stage = Stage("feedback", records, feedback.epochs, feedback.files)
+    validation = head_validation + [normalise(r, "sft", "validation") for r in recipe.validation]
+    if not getattr(args, "quiet", False):
+        for line in recipe.notes:
+            print(f"{name}: {line}")
+    return [*head, stage], validation, recipe
 
 
 def _settings(config: Config, name: str, args: argparse.Namespace) -> TrainingSettings:
@@ -183,7 +248,8 @@ async def _stages(
 
     async with open_store(config.storage) as store:
         feedback = await fresh_feedback(store, name, method, since)
-    feedback = [normalise(r, method, "feedback") for r in feedback]
+    if method != "sft":
+        feedback = [normalise(r, method, "feedback") for r in feedback]
     identity = DataFile(f"feedback since {since or 'the beginning'}", "", len(feedback))
     stages.append(Stage("feedback", feedback, settings.epochs, [identity]))
     return stages, validation  # None: the caller holds out part of each stage
@@ -237,6 +303,9 @@ async def run_training(
     result = await _train(prepared, progress, loaded)
     # The version carries the data it was trained and validated on, for `charbot eval`.
     shutil.copytree(run.path / "data", run.lora_dir / "data", dirs_exist_ok=True)
+    learnt = run.path / "data" / LEARNT
+    if learnt.is_file():  # the bot retrieves it for this version (training/recipe.py)
+        shutil.copy(learnt, run.lora_dir / LEARNT)
     evaluation = None
     if getattr(args, "eval", False):
         evaluation = await _evaluation(config, prepared, progress)
@@ -309,6 +378,11 @@ def _metadata(
             for k, v in dataclasses.asdict(plan.settings).items()
         },
         "examples": sum(len(s.records) for s in plan.stages),
+        "recipe": (
+            {"counts": prepared.recipe.counts, "notes": prepared.recipe.notes}
+            if prepared.recipe is not None
+            else None
+        ),
         "feedback_since": prepared.since,
         "stages": [
             {

@@ -108,7 +108,17 @@ class TrainingSettings:
     val_fraction: float = 0.1  # held out when the dataset has no val.jsonl
     early_stopping: int = 2  # bad epochs (validation loss above the best) before stopping
     early_stopping_tolerance: float = 0.25  # "above": by more than this fraction of the best
-    min_examples: int = 4  # fewer training examples are refused
+    min_examples: int = 3  # fewer training examples are refused
+    # The recipe for a handful of corrections (docs/training.md, "The recipe"):
+    knowledge_in_prompt: bool = True  # train a correction with its answer in the knowledge
+    learn_as_knowledge: bool = True  # the version's corrections become retrievable knowledge
+    replay: int = 12  # the current version's own answers to everyday prompts, mixed in
+    persona_replay: int = 8  # the character's knowledge facts, asked with the fact retrieved
+    min_heldout: int = 20  # fewer records: train on all, validate on paraphrases
+    # The gate of `train --use` and `loras use`: refuse a version worse than the current one
+    max_leak_increase: float = 0.02  # leak rate up by more than this
+    max_distinct_drop: float = 0.05  # distinct-reply rate down by more than this
+    max_persona_drop: float = 0.1  # persona facts down by more than this
     bf16: str = "auto"  # "auto" (where the CPU has bf16) | "true" | "false"
     loras_dir: Path = Path("data/loras")  # versions: loras_dir/<character>/vNNNN-<hash>/
     datasets_dir: Path = Path("data/datasets")  # a character's base dataset

@@ -50,3 +50,9 @@ def _check_training(where: Where, label: str, settings: TrainingSettings) -> Non
         where.fail(f"[{label}] val_fraction", "must be at least 0 and below 1")
     if settings.learning_rate <= 0:
         where.fail(f"[{label}] learning_rate", "must be above 0")
+    for name in ("replay", "persona_replay", "min_heldout"):
+        if getattr(settings, name) < 0:
+            where.fail(f"[{label}] {name}", "must be 0 (off) or more")
+    for name in ("max_leak_increase", "max_distinct_drop", "max_persona_drop"):
+        if not 0 <= getattr(settings, name) <= 1:
+            where.fail(f"[{label}] {name}", "is a share of replies: from 0 to 1, e.g. 0.05")
