@@ -133,3 +133,24 @@ def platform_ids(conn: Connection, message_id: int) -> list[str]:
         .order_by(_P.c.part_index)
     )
     return [r[0] for r in rows]
+
+
+def asked_of(conn: Connection, character: str, limit: int) -> list[str]:
+    """The newest distinct texts users sent that ``character`` answered (an evaluation's
+    real-message prompts), newest first, at most ``limit``."""
+    reply = Message.__table__.alias("reply")
+    query = (
+        select(_M.c.text, _M.c.id)
+        .join(reply, reply.c.reply_to_id == _M.c.id)
+        .where(_M.c.role == "user", reply.c.role == "assistant")
+        .where(reply.c.character == character)
+        .order_by(_M.c.id.desc())
+        .limit(limit * 4)
+    )
+    found: list[str] = []
+    for text, _id in conn.execute(query):
+        if text and text.strip() and text.strip() not in found:
+            found.append(text.strip())
+        if len(found) >= limit:
+            break
+    return found

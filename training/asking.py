@@ -21,6 +21,9 @@ from engine import ChatMessages, ChatModel, GenerationRequest, LoraSpec, Samplin
 from storage.records import HistoryMessage
 
 USER = "User"  # who asks: the console's default name, as a new user's first chat has it
+# Requests in flight at once: a full batch and some waiting, well under the local engine's
+# max_queue (64), past which it answers Busy.
+IN_FLIGHT = 32
 
 
 def eval_sampling(config: Config, character: Character) -> Sampling:
@@ -70,11 +73,14 @@ class Asker:
         them), greedy unless ``sampling`` says otherwise."""
         sampling = sampling or eval_sampling(self.config, character)
         spec = LoraSpec(character.name, character.lora) if character.lora else None
+        gate = asyncio.Semaphore(IN_FLIGHT)
 
         async def one(messages: ChatMessages) -> str:
             text = ""
-            async for chunk in self.model.stream(GenerationRequest(messages, sampling, spec)):
-                text += chunk.text
+            async with gate:
+                request = GenerationRequest(messages, sampling, spec)
+                async for chunk in self.model.stream(request):
+                    text += chunk.text
             return text.strip()
 
         return list(await asyncio.gather(*(one(p) for p in prompts)))

@@ -50,7 +50,12 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     train.add_argument("--epochs", type=int, help="override [training] epochs")
     train.add_argument("--resume", action="store_true", help="continue the last unfinished run")
     train.add_argument("--eval", action="store_true", help="evaluate the new version at the end")
-    train.add_argument("--use", action="store_true", help="switch the character to it at the end")
+    train.add_argument(
+        "--use",
+        action="store_true",
+        help="evaluate it and switch the character to it, unless it is worse (the gate)",
+    )
+    train.add_argument("--force", action="store_true", help="with --use: switch even if worse")
     train.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -83,6 +88,7 @@ def _add_loras(commands: Any, common: argparse.ArgumentParser, command: str) -> 
     use = actions.add_parser("use", parents=[common], help="switch a character to a version")
     use.add_argument("name")
     use.add_argument("version", help=f"a version id, its number (v3), or '{BASE}'")
+    use.add_argument("--force", action="store_true", help="switch even if its evaluation is worse")
     rollback = actions.add_parser(
         "rollback", parents=[common], help="go back to the previous choice"
     )
@@ -121,6 +127,7 @@ async def loras_command(config: Config, args: argparse.Namespace) -> int:
             else:
                 version = find_version(loras_dir, name, args.version)
                 check_base(version, base_identity(config.model))
+                _gate(config, name, version.metadata.get("evaluation"), args)
                 version_id, path = version.id, str(version.path)
             await lora_choices.record_choice(store, name, version_id, path, "cli")
             now = version_id or "the bare base model"
@@ -135,6 +142,28 @@ async def loras_command(config: Config, args: argparse.Namespace) -> int:
         f"{config.training.poll_seconds:g} s"
     )
     return 0
+
+
+class Refused(CharbotError):
+    """The gate refused a version: worse than the one in use (one line, with the override)."""
+
+
+def _gate(config: Config, name: str, evaluation: Any, args: argparse.Namespace) -> None:
+    from training.gate import refusal
+
+    if getattr(args, "force", False):
+        return
+    if not evaluation or not evaluation.get("baseline"):
+        print(
+            f"charbot: note: {args.version} has no evaluation against another version; "
+            f"`charbot eval --character {name} --version {args.version} --against base` "
+            "shows how it does",
+            file=sys.stderr,
+        )
+        return
+    failed = refusal(evaluation, config.training_for(name))
+    if failed is not None:
+        raise Refused(failed)
 
 
 def _configured_lora(config: Config, name: str) -> str | None:
@@ -163,13 +192,33 @@ def _version_table(config: Config, name: str, choice: Any) -> str:
         meta = v.metadata
         loss = meta.get("validation", {}).get("best_loss")
         summary = meta.get("evaluation") or {}
-        sim = summary.get("heldout_similarity")
         lines.append(
             f"  {'▶' if v.id == current else ' '} {v.id}  {v.created[:19]}  "
             f"parent {v.parent or '-'}  {meta.get('method', '?')}  "
-            f"examples {meta.get('examples', '?')}  val loss {_num(loss)}  held-out sim {_num(sim)}"
+            f"examples {meta.get('examples', '?')}  val loss {_num(loss)}  " + _figures(summary)
         )
     return "\n".join(lines)
+
+
+def _figures(summary: dict[str, Any]) -> str:
+    """An evaluation in one line: the figures users feel, then the gate's decision."""
+    if not summary:
+        return "not evaluated"
+    parts = [
+        f"paraphrased {_pct(summary.get('paraphrase_recall'))}",
+        f"leak {_pct(summary.get('leak_rate'))}",
+        f"distinct {_pct(summary.get('distinct_rate'))}",
+        f"persona {_pct(summary.get('persona_score'))}",
+        f"held-out sim {_num(summary.get('heldout_similarity'))}",
+    ]
+    gate = summary.get("gate") or {}
+    if gate.get("passed") is False:
+        parts.append("gate: refused")
+    return "  ".join(parts)
+
+
+def _pct(value: Any) -> str:
+    return f"{value:.0%}" if isinstance(value, int | float) else "-"
 
 
 def _num(value: Any) -> str:
@@ -214,6 +263,22 @@ async def train_command(config: Config, args: argparse.Namespace) -> int:
         print(f"charbot: {exc}", file=sys.stderr)
         return 130
     print(f"{name}: trained {version.id} ({since_note}) in {version.path}")
+    evaluation = version.metadata.get("evaluation")
+    if evaluation:
+        print(f"{name} {version.id}: {_figures(evaluation)}")
+        baseline = evaluation.get("baseline")
+        if baseline:
+            print(f"{name} {evaluation.get('against')} (in use): {_figures(baseline)}")
+    if args.use and not args.force:
+        from training.gate import refusal
+
+        failed = refusal(evaluation, config.training_for(name))
+        if failed is not None:
+            print(
+                f"charbot: not switched: {failed.replace('the new version', version.id)}",
+                file=sys.stderr,
+            )
+            return 1
     if args.use:
         from storage import lora_choices
         from storage.store import open_store
@@ -222,7 +287,7 @@ async def train_command(config: Config, args: argparse.Namespace) -> int:
             await lora_choices.record_choice(store, name, version.id, str(version.path), "train")
         print(f"{name} now speaks with {version.id}")
     else:
-        print(f"switch to it with: charbot LoRAs use {name} {version.id}")
+        print(f"switch to it with: charbot loras use {name} {version.id}")
     return 0
 
 
@@ -247,9 +312,12 @@ async def eval_command(config: Config, args: argparse.Namespace) -> int:
     for e in evals:
         s = e.summary()
         print(
-            f"{name} {e.label}: held-out similarity {_num(s['heldout_similarity'])} "
-            f"({s['heldout_questions']}), corrected {_num(s['corrected_similarity'])} "
-            f"({s['corrected_questions']}), held-out loss {_num(s['heldout_loss'])}"
+            f"{name} {e.label}: paraphrased {_pct(s['paraphrase_recall'])} of "
+            f"{s['paraphrase_questions']}, leak {_pct(s['leak_rate'])} and distinct "
+            f"{_pct(s['distinct_rate'])} of {s['unrelated_prompts']} unrelated, persona "
+            f"{_pct(s['persona_score'])} of {s['persona_questions']}, held-out similarity "
+            f"{_num(s['heldout_similarity'])} ({s['heldout_questions']}), corrected "
+            f"{_num(s['corrected_similarity'])} ({s['corrected_questions']})"
         )
     print(f"report: {report} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     return 0

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 from bot.config import Config
 from bot.errors import CharbotError
-from bot.loras import BASE, LoraVersion, find_version, list_versions
+from bot.loras import BASE, METADATA, LoraVersion, find_version, list_versions
 from engine import ChatModel, Sampling, create_model
+from training.asking import Asker
+from training.asking import eval_sampling as greedy
+from training.eval_sets import EvalSets, read_corrections, read_sets, write_corrections
 from training.evaluate import (
     BASE_LABEL,
     Case,
@@ -18,6 +24,7 @@ from training.evaluate import (
     reference_loss,
     write_report,
 )
+from training.judging import drift, judge_version
 from training.train_data import read_records
 
 HELDOUT = "heldout.jsonl"
@@ -26,24 +33,24 @@ HELDOUT = "heldout.jsonl"
 def eval_sets(data_dir: Path, method: str = "sft") -> tuple[list[Case], list[Case]]:
     """(held-out, corrected) questions of a version: its validation records, and what its
     last stage (the feedback, by default) trained on."""
+    sets = read_sets_only(data_dir)
+    return sets.heldout, sets.corrected
+
+
+def read_sets_only(data_dir: Path) -> EvalSets:
     heldout_file = data_dir / HELDOUT
     if not heldout_file.is_file():
         raise CharbotError(f"{data_dir}: no {HELDOUT}; evaluate a version made by charbot train")
-    heldout, _ = read_records(heldout_file, method)
-    stage_files = sorted(data_dir.glob("stage-*.jsonl"), key=lambda p: int(p.name.split("-")[1]))
-    trained = read_records(stage_files[-1], method)[0] if stage_files else []
-    return cases(heldout), cases(trained)
+    heldout, _ = read_records(heldout_file, "sft")
+    stages = sorted(data_dir.glob("stage-*.jsonl"), key=lambda p: int(p.name.split("-")[1]))
+    trained = read_records(stages[-1], "sft")[0] if stages else []
+    return EvalSets(heldout=cases(heldout), corrected=cases(trained))
 
 
 def eval_sampling(config: Config, name: str) -> Sampling:
     """Greedy, with the character's own length and repetition penalty: comparable runs."""
     character = next(c for c in config.characters if c.name == name)
-    return Sampling(
-        max_new_tokens=character.max_new_tokens or config.model.max_new_tokens,
-        temperature=0.0,
-        top_p=1.0,
-        repetition_penalty=character.repetition_penalty or config.model.repetition_penalty,
-    )
+    return greedy(config, character)
 
 
 def _serving_model(config: Config, progress: bool, worker: str) -> ChatModel:
@@ -52,6 +59,32 @@ def _serving_model(config: Config, progress: bool, worker: str) -> ChatModel:
             f'charbot eval needs [model] backend = "local" (not {config.model.backend!r})'
         )
     return create_model(config.model, progress=progress, worker=worker)
+
+
+async def _real_messages(config: Config, name: str) -> list[str]:
+    from storage.messages import asked_of
+    from storage.store import open_store
+
+    async with open_store(config.storage) as store:
+        return await store.read(lambda conn: asked_of(conn, name, 64))
+
+
+async def _paraphrased(asker: Asker, data_dir: Path, progress: bool) -> int:
+    """Generate paraphrases for corrections that have none; cache them with the data."""
+    from training.paraphrase import generate_paraphrases
+
+    corrections = read_corrections(data_dir)
+    missing = [c for c in corrections if not c.get("paraphrases")]
+    if not missing:
+        return 0
+    if progress:
+        print(f"rewording {len(missing)} corrected questions (none were written)…", flush=True)
+    found = await generate_paraphrases(asker.model, [c["question"] for c in missing])
+    for c in missing:
+        c["paraphrases"] = found.get(c["question"], [])
+        c["paraphrases_from"] = "generated"
+    write_corrections(data_dir, corrections)
+    return sum(len(c["paraphrases"]) for c in missing)
 
 
 async def evaluate_directory(
@@ -64,10 +97,9 @@ async def evaluate_directory(
     *,
     worker: str = "thread",
 ) -> VersionEval:
-    """Evaluate one LoRA directory on the sets in ``data_dir`` (train --eval)."""
-    heldout, corrected = eval_sets(data_dir)
+    """Evaluate one LoRA directory on the sets in ``data_dir``."""
     results = await evaluate_many(
-        config, name, [(label, lora_path)], heldout, corrected, progress, worker=worker
+        config, name, [(label, lora_path)], data_dir, progress, worker=worker
     )
     return results[0]
 
@@ -76,39 +108,67 @@ async def evaluate_many(
     config: Config,
     name: str,
     versions: list[tuple[str, str | None]],
-    heldout: list[Case],
-    corrected: list[Case],
+    data_dir: Path,
     progress: bool,
     *,
     worker: str = "thread",
 ) -> list[VersionEval]:
-    """Answer, score and measure held-out loss for each (label, LoRA path)."""
+    """Every set for each (label, LoRA path), the first compared with the others (drift);
+    held-out loss last, with the training model."""
     import asyncio
 
     from engine import load_training_model
 
+    real = await _real_messages(config, name)
     model = _serving_model(config, progress, worker)
     await model.start()
     try:
+        asker = Asker(config, model)
+        generated = await _paraphrased(asker, data_dir, progress)
+        sets = read_sets(config, name, data_dir, real)
+        sets.generated_paraphrases = generated
         embedder = await asyncio.to_thread(Embedder)
         sampling = eval_sampling(config, name)
         results = []
         for label, path in versions:
             if progress:
                 print(f"evaluating {name} {label}…", flush=True)
-            results.append(
-                await evaluate_version(
-                    model, embedder, name, label, path, heldout, corrected, sampling
-                )
+            result = await evaluate_version(
+                model, embedder, name, label, path, sets.heldout, sets.corrected, sampling
             )
+            judged = await judge_version(asker, embedder, name, label, path, sets)
+            for key in ("paraphrased", "persona", "unrelated", "figures", "leaks"):
+                setattr(result, key, getattr(judged, key))
+            results.append(result)
     finally:
         await model.close()
+    for other in results[1:]:
+        results[0].drift = drift(embedder, results[0], other)
     base, tokenizer, _ = await asyncio.to_thread(load_training_model, config.model)
     for result, (_label, path) in zip(results, versions, strict=True):
         result.heldout_loss = await asyncio.to_thread(
-            reference_loss, base, tokenizer, path, heldout
+            reference_loss, base, tokenizer, path, sets.heldout
         )
     return results
+
+
+def with_baseline(results: list[VersionEval]) -> dict[str, Any]:
+    """The first version's summary, with the compared version's beside it."""
+    summary = results[0].summary()
+    summary["against"] = results[1].label if len(results) > 1 else None
+    summary["baseline"] = results[1].summary() if len(results) > 1 else None
+    return summary
+
+
+def save_evaluation(version: LoraVersion, summary: dict[str, Any]) -> None:
+    """Write ``summary`` into the version's metadata (what `loras list` and the studio
+    show), atomically; the version's id and weights do not change."""
+    file = version.path / METADATA
+    metadata = json.loads(file.read_text(encoding="utf-8"))
+    metadata["evaluation"] = summary
+    tmp = file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metadata, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, file)
 
 
 def _pick(config: Config, name: str, wanted: str | None, current: str | None) -> LoraVersion | None:
@@ -143,17 +203,22 @@ async def run_eval(
     chosen = [v for v in (first, second) if v is not None]
     if not chosen:
         raise CharbotError("--version base needs --against VERSION: the questions come from it")
-    heldout, corrected = eval_sets(chosen[0].path / "data")
     versions = [
         (v.id if v else BASE_LABEL, str(v.path) if v else None)
         for v in ([first, second] if against is not None else [first])
     ]
     # The serving scheduler on a thread: the same code path as the bot's, quicker to start.
-    results = await evaluate_many(config, name, versions, heldout, corrected, progress)
+    results = await evaluate_many(config, name, versions, chosen[0].path / "data", progress)
     for result in results:
         stats = live.get(None if result.label == BASE_LABEL else result.label)
         if stats is not None:
             result.live_up_rate, result.live_replies = stats.up_rate, stats.replies
+    if first is not None:
+        from training.gate import gate_record
+
+        summary = with_baseline(results)
+        summary["gate"] = gate_record(summary, config.training_for(name))
+        save_evaluation(first, summary)
     settings = config.training_for(name)
     report = write_report(results, name, settings.reports_dir)
     return report, results

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import ChatModel, GenerationRequest, LoraSpec, Sampling
+from training.quality import UnrelatedFigures
 from training.train_data import Record
 
 BASE_LABEL = "base"
@@ -45,8 +46,19 @@ class Scored:
 
 
 @dataclass
+class Judged:
+    """A fresh question's answer, and whether the content wanted came back."""
+
+    question: str
+    about: str  # the corrected question it rewords, or "persona"
+    reference: str
+    answer: str
+    hit: bool
+
+
+@dataclass
 class VersionEval:
-    """One version's results on both sets."""
+    """One version's results on every set."""
 
     label: str  # a version id, or "base"
     heldout: list[Scored] = field(default_factory=list)
@@ -54,6 +66,24 @@ class VersionEval:
     heldout_loss: float | None = None
     live_up_rate: float | None = None
     live_replies: int = 0
+    paraphrased: list[Judged] = field(default_factory=list)
+    persona: list[Judged] = field(default_factory=list)
+    unrelated: list[tuple[str, str]] = field(default_factory=list)  # (prompt, reply)
+    figures: UnrelatedFigures | None = None
+    leaks: list[tuple[str, str, str]] = field(default_factory=list)  # prompt, reply, copied
+    drift: float | None = None  # 1 - mean cosine to the compared version's unrelated replies
+
+    @staticmethod
+    def _share(judged: list[Judged]) -> float | None:
+        return sum(j.hit for j in judged) / len(judged) if judged else None
+
+    @property
+    def paraphrase_recall(self) -> float | None:
+        return self._share(self.paraphrased)
+
+    @property
+    def persona_score(self) -> float | None:
+        return self._share(self.persona)
 
     @staticmethod
     def _mean(scored: list[Scored]) -> float | None:
@@ -77,6 +107,16 @@ class VersionEval:
             "corrected_questions": len(self.corrected),
             "live_up_rate": self.live_up_rate,
             "live_replies": self.live_replies,
+            "paraphrase_recall": self.paraphrase_recall,
+            "paraphrase_questions": len(self.paraphrased),
+            "persona_score": self.persona_score,
+            "persona_questions": len(self.persona),
+            "leak_rate": self.figures.leak_rate if self.figures else None,
+            "distinct_rate": self.figures.distinct_rate if self.figures else None,
+            "distinct_2": self.figures.distinct_2 if self.figures else None,
+            "mean_words": self.figures.mean_words if self.figures else None,
+            "unrelated_prompts": self.figures.prompts if self.figures else 0,
+            "drift": self.drift,
         }
 
 
@@ -225,6 +265,92 @@ def histogram(evals: Sequence[VersionEval], path: Path) -> Path:
     return path
 
 
+FIGURES = (
+    ("paraphrase_recall", "paraphrased corrections recalled"),
+    ("leak_rate", "unrelated replies copying a trained line"),
+    ("distinct_rate", "distinct unrelated replies"),
+    ("persona_score", "persona facts right"),
+)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def figures_chart(evals: Sequence[VersionEval], path: Path) -> Path:
+    """The four collapse figures of every version, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(10, 4))
+    width = 0.8 / max(1, len(evals))
+    for index, result in enumerate(evals):
+        summary = result.summary()
+        values = [summary.get(key) or 0.0 for key, _ in FIGURES]
+        positions = [i + index * width for i in range(len(FIGURES))]
+        axis.bar(positions, values, width, label=result.label)
+    axis.set_xticks([i + width * (len(evals) - 1) / 2 for i in range(len(FIGURES))])
+    axis.set_xticklabels([label for _, label in FIGURES], fontsize=8)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("share")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _quality_lines(evals: Sequence[VersionEval], folder: Path) -> list[str]:
+    """The fresh sets: figures side by side, then each version's misses and leaks."""
+    if not any(e.figures for e in evals):
+        return []
+    figures_chart(evals, folder / "figures.png")
+    lines = [
+        "## Generalisation and collapse",
+        "",
+        "Fresh one-message chats, prompts built as the bot builds them (with the version's "
+        "learnt knowledge). Leak: a reply to an unrelated prompt that near-copies a trained "
+        "answer. Drift: 1 − mean cosine of the unrelated replies to the compared version's.",
+        "",
+        "| version | paraphrased recall | leak rate | distinct | distinct-2 | words | drift "
+        "| persona |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in evals:
+        s = e.summary()
+        lines.append(
+            f"| {e.label} | {_pct(s['paraphrase_recall'])} of {s['paraphrase_questions']} "
+            f"| {_pct(s['leak_rate'])} of {s['unrelated_prompts']} | {_pct(s['distinct_rate'])} "
+            f"| {_fmt(s['distinct_2'], 2)} | {_fmt(s['mean_words'], 1)} | {_fmt(s['drift'], 2)} "
+            f"| {_pct(s['persona_score'])} of {s['persona_questions']} |"
+        )
+    lines += ["", "![figures](figures.png)", ""]
+    for e in evals:
+        if e.leaks:
+            lines += [f"### {e.label}: leaks", "", "| prompt | reply | copies |", "|---|---|---|"]
+            lines += [f"| {_cell(p)} | {_cell(r)} | {_cell(c)} |" for p, r, c in e.leaks]
+            lines.append("")
+        for name, judged in (("paraphrased corrections", e.paraphrased), ("persona", e.persona)):
+            ordered = sorted(judged, key=lambda j: j.hit)  # misses first
+            if not ordered:
+                continue
+            lines += [
+                f"### {e.label}: {name}, misses first",
+                "",
+                "| recalled | question | answer | wanted |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {'yes' if j.hit else '**no**'} | {_cell(j.question)} | {_cell(j.answer)} "
+                f"| {_cell(j.reference)} |"
+                for j in ordered
+            ]
+            lines.append("")
+    return lines
+
+
 def write_report(evals: Sequence[VersionEval], character: str, reports_dir: Path) -> Path:
     """``reports_dir/<character>-<time>/report.md`` with its histogram; returns the file."""
     folder = reports_dir / f"{character}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -246,6 +372,7 @@ def write_report(evals: Sequence[VersionEval], character: str, reports_dir: Path
             f"| {_fmt(e.heldout_loss)} | {live} |"
         )
     lines += ["", "![similarity histogram](similarity.png)", ""]
+    lines += _quality_lines(evals, folder)
     for e in evals:
         for name in ("heldout", "corrected"):
             scored = sorted(getattr(e, name), key=lambda s: s.similarity)

@@ -307,7 +307,7 @@ async def run_training(
     if learnt.is_file():  # the bot retrieves it for this version (training/recipe.py)
         shutil.copy(learnt, run.lora_dir / LEARNT)
     evaluation = None
-    if getattr(args, "eval", False):
+    if getattr(args, "eval", False) or getattr(args, "use", False):
         evaluation = await _evaluation(config, prepared, progress)
     metadata = _metadata(config, prepared, result, evaluation)
     return publish(run, prepared.plan.settings.loras_dir, metadata)
@@ -340,23 +340,24 @@ async def _train(prepared: Prepared, progress: bool, loaded: Any) -> TrainResult
 
 
 async def _evaluation(config: Config, prepared: Prepared, progress: bool) -> Any:
-    """The new version's evaluation summary, or None (with a warning) when it failed."""
-    from training.eval_run import evaluate_directory
+    """The new version's evaluation against the one in use (or the base), with the gate's
+    decision; None (with a warning) when it failed."""
+    from training.eval_run import evaluate_many, with_baseline
+    from training.gate import gate_record
 
     run = prepared.run
+    current = (prepared.parent, prepared.plan.parent_path)
+    versions = [("new", str(run.lora_dir)), (current[0] or "base", current[1])]
     try:
-        found = await evaluate_directory(
-            config,
-            prepared.plan.character,
-            "new",
-            str(run.lora_dir),
-            run.lora_dir / "data",
-            progress,
+        found = await evaluate_many(
+            config, prepared.plan.character, versions, run.lora_dir / "data", progress
         )
-        return found.summary()
     except (CharbotError, EngineError) as exc:  # the weights are worth keeping without it
         print(f"charbot: warning: evaluation skipped: {exc}", file=sys.stderr)
         return None
+    summary = with_baseline(found)
+    summary["gate"] = gate_record(summary, prepared.plan.settings)
+    return summary
 
 
 def _metadata(
