@@ -24,7 +24,7 @@ from training.train_data import read_records
 
 HELDOUT = "heldout.jsonl"
 CORRECTIONS = "corrections.jsonl"
-REAL_PROMPTS = 16  # real user messages added to the unrelated set, at most
+REAL_PROMPTS = 20  # real user messages added to the unrelated set, at most
 PERSONA_PROBES = 16
 
 

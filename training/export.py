@@ -88,6 +88,9 @@ def iter_records(
     for _parent, group in groupby(rows, key=lambda row: row.parent_id):
         for built in build(fmt, list(group), votes):
             report.read += 1
+            if built.skipped:
+                report.removed[built.skipped] += 1
+                continue
             if built.excluded:
                 report.removed[EXCLUDED] += 1
                 continue

@@ -34,6 +34,10 @@ class Built:
 
     record: dict[str, Any]
     excluded: bool
+    skipped: str | None = None  # why the record is not an example (counted, not written)
+
+
+SAME_AS_REPLY = "correction identical to the reply it corrects"
 
 
 def assistant(text: str) -> list[dict[str, str]]:
@@ -86,6 +90,10 @@ def _sft(group: Sequence[FeedbackRow], votes: VoteRule, *, messages: bool) -> It
     for row in group:
         correction = better(row)
         if correction is None and not votes.good(row):
+            continue
+        if correction is not None and correction.text.strip() == row.text.strip():
+            # Nothing to learn, and it would teach the model that the 👎 reply was right.
+            yield Built({}, False, SAME_AS_REPLY)
             continue
         answer = correction.text if correction is not None else row.text
         prompt = json.loads(row.prompt_json)

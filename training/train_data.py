@@ -110,7 +110,8 @@ def check_fits(stages: list[Stage], method: str, min_examples: int) -> None:
     total = sum(len(s.records) for s in stages)
     if total < min_examples:
         raise DataError(
-            f"only {total} {method} training examples; at least {min_examples} are needed "
+            f"only {total} {method} training examples; at least {min_examples} are needed, "
+            "because a LoRA trained on fewer learns those lines, not the character "
             "(collect more corrections, or pass --data FILE with more records)"
         )
     if method == "kto":

@@ -244,10 +244,19 @@ async def _stages(
     if (folder / "val.jsonl").is_file():
         validation, _identity = read_records(folder / "val.jsonl", method)
     from storage.store import open_store
+    from training.cleaning import Report
     from training.feedback_source import fresh_feedback
+    from training.records import SAME_AS_REPLY
 
+    report = Report()
     async with open_store(config.storage) as store:
-        feedback = await fresh_feedback(store, name, method, since)
+        feedback = await fresh_feedback(store, name, method, since, report)
+    if report.removed.get(SAME_AS_REPLY):
+        print(
+            f"{name}: skipped {report.removed[SAME_AS_REPLY]} corrections identical to the "
+            "reply they correct",
+            file=sys.stderr,
+        )
     if method != "sft":
         feedback = [normalise(r, method, "feedback") for r in feedback]
     identity = DataFile(f"feedback since {since or 'the beginning'}", "", len(feedback))
