@@ -240,13 +240,12 @@ def test_switching_a_version_is_recorded_by_the_next_reply(
     browser.get(studio.url + "/characters")
     row = browser.find_element(By.CSS_SELECTOR, 'tr[data-version="v0002-00000002"]')
     cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
-    assert cells[4:6] == ["75%\n▲ was 50%", "12%\n▲ was 0%"]  # the change on a line of its own
+    assert cells[3:5] == ["75%\n▲ was 50%", "12%\n▲ was 0%"]  # the change on a line of its own
     worse = row.find_element(By.CSS_SELECTOR, ".was.worse")
     assert worse.value_of_css_property("color") == "rgba(170, 17, 17, 1)"  # .worse, #a11
-    # Twelve columns fit the window: the page does not scroll sideways.
-    assert browser.execute_script(
-        "return document.documentElement.scrollWidth <= document.documentElement.clientWidth"
-    )
+    # Eleven columns fit the window: neither the page nor the table scrolls sideways.
+    for element in ("document.documentElement", "document.querySelector('div.scroll')"):
+        assert browser.execute_script(f"return {element}.scrollWidth <= {element}.clientWidth")
     row.find_element(By.CSS_SELECTOR, "form.use button").click()
     wait(browser, ready.alert_is_present()).accept()  # "Switch Mara to v0002-…?"
     wait(browser, lambda d: "Mara now speaks with v0002-00000002" in d.page_source)

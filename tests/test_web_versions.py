@@ -93,7 +93,7 @@ def cell(html: str, version: str, column: str) -> str:
     return found[COLUMNS.index(column)]
 
 
-COLUMNS = ["version", "trained", "val loss", "held-out", "paraphrase", "leak", "distinct"]
+COLUMNS = ["version", "trained", "held-out", "paraphrase", "leak", "distinct"]
 COLUMNS += ["persona", "gate", "replies", "up rate", "use"]
 
 
@@ -119,14 +119,14 @@ async def test_the_page_lists_versions_with_metadata_and_scores(browser: Browser
 
 async def test_each_figure_shows_beside_the_compared_versions(browser: Browser) -> None:
     page = (await browser.get("/characters")).text
-    figures = cells(page, "v0003-00000003")[3:9]
+    figures = cells(page, "v0003-00000003")[2:8]
     assert figures == [
         "0.510 ▲ was 0.412 corrected 0.930 (was 0.800)",
         "75% ▲ was 50%",
         "0% ▼ was 10%",  # the leak rate went down: better
         "100% = was 100%",
         "83% ▲ was 67%",
-        "✓ passed against v0002-00000002",
+        "✓ passed against v0002",
     ]
     assert 'class="was better"' in cell(page, "v0003-00000003", "paraphrase")
     assert 'class="was better"' in cell(page, "v0003-00000003", "leak")
@@ -137,7 +137,7 @@ async def test_each_figure_shows_beside_the_compared_versions(browser: Browser) 
         page, "v0003-00000003", "distinct"
     )
 
-    assert cells(page, "v0004-00000004")[3:9] == [
+    assert cells(page, "v0004-00000004")[2:8] == [
         "0.200",  # no corrected similarity, no baseline's held-out one: nothing beside it
         "40%",
         "12% ▲ was 0%",
@@ -152,9 +152,11 @@ async def test_each_figure_shows_beside_the_compared_versions(browser: Browser) 
 async def test_old_and_missing_evaluations_show_what_they_have(browser: Browser) -> None:
     page = (await browser.get("/characters")).text
     # An evaluation from before paraphrases, leaks and the gate: its two similarities.
-    assert cells(page, "v0002-00000002")[3:9] == ["0.412 corrected 0.800"] + ["–"] * 5
+    made, similarity, *figures = cells(page, "v0002-00000002")[1:8]
+    assert made == "sft, 30 examples val loss –, from v0001"
+    assert similarity == "0.412 corrected 0.800" and figures == ["–"] * 5
     # No evaluation at all (charbot train without --eval): a dash in every figure.
-    assert cells(page, "v0001-00000001")[2:9] == ["1.250"] + ["–"] * 6
+    assert cells(page, "v0001-00000001")[1:8] == ["sft val loss 1.250"] + ["–"] * 6
 
 
 async def test_use_switches_the_running_bot_and_the_next_reply_records_it(
@@ -175,7 +177,7 @@ async def test_use_switches_the_running_bot_and_the_next_reply_records_it(
     await browser.post("/api/chat/rate", {"message_id": done["id"], "value": 1})
     page = (await browser.get("/characters")).text
     row = re.search(r'data-version="v0002-00000002">(.*?)</tr>', page, re.S)
-    assert row and "<td>1</td><td>100%</td>" in row[1]  # one reply, all 👍
+    assert row and '<td>100%<span class="sub">1 reply</span></td>' in row[1]  # all 👍
 
     # The same persisted choice the CLI reads and writes.
     listing = charbot(config_path, "loras", "list", "Mara")

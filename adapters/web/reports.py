@@ -64,7 +64,7 @@ class Chart:
     title: str
     points: list[tuple[str, str]]  # (a version id or "base", its creation date or "")
     series: list[Series]
-    width: int = 480  # two side by side in the page's 1100 px
+    width: int = 440  # two side by side from a 1000 px window
     height: int = 220
     pad: int = 44  # room for the axis labels and the last version's name
 
