@@ -58,7 +58,7 @@ class Scripted(ChatModel):
         for index, word in enumerate(words):
             await asyncio.sleep(0.02)
             yield Chunk(word if index == 0 else " " + word)
-        version = Path(request.adapter.path).name if request.adapter else None
+        version = Path(request.lora.path).name if request.lora else None
         yield Chunk("", Usage(10, len(words), "scripted", version, "stop"))
 
 
@@ -73,7 +73,33 @@ def demo_data(root: Path) -> Path:
         1,
         examples=24,
         validation={"best_loss": 1.84},
-        evaluation={"heldout_similarity": 0.31, "corrected_similarity": 0.52},
+        evaluation={
+            "version": "v0001-00000001",
+            "heldout_similarity": 0.31,
+            "corrected_similarity": 0.52,
+            "heldout_questions": 4,
+            "corrected_questions": 8,
+            "paraphrase_recall": 0.5,
+            "paraphrase_questions": 24,
+            "leak_rate": 0.0,
+            "unrelated_prompts": 30,
+            "distinct_rate": 0.93,
+            "distinct_2": 0.71,
+            "mean_words": 12.8,
+            "drift": 0.22,
+            "persona_score": 0.58,
+            "persona_questions": 12,
+            "against": "base",
+            "baseline": {
+                "heldout_similarity": 0.24,
+                "corrected_similarity": 0.3,
+                "paraphrase_recall": 0.21,
+                "leak_rate": 0.0,
+                "distinct_rate": 0.97,
+                "persona_score": 0.42,
+            },
+            "gate": {"passed": True, "failed": None},
+        },
     )
     make_version(
         loras,
@@ -82,7 +108,33 @@ def demo_data(root: Path) -> Path:
         parent="v0001-00000001",
         examples=61,
         validation={"best_loss": 1.42},
-        evaluation={"heldout_similarity": 0.47, "corrected_similarity": 0.81},
+        evaluation={
+            "version": "v0002-00000002",
+            "heldout_similarity": 0.47,
+            "corrected_similarity": 0.81,
+            "heldout_questions": 6,
+            "corrected_questions": 20,
+            "paraphrase_recall": 0.75,
+            "paraphrase_questions": 60,
+            "leak_rate": 0.03,
+            "unrelated_prompts": 30,
+            "distinct_rate": 1.0,
+            "distinct_2": 0.82,
+            "mean_words": 14.2,
+            "drift": 0.31,
+            "persona_score": 0.67,
+            "persona_questions": 12,
+            "against": "v0001-00000001",
+            "baseline": {
+                "heldout_similarity": 0.31,
+                "corrected_similarity": 0.52,
+                "paraphrase_recall": 0.5,
+                "leak_rate": 0.0,
+                "distinct_rate": 0.93,
+                "persona_score": 0.58,
+            },
+            "gate": {"passed": True, "failed": None},
+        },
     )
     cases = [
         (Case([{"role": "user", "content": "Is it safe?"}], SCRIPT["safe"]), 0.83),

@@ -93,12 +93,25 @@ class ServedStudio:
         return asyncio.run_coroutine_threadsafe(work, self.loop).result(30)
 
 
+EVALUATION = {
+    "heldout_similarity": 0.6,
+    "corrected_similarity": 0.9,
+    "paraphrase_recall": 0.75,
+    "leak_rate": 0.12,
+    "distinct_rate": 1.0,
+    "persona_score": 0.83,
+    "against": "v0001-00000001",
+    "baseline": {"heldout_similarity": 0.3, "paraphrase_recall": 0.5, "leak_rate": 0.0},
+    "gate": {"passed": False, "failed": "leak rate 12% vs 0% (margin 2%)"},
+}
+
+
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedStudio]:
     tmp = tmp_path_factory.mktemp("studio")
     config = write_config(tmp)
     make_version(tmp / "data" / "loras", "Mara", 1, evaluation={"heldout_similarity": 0.3})
-    make_version(tmp / "data" / "loras", "Mara", 2, evaluation={"heldout_similarity": 0.6})
+    make_version(tmp / "data" / "loras", "Mara", 2, evaluation=EVALUATION)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("charbot.wiring.build_model", lambda config: VersionedEcho.create())
         with ServedStudio(config) as served:
@@ -226,6 +239,13 @@ def test_switching_a_version_is_recorded_by_the_next_reply(
 ) -> None:
     browser.get(studio.url + "/characters")
     row = browser.find_element(By.CSS_SELECTOR, 'tr[data-version="v0002-00000002"]')
+    cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+    assert cells[3:5] == ["75%\n▲ was 50%", "12%\n▲ was 0%"]  # the change on a line of its own
+    worse = row.find_element(By.CSS_SELECTOR, ".was.worse")
+    assert worse.value_of_css_property("color") == "rgba(170, 17, 17, 1)"  # .worse, #a11
+    # Eleven columns fit the window: neither the page nor the table scrolls sideways.
+    for element in ("document.documentElement", "document.querySelector('div.scroll')"):
+        assert browser.execute_script(f"return {element}.scrollWidth <= {element}.clientWidth")
     row.find_element(By.CSS_SELECTOR, "form.use button").click()
     wait(browser, ready.alert_is_present()).accept()  # "Switch Mara to v0002-…?"
     wait(browser, lambda d: "Mara now speaks with v0002-00000002" in d.page_source)
@@ -236,5 +256,6 @@ def test_switching_a_version_is_recorded_by_the_next_reply(
     assert web_messages(studio)[-1].lora_version == "v0002-00000002"
 
     browser.get(studio.url + "/reports")
-    assert browser.find_elements(By.CSS_SELECTOR, "svg.chart polyline")
+    charts = browser.find_elements(By.CSS_SELECTOR, "svg.chart")
+    assert len(charts) == 2 and charts[1].find_elements(By.TAG_NAME, "polyline")
     browser.save_screenshot(str(ARTIFACTS / "reports.png"))

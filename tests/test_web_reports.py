@@ -75,7 +75,8 @@ async def test_the_chart_has_a_point_per_version_with_ratings_and_similarity(
     done = (await browser.say("hello"))[-1][1]
     await browser.post("/api/chat/rate", {"message_id": done["id"], "value": 1})
     page = (await browser.get("/reports")).text
-    chart = page[page.index("<svg") : page.index("</svg>")]
+    start = page.index('<svg class="chart"')
+    chart = page[start : page.index("</svg>", start)]
     lines = re.findall(r'<polyline points="([^"]*)"', chart)
     up, similarity = ([p for p in line.split(" ") if p] for line in lines)
     assert len(up) == 1  # the base model's live 👍 rate; no version has replies yet
@@ -83,3 +84,63 @@ async def test_the_chart_has_a_point_per_version_with_ratings_and_similarity(
     y1, y2 = (float(p.split(",")[1]) for p in similarity)
     assert y2 < y1  # 0.62 is drawn higher than 0.31
     assert "<td>Mara</td><td>1</td><td>1</td><td>1</td><td>0</td>" in page  # charbot stats
+
+
+def charts_of(page: str) -> list[str]:
+    """The SVG of each chart on the page, in order."""
+    return re.findall(r'<svg class="chart".*?</svg>', page, re.S)
+
+
+async def test_the_evaluation_chart_draws_each_figure_per_version(browser: Browser) -> None:
+    # v0001 and v0002 hold only similarities (old evaluations): no figures to chart yet.
+    page = (await browser.get("/reports")).text
+    assert len(charts_of(page)) == 1
+    assert "No evaluation figures in the versions' metadata yet." in page
+
+    loras = browser.config.training.loras_dir
+    make_version(
+        loras,
+        "Mara",
+        3,
+        evaluation={
+            "heldout_similarity": 0.5,
+            "paraphrase_recall": 0.5,
+            "leak_rate": 0.1,
+            "distinct_rate": 0.9,
+            "persona_score": 0.67,
+        },
+    )
+    make_version(
+        loras,
+        "Mara",
+        4,
+        evaluation={
+            "paraphrase_recall": 0.75,
+            "leak_rate": 0.0,
+            "distinct_rate": None,  # null: no dot, the line goes on past it
+            "persona_score": 0.83,
+            "baseline": {"paraphrase_recall": 0.5},
+        },
+    )
+    page = (await browser.get("/reports")).text
+    feedback, figures = charts_of(page)
+    assert "No evaluation figures" not in page
+    assert "v0003-00000003: held-out similarity 0.500" in feedback
+    lines = re.findall(r'<polyline points="([^"]*)"', figures)
+    paraphrase, leak, distinct, persona = ([p for p in line.split(" ") if p] for line in lines)
+    assert (len(paraphrase), len(leak), len(distinct), len(persona)) == (2, 2, 1, 2)
+    xs = [float(point.split(",")[0]) for point in paraphrase]
+    assert xs[0] < xs[1]  # one point per version, in the order they were made
+    (y_first, y_second) = (float(point.split(",")[1]) for point in paraphrase)
+    assert y_second < y_first  # 75% is drawn above 50%
+    titles = re.findall(r"<title>([^<]+)</title>", figures)
+    assert titles == [
+        "v0003-00000003: paraphrase recall 50%",
+        "v0004-00000004: paraphrase recall 75%",
+        "v0003-00000003: leak rate (lower is better) 10%",
+        "v0004-00000004: leak rate (lower is better) 0%",
+        "v0003-00000003: distinct rate 90%",
+        "v0003-00000003: persona score 67%",
+        "v0004-00000004: persona score 83%",
+    ]
+    assert "v0001 11-21" in figures and "v0004 11-24" in figures  # every version is on the axis

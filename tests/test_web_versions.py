@@ -30,8 +30,71 @@ async def browser(config_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIt
         examples=30,
         evaluation={"heldout_similarity": 0.4125, "corrected_similarity": 0.8},
     )
+    make_version(loras, "Mara", 3, parent="v0002-00000002", evaluation=COMPARED)
+    make_version(loras, "Mara", 4, parent="v0003-00000003", evaluation=FAILED)
     async with open_browser(config_path, monkeypatch) as found:
         yield found
+
+
+# The evaluation as training writes it now: every figure beside the compared version's.
+COMPARED = {
+    "version": "v0003-00000003",
+    "heldout_similarity": 0.51,
+    "corrected_similarity": 0.93,
+    "heldout_questions": 4,
+    "corrected_questions": 12,
+    "paraphrase_recall": 0.75,
+    "paraphrase_questions": 36,
+    "leak_rate": 0.0,
+    "unrelated_prompts": 30,
+    "distinct_rate": 1.0,
+    "distinct_2": 0.82,
+    "mean_words": 14.2,
+    "drift": 0.31,
+    "persona_score": 0.83,
+    "persona_questions": 12,
+    "against": "v0002-00000002",
+    "baseline": {
+        "heldout_similarity": 0.4125,
+        "corrected_similarity": 0.8,
+        "paraphrase_recall": 0.5,
+        "leak_rate": 0.1,
+        "distinct_rate": 1.0,
+        "persona_score": 0.67,
+    },
+    "gate": {"passed": True, "failed": None},
+}
+# A failed gate against the base model, with figures missing, null or not numbers.
+FAILED = {
+    "heldout_similarity": 0.2,
+    "paraphrase_recall": 0.4,
+    "leak_rate": 0.12,
+    "distinct_rate": None,
+    "persona_score": "83%",
+    "against": "base",
+    "baseline": {"leak_rate": 0.0, "paraphrase_recall": None},
+    "gate": {"passed": False, "failed": "leak rate 12% vs 0% (margin 2%)"},
+}
+
+
+def cells(html: str, version: str) -> list[str]:
+    """The text of each cell of a version's row, tags removed and spaces squeezed."""
+    row = re.search(rf'data-version="{version}">(.*?)</tr>', html, re.S)
+    assert row, html
+    found = re.findall(r"<td[^>]*>(.*?)</td>", row[1], re.S)
+    return [" ".join(re.sub(r"<[^>]+>", " ", cell).split()) for cell in found]
+
+
+def cell(html: str, version: str, column: str) -> str:
+    """The HTML of one figure cell of a version's row, by its column name."""
+    row = re.search(rf'data-version="{version}">(.*?)</tr>', html, re.S)
+    assert row, html
+    found = re.findall(r"<td[^>]*>(.*?)</td>", row[1], re.S)
+    return found[COLUMNS.index(column)]
+
+
+COLUMNS = ["version", "trained", "held-out", "paraphrase", "leak", "distinct"]
+COLUMNS += ["persona", "gate", "replies", "up rate", "use"]
 
 
 def in_use(html: str, name: str) -> str:
@@ -54,6 +117,48 @@ async def test_the_page_lists_versions_with_metadata_and_scores(browser: Browser
     assert "charbot train --character Bram" in page.text  # Bram has no versions yet
 
 
+async def test_each_figure_shows_beside_the_compared_versions(browser: Browser) -> None:
+    page = (await browser.get("/characters")).text
+    figures = cells(page, "v0003-00000003")[2:8]
+    assert figures == [
+        "0.510 ▲ was 0.412 corrected 0.930 (was 0.800)",
+        "75% ▲ was 50%",
+        "0% ▼ was 10%",  # the leak rate went down: better
+        "100% = was 100%",
+        "83% ▲ was 67%",
+        "✓ passed against v0002",
+    ]
+    assert 'class="was better"' in cell(page, "v0003-00000003", "paraphrase")
+    assert 'class="was better"' in cell(page, "v0003-00000003", "leak")
+    assert 'class="was same"' in cell(page, "v0003-00000003", "distinct")
+    assert 'class="better">✓ passed' in cell(page, "v0003-00000003", "gate")
+    assert "over 36 questions" in cell(page, "v0003-00000003", "paraphrase")  # the tooltip
+    assert "distinct bigrams 82%; mean words 14.2; drift 0.310" in cell(
+        page, "v0003-00000003", "distinct"
+    )
+
+    assert cells(page, "v0004-00000004")[2:8] == [
+        "0.200",  # no corrected similarity, no baseline's held-out one: nothing beside it
+        "40%",
+        "12% ▲ was 0%",
+        "–",  # null
+        "–",  # not a number
+        "✗ failed leak rate 12% vs 0% (margin 2%) against base",
+    ]
+    assert 'class="was worse"' in cell(page, "v0004-00000004", "leak")
+    assert 'class="worse">✗ failed' in cell(page, "v0004-00000004", "gate")
+
+
+async def test_old_and_missing_evaluations_show_what_they_have(browser: Browser) -> None:
+    page = (await browser.get("/characters")).text
+    # An evaluation from before paraphrases, leaks and the gate: its two similarities.
+    made, similarity, *figures = cells(page, "v0002-00000002")[1:8]
+    assert made == "sft, 30 examples val loss –, from v0001"
+    assert similarity == "0.412 corrected 0.800" and figures == ["–"] * 5
+    # No evaluation at all (charbot train without --eval): a dash in every figure.
+    assert cells(page, "v0001-00000001")[1:8] == ["sft val loss 1.250"] + ["–"] * 6
+
+
 async def test_use_switches_the_running_bot_and_the_next_reply_records_it(
     browser: Browser, config_path: Path
 ) -> None:
@@ -72,7 +177,7 @@ async def test_use_switches_the_running_bot_and_the_next_reply_records_it(
     await browser.post("/api/chat/rate", {"message_id": done["id"], "value": 1})
     page = (await browser.get("/characters")).text
     row = re.search(r'data-version="v0002-00000002">(.*?)</tr>', page, re.S)
-    assert row and "<td>1</td><td>100%</td>" in row[1]  # one reply, all 👍
+    assert row and '<td>100%<span class="sub">1 reply</span></td>' in row[1]  # all 👍
 
     # The same persisted choice the CLI reads and writes.
     listing = charbot(config_path, "loras", "list", "Mara")

@@ -1,6 +1,8 @@
 """Reports (/reports): what ``charbot eval`` and ``charbot data stats`` wrote (the same
-markdown and PNG files), the feedback counts of ``charbot stats``, and a chart of each
-character's 👍 rate and evaluation similarity per version, in the order they were made."""
+markdown and PNG files), the feedback counts of ``charbot stats``, and per character two
+charts over its versions in the order they were made: 👍 rate and held-out similarity, and
+the evaluation figures of metadata.json (paraphrase recall, leak rate, distinct rate,
+persona score)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,16 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from adapters.web.context import guarded, problem, render, studio_of
-from bot.loras import BASE, list_versions
+from adapters.web.evaluation import (
+    DISTINCT,
+    FIGURES,
+    HELDOUT,
+    LEAK,
+    PARAPHRASE,
+    PERSONA,
+    Evaluation,
+)
+from bot.loras import BASE, LoraVersion, list_versions
 from storage.feedback import character_stats
 from storage.version_stats import stats_by_version
 
@@ -32,20 +43,28 @@ class Report:
 
 
 @dataclass(frozen=True)
-class Point:
-    label: str  # a version id, or "base"
-    created: str
-    up_rate: float | None
-    similarity: float | None
+class Series:
+    """One line of a chart: a value (0–1) or None for each of the chart's points."""
+
+    label: str
+    colour: str
+    values: list[float | None]
+    percent: bool = True  # dot tooltips as "83%" (else "0.470")
+
+    def text(self, value: float) -> str:
+        return f"{value * 100:.0f}%" if self.percent else f"{value:.3f}"
 
 
 @dataclass(frozen=True)
 class Chart:
-    """One character's versions as two lines on a 0–1 scale, drawn as inline SVG."""
+    """One character's versions in the order they were made, as lines on a 0–1 scale,
+    drawn as inline SVG."""
 
     character: str
-    points: list[Point]
-    width: int = 640
+    title: str
+    points: list[tuple[str, str]]  # (a version id or "base", its creation date or "")
+    series: list[Series]
+    width: int = 440  # two side by side from a 1000 px window
     height: int = 220
     pad: int = 44  # room for the axis labels and the last version's name
 
@@ -54,22 +73,32 @@ class Chart:
         return self.pad + index * (self.width - 2 * self.pad) / span
 
     def y(self, value: float) -> float:
+        value = min(1.0, max(0.0, value))  # a figure off the scale is drawn at its edge
         return self.height - self.pad - value * (self.height - 2 * self.pad)
 
-    def line(self, attribute: str) -> str:
+    def line(self, series: Series) -> str:
         """SVG polyline points of the values that exist."""
-        return " ".join(
-            f"{self.x(i):.1f},{self.y(getattr(p, attribute)):.1f}"
-            for i, p in enumerate(self.points)
-            if getattr(p, attribute) is not None
-        )
+        return " ".join(f"{x:.1f},{y:.1f}" for x, y, _label, _value in self.dots(series))
 
-    def dots(self, attribute: str) -> list[tuple[float, float, float]]:
+    def dots(self, series: Series) -> list[tuple[float, float, str, float]]:
+        """(x, y, version, value) of each value that exists."""
         return [
-            (self.x(i), self.y(getattr(p, attribute)), getattr(p, attribute))
-            for i, p in enumerate(self.points)
-            if getattr(p, attribute) is not None
+            (self.x(i), self.y(value), self.points[i][0], value)
+            for i, value in enumerate(series.values)
+            if value is not None
         ]
+
+    def tick(self, value: float) -> str:
+        return f"{value * 100:.0f}%" if all(s.percent for s in self.series) else f"{value:.1f}"
+
+
+# The evaluation chart's lines, in the order of the Characters table's columns.
+EVALUATION_COLOURS = {
+    PARAPHRASE: "#7a3fb0",
+    LEAK: "#c0392b",
+    DISTINCT: "#1f8a8a",
+    PERSONA: "#b07800",
+}
 
 
 def _read(path: Path) -> str:
@@ -96,7 +125,24 @@ def _collect(root: Path, kind: str, name: str) -> list[Report]:
     ]
 
 
-async def _charts(studio: Any) -> list[Chart]:
+def _evaluation_chart(character: str, versions: list[LoraVersion]) -> Chart | None:
+    """Paraphrase recall, leak rate, distinct rate and persona score per version; None
+    when no version has any of them."""
+    evaluations = [Evaluation.of(v.metadata) for v in versions]
+    series = []
+    for kind in FIGURES:
+        values = [e.value(kind) for e in evaluations]
+        if any(value is not None for value in values):
+            label = kind.label if kind.higher_is_better else f"{kind.label} (lower is better)"
+            series.append(Series(label, EVALUATION_COLOURS[kind], values))
+    if not series:
+        return None
+    points = [(v.id, v.created[:10]) for v in versions]
+    return Chart(character, "evaluation figures", points, series)
+
+
+async def _charts(studio: Any) -> list[list[Chart]]:
+    """Per character: the 👍 rate and similarity chart, then the evaluation figures'."""
     live = {(s.character.lower(), s.version): s for s in await stats_by_version(studio.core.store)}
     charts = []
     for character in studio.core.characters:
@@ -105,21 +151,22 @@ async def _charts(studio: Any) -> list[Chart]:
             list_versions, studio.config.training.loras_dir, character.name
         )
         base = live.get((key, None))
-        points = [Point(BASE, "", base.up_rate if base else None, None)]
-        for version in versions:
-            stats = live.get((key, version.id))
-            evaluation = version.metadata.get("evaluation") or {}
-            similarity = evaluation.get("heldout_similarity")
-            points.append(
-                Point(
-                    version.id,
-                    version.created[:10],
-                    stats.up_rate if stats else None,
-                    float(similarity) if isinstance(similarity, int | float) else None,
-                )
-            )
-        if len(points) > 1 or base is not None:
-            charts.append(Chart(character.name, points))
+        if not versions and base is None:
+            continue
+        rated = [base] + [live.get((key, v.id)) for v in versions]
+        up_rates = [s.up_rate if s else None for s in rated]
+        similarity = [None] + [Evaluation.of(v.metadata).value(HELDOUT) for v in versions]
+        feedback = Chart(
+            character.name,
+            "👍 rate and similarity",
+            [(BASE, "")] + [(v.id, v.created[:10]) for v in versions],
+            [
+                Series("👍 rate (live ratings)", "#2a7d2a", up_rates),
+                Series("held-out similarity", "#2d5fc4", similarity, False),
+            ],
+        )
+        figures = _evaluation_chart(character.name, versions)
+        charts.append([feedback] + ([figures] if figures else []))
     return charts
 
 

@@ -1,5 +1,6 @@
 """Characters and their LoRA versions (/characters): the persona, every version with its
-metadata, evaluation scores and live 👍 rate, and buttons to use or roll back a version.
+metadata, evaluation figures (each beside the compared version's), live 👍 rate, and
+buttons to use or roll back a version.
 
 The buttons go through the running bot's :class:`bot.loras.LoraSwitcher` — the same
 persisted choice as ``charbot loras use`` and ``rollback``, applied to this process at
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from adapters.web.context import flash, form_csrf, guarded, render, studio_of
+from adapters.web.evaluation import CORRECTED, FIGURES, HELDOUT, Evaluation, Figure
 from bot.characters import Character
 from bot.errors import CharbotError
 from bot.loras import BASE, LoraVersion, list_versions
@@ -38,8 +40,18 @@ class VersionRow:
         return self.version.metadata
 
     @property
-    def evaluation(self) -> dict[str, Any]:
-        return self.meta.get("evaluation") or {}
+    def evaluation(self) -> Evaluation:
+        return Evaluation.of(self.meta)
+
+    @property
+    def similarity(self) -> tuple[Figure, Figure]:
+        """Held-out and corrected similarity (old versions' evaluations hold only these)."""
+        return self.evaluation.figure(HELDOUT), self.evaluation.figure(CORRECTED)
+
+    @property
+    def figures(self) -> list[Figure]:
+        """The table's figure columns after the held-out similarity, in order."""
+        return [self.evaluation.figure(kind) for kind in FIGURES]
 
     @property
     def val_loss(self) -> Any:
