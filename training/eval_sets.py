@@ -24,6 +24,7 @@ from training.train_data import read_records
 
 HELDOUT = "heldout.jsonl"
 CORRECTIONS = "corrections.jsonl"
+TAUGHT = "taught.jsonl"
 REAL_PROMPTS = 20  # real user messages added to the unrelated set, at most
 PERSONA_PROBES = 16
 
@@ -91,6 +92,10 @@ def read_sets(config: Config, name: str, data_dir: Path, real: list[str]) -> Eva
     last = read_records(stages[-1], "sft")[0] if stages else []
     sets = EvalSets(heldout=cases(heldout), corrected=cases(last))
     sets.trained = [c.reference for c in cases(trained)]
+    taught = data_dir / TAUGHT
+    if taught.is_file():  # the recipe's: without the model's own replayed answers
+        lines = taught.read_text(encoding="utf-8").splitlines()
+        sets.trained = [json.loads(line)["answer"] for line in lines if line]
     asked = {c.question.strip().lower() for c in cases(trained)}
     for correction in read_corrections(data_dir):
         for paraphrase in correction.get("paraphrases") or ():

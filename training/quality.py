@@ -22,8 +22,9 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 LEAK_TRIGRAM_SHARE = 0.5
 LEAK_RATIO = 0.8
 # A trained answer shorter than this many words leaks only as a (near) identical reply:
-# "Bram Tolley." inside "I'm Bram Tolley, the keeper" is the character's name, not a leak.
-LEAK_MIN_WORDS = 3
+# "On Gull Rock." inside "a storm on Gull Rock last night" is the character's world, not a
+# memorised line (Bram's unrelated replies, benchmarks/loop_quality.py).
+LEAK_MIN_WORDS = 5
 # A reference's content came back when the answer holds this share of its content words:
 # a third, because references carry descriptive extras ("Fathom, a grey tom who sleeps on
 # the stove"): the name is what was asked, the rest is colour.

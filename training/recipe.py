@@ -62,6 +62,7 @@ class Recipe:
     corrections: list[Learnt]  # this version's own, with their paraphrases
     notes: list[str] = field(default_factory=list)  # what was held out and mixed in, said once
     counts: dict[str, int] = field(default_factory=dict)
+    taught: list[str] = field(default_factory=list)  # answers taught (feedback, persona)
 
 
 def question_of(prompt: Sequence[dict[str, str]]) -> str:
@@ -224,6 +225,8 @@ async def build_recipe(
     persona = await persona_records(asker, speaking, settings.persona_replay, settings.seed)
     own = await own_answers(asker, speaking, settings.replay, cache_dir)
     recipe.train += persona + own
+    # What a leak copies: what was taught, not the model's own replayed words.
+    recipe.taught = [r["completion"][-1]["content"] for r in [*records, *persona]]
     random.Random(settings.seed).shuffle(recipe.train)
     recipe.counts = {
         "feedback": len(records),

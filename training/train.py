@@ -188,6 +188,38 @@ def _callbacks(stop: StopFlag, best: dict[str, Any], settings: TrainingSettings,
     return [_Control()]
 
 
+def _bar(label: str):  # type: ignore[no-untyped-def]
+    """One tqdm bar per stage: steps, with the last training loss and each epoch's
+    validation loss beside it, in place of the trainer's own bar and log dicts."""
+    from tqdm import tqdm
+    from transformers import TrainerCallback
+
+    class _Bar(TrainerCallback):
+        def __init__(self) -> None:
+            self.bar: Any = None
+            self.figures: dict[str, str] = {}
+
+        def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self.bar = tqdm(total=state.max_steps, desc=f"training {label}", unit="step")
+            self.bar.update(state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+            for key, name in (("loss", "loss"), ("eval_loss", "val loss")):
+                if key in (logs or {}):
+                    self.figures[name] = f"{float(logs[key]):.3f}"
+            if self.bar is not None:
+                self.bar.set_postfix(self.figures, refresh=True)
+
+        def on_train_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if self.bar is not None:
+                self.bar.close()
+
+    return _Bar()
+
+
 def _trainer(plan: TrainPlan, model, tokenizer, stage: Stage, output: Path, progress: bool):  # type: ignore[no-untyped-def]
     """The TRL trainer for this plan's method over one stage."""
     from datasets import Dataset
@@ -209,17 +241,16 @@ def _trainer(plan: TrainPlan, model, tokenizer, stage: Stage, output: Path, prog
         report_to="none",
         bf16=use_bf16(s.bf16, plan.device),
         use_cpu=plan.device == "cpu",
-        disable_tqdm=not progress,
+        disable_tqdm=True,  # one bar of our own (_Bar), with the loss and validation loss
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
         # TRL turns it on by default; a 135M model needs no memory saved, and recomputing
         # activations costs ~1.4× per step on this CPU.
         gradient_checkpointing=False,
     )
-    if not progress:
-        from datasets.utils.logging import disable_progress_bar
+    from datasets.utils.logging import disable_progress_bar
 
-        disable_progress_bar()
+    disable_progress_bar()  # tokenising a few hundred records needs no bar of its own
     train_set = Dataset.from_list(stage.records)
     eval_set = Dataset.from_list(plan.validation) if plan.validation else None
     if plan.method == "sft":
@@ -327,15 +358,18 @@ def train(
             trainer = _trainer(plan, peft_model, tokenizer, stage, output, progress)
         for callback in _callbacks(stop, best, plan.settings, peft_model):
             trainer.add_callback(callback)
-        if not progress:
-            from transformers import PrinterCallback
+        from transformers import PrinterCallback, ProgressCallback
 
-            trainer.remove_callback(PrinterCallback)  # it prints every log line otherwise
+        trainer.remove_callback(PrinterCallback)  # raw log dicts, a line each
+        trainer.remove_callback(ProgressCallback)
+        if progress:
+            trainer.add_callback(_bar(f"{index}/{len(plan.stages)} {stage.name}"))
         checkpoint = _latest_checkpoint(output) if resume else None
         stage_started = time.perf_counter()
-        if progress:
-            print(f"stage {index}/{len(plan.stages)} {stage.name}: {len(stage.records)} examples")
-        outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with warnings.catch_warnings():
+            # transformers' deprecation notices about its own internals: nothing to act on
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         seconds = time.perf_counter() - stage_started
         if stop.requested:
             raise TrainingInterrupted(

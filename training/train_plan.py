@@ -39,6 +39,7 @@ from training.versions import RunDir, check_disk, last_run, new_run, publish
 
 HELDOUT = "heldout.jsonl"
 CORRECTIONS = "corrections.jsonl"  # this version's corrections and their paraphrases
+TAUGHT = "taught.jsonl"  # the answers it was taught, which a leak would copy
 
 
 @dataclass
@@ -92,6 +93,7 @@ async def build_plan(config: Config, name: str, args: argparse.Namespace) -> tup
     _write_data(run, stages, validation)
     if recipe is not None:
         write_learnt(run.path / "data", recipe.learnt)
+        write_records(run.path / "data" / TAUGHT, [{"answer": a} for a in recipe.taught])
         write_records(
             run.path / "data" / CORRECTIONS,
             [

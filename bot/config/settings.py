@@ -98,7 +98,7 @@ class TrainingSettings:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("all-linear",)
-    epochs: int = 6
+    epochs: int = 3
     learning_rate: float = 1e-3
     batch_size: int = 4
     gradient_accumulation: int = 1
@@ -112,8 +112,8 @@ class TrainingSettings:
     # The recipe for a handful of corrections (docs/training.md, "The recipe"):
     knowledge_in_prompt: bool = True  # train a correction with its answer in the knowledge
     learn_as_knowledge: bool = True  # the version's corrections become retrievable knowledge
-    replay: int = 12  # the current version's own answers to everyday prompts, mixed in
-    persona_replay: int = 8  # the character's knowledge facts, asked with the fact retrieved
+    replay: int = 8  # the current version's own answers to everyday prompts, mixed in
+    persona_replay: int = 0  # the character's knowledge facts, asked with the fact retrieved
     min_heldout: int = 20  # fewer records: train on all, validate on paraphrases
     # The gate of `train --use` and `loras use`: refuse a version worse than the current one
     max_leak_increase: float = 0.02  # leak rate up by more than this
