@@ -109,7 +109,7 @@ def mean(values: list[float]) -> float:
 
 async def run(args: argparse.Namespace) -> dict[str, float]:
     from storage.lora_choices import current_choices
-    from training.commands_train import adapters_command
+    from training.commands_train import loras_command
     from training.evaluate import Embedder
     from training.train_plan import build_plan, run_training
 
@@ -172,7 +172,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 
         switch_started = time.perf_counter()
         use = argparse.Namespace(action="use", name=name, version=version.id)
-        await adapters_command(config, use)
+        await loras_command(config, use)
         while core.loras.current(name) != version.id:  # the running bot polls and switches
             await asyncio.sleep(0.1)
         figures["switch_s"] = time.perf_counter() - switch_started
@@ -186,6 +186,18 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         rows = [await core.store.get_message(r[3]) for r in after_c]
         assert {r.lora_version for r in rows} == {version.id}
 
+    # The collapse figures (docs/training.md, "Evaluation"): `charbot eval --against base`.
+    from charbot.cli import main as charbot
+
+    argv = ["eval", "--config", str(path), "--character", name, "--against", "base", "--quiet"]
+    assert await asyncio.to_thread(charbot, argv) == 0
+    meta = json.loads((version.path / "metadata.json").read_text())
+    for side, summary in (
+        ("after", meta["evaluation"]),
+        ("before", meta["evaluation"]["baseline"]),
+    ):
+        for key in ("paraphrase_recall", "leak_rate", "distinct_rate", "persona_score"):
+            figures[f"{key}_{side}"] = summary[key]
     embedder = Embedder()
     ref_c = [a for _, a in persona.CORRECTED]
     ref_h = [a for _, a in persona.HELDOUT]
@@ -227,6 +239,15 @@ def main() -> None:
         f"{figures['switch_s']:.1f} s, answer 60 {figures['ask_60_after_s']:.0f} s | "
         f"{figures['loop_s']:.0f} s | < 600 s |"
     )
+    for key, label, target in (
+        ("paraphrase_recall", "paraphrased corrections (generated rewordings)", "≥ 70%"),
+        ("leak_rate", "leak rate on unrelated prompts", "≤ 2%"),
+        ("distinct_rate", "distinct replies to unrelated prompts", "≥ 95%"),
+        ("persona_score", "persona facts", "not lower"),
+    ):
+        before, after = figures[f"{key}_before"], figures[f"{key}_after"]
+        shown = [f"{v:.0%}" if v is not None else "–" for v in (before, after)]
+        print(f"| {label} | {shown[0]} → {shown[1]} | {target} |")
     print(
         f"| training | {figures['train_tokens_per_s']:.0f} tokens/s "
         f"({figures['train_tokens']} tokens) | — |"

@@ -47,8 +47,13 @@ def throwaway_config(tmp: Path, overrides: list[str]) -> Path:
     text = text.replace("sqlite:///data/charbot.db", f"sqlite:///{tmp}/loop.db")
     for key in ("loras_dir", "datasets_dir", "reports_dir"):
         text = re.sub(rf'^{key} = "[^"]*"', f'{key} = "{tmp}/{key}"', text, flags=re.MULTILINE)
-    extra = "\n".join(overrides)
-    text = text.replace("[training]", f"[training]\n{extra}", 1)
+    for override in overrides:  # over the shipped value where config.toml sets the key
+        key = override.split("=", 1)[0].strip()
+        pattern = rf"^{re.escape(key)} = .*$"
+        if re.search(pattern, text, flags=re.MULTILINE):
+            text = re.sub(pattern, override, text, count=1, flags=re.MULTILINE)
+        else:
+            text = text.replace("[training]", f"[training]\n{override}", 1)
     path = tmp / "config.toml"
     path.write_text(text)
     return path
