@@ -1,5 +1,5 @@
-"""Reading feedback back out of the store: replies with their votes and corrections, streamed
-in a stable order for the training-data export, and per-character stats."""
+"""Reading feedback back out of the store: replies with their votes, corrections and
+paraphrases, streamed in a stable order for the training-data export, and per-character stats."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, case, func, select, union
 
-from storage.schema import Correction, Exclusion, Message, SwipeChoice, Vote
+from storage.schema import Correction, Exclusion, Message, Paraphrase, SwipeChoice, Vote
 from storage.store import Store
 from storage.votes import vote_counts
 
@@ -19,6 +19,7 @@ _V = Vote.__table__
 _X = Correction.__table__
 _E = Exclusion.__table__
 _W = SwipeChoice.__table__
+_P = Paraphrase.__table__
 
 # Rows fetched per round trip: bounded memory with server-side cursors (PostgreSQL) and
 # few round trips; SQLite's cursor is lazy anyway.
@@ -50,7 +51,8 @@ class CorrectionRow:
 
 @dataclass(frozen=True, slots=True)
 class FeedbackRow:
-    """A stored reply with its votes, corrections (oldest first) and exclusion, if any."""
+    """A stored reply with its votes, corrections (oldest first), exclusion, if any, and the
+    other wordings of its question (paraphrases, sorted)."""
 
     id: int
     conversation_id: int
@@ -69,6 +71,9 @@ class FeedbackRow:
     # The sibling a person kept when the conversation went on (swipes): the newest choice
     # for this reply's parent. None when no choice was made among these siblings.
     kept_id: int | None = None
+    # Other wordings of the question it answers (storage/paraphrases.py), sorted by code
+    # point so that the same database gives the same export on any database engine.
+    paraphrases: tuple[str, ...] = ()
 
     @property
     def score(self) -> int:
@@ -164,6 +169,16 @@ def _corrections_query(selection: Selection) -> Any:
     )
 
 
+def _paraphrases_query(selection: Selection) -> Any:
+    return (
+        select(_M.c.reply_to_id, _P.c.message_id, _P.c.text)
+        .join(_M, _M.c.id == _P.c.message_id)
+        .where(*_filters(selection))
+        .order_by(_M.c.reply_to_id, _P.c.message_id, _P.c.id)
+        .execution_options(yield_per=_BATCH)
+    )
+
+
 def _has_swipe_choices(conn: Connection) -> bool:
     return conn.execute(select(_W.c.id).limit(1)).first() is not None
 
@@ -178,11 +193,13 @@ def count_feedback(conn: Connection, selection: Selection = Selection()) -> int:
 def iter_feedback(conn: Connection, selection: Selection = Selection()) -> Iterator[FeedbackRow]:
     """Every successful reply with a vote or a correction, ordered by (parent, id), streamed.
 
-    Two ordered cursors — replies and corrections — are merged as they are read, so memory
-    stays bounded however many there are.
+    Three ordered cursors — replies, corrections and paraphrases — are merged as they are
+    read, so memory stays bounded however many there are.
     """
     corrections = iter(conn.execute(_corrections_query(selection)))
     correction = next(corrections, None)
+    paraphrases = iter(conn.execute(_paraphrases_query(selection)))
+    paraphrase = next(paraphrases, None)
     for row in conn.execute(_replies_query(selection, _has_swipe_choices(conn))):
         key = (row.reply_to_id, row.id)
         found: list[CorrectionRow] = []
@@ -198,6 +215,11 @@ def iter_feedback(conn: Connection, selection: Selection = Selection()) -> Itera
                     )
                 )
             correction = next(corrections, None)
+        wordings: list[str] = []
+        while paraphrase is not None and (paraphrase.reply_to_id, paraphrase.message_id) <= key:
+            if paraphrase.message_id == row.id:
+                wordings.append(paraphrase.text)
+            paraphrase = next(paraphrases, None)
         yield FeedbackRow(
             id=row.id,
             conversation_id=row.conversation_id,
@@ -214,6 +236,7 @@ def iter_feedback(conn: Connection, selection: Selection = Selection()) -> Itera
             excluded=row.reason,
             corrections=tuple(found),
             kept_id=row.kept_id,
+            paraphrases=tuple(sorted(wordings)),
         )
 
 

@@ -36,7 +36,8 @@ class UnknownReply(StorageError):
     """A review action named a message id that is not a stored reply."""
 
 
-def _check_reply(conn: Connection, message_id: int) -> None:
+def check_reply(conn: Connection, message_id: int) -> None:
+    """Raise :class:`UnknownReply` unless ``message_id`` is a stored reply."""
     found = conn.execute(
         select(_M.c.id).where(_M.c.id == message_id, _M.c.role == "assistant")
     ).first()
@@ -59,7 +60,7 @@ def add_correction_sync(
     returned — so reading the same review file twice changes nothing."""
     if source not in SOURCES:
         raise ValueError(f"correction source {source!r}; use one of {', '.join(SOURCES)}")
-    _check_reply(conn, message_id)
+    check_reply(conn, message_id)
     if once:
         same = conn.execute(
             select(_X.c.id, _X.c.accepted)
@@ -105,7 +106,7 @@ async def set_accepted(store: Store, correction_id: int, accepted: bool = True) 
 
 def exclude_sync(conn: Connection, message_id: int, reason: str, excluded_by: str) -> bool:
     """Exclude a reply in the caller's transaction; False when it already was (kept as is)."""
-    _check_reply(conn, message_id)
+    check_reply(conn, message_id)
     if conn.execute(select(_E.c.id).where(_E.c.message_id == message_id)).first() is not None:
         return False
     conn.execute(

@@ -189,6 +189,22 @@ class Correction(Base):
     __table_args__ = (Index("ix_corrections_message", "message_id"),)
 
 
+class Paraphrase(Base):
+    """Another wording of the question a reply answered (the last user message of its
+    stored prompt), asked again when the next LoRA is evaluated (migration 7)."""
+
+    __tablename__ = "paraphrases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"))
+    text: Mapped[str] = mapped_column(CleanText)
+    source: Mapped[str] = mapped_column(String(16))  # "reviewer" | "generated" | "user"
+    author: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("message_id", "text", name="uq_paraphrase_text"),)
+
+
 class Exclusion(Base):
     """A reply a reviewer excluded from training data: no export ever includes it."""
 

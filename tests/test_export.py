@@ -14,6 +14,7 @@ from trl.data_utils import apply_chat_template, is_conversational, unpair_prefer
 from bot.core import Core
 from bot.messages import Inbound
 from storage.feedback import Selection
+from storage.paraphrases import add_paraphrases
 from storage.review import add_correction, exclude, list_exclusions, set_accepted, unexclude
 from tests.conftest import MakeCore
 from tests.fakes import FakeModel, RecordingTarget
@@ -153,7 +154,9 @@ async def test_dpo_uses_a_liked_sibling_when_there_is_no_correction(make_core: M
 
 
 async def test_re_export_is_byte_identical(make_core: MakeCore) -> None:
-    core, _, _ = await _scene(make_core)
+    core, ids, _ = await _scene(make_core)
+    await add_paraphrases(core.store, ids["bad"], ["b?", "a?"], author="rita")
+    await add_paraphrases(core.store, ids["bad"], ["c?"], source="generated", author="model")
     for fmt in ("sft", "sft-messages", "dpo", "kto", "review"):
         first, second = io.StringIO(), io.StringIO()
         for out in (first, second):
@@ -367,6 +370,95 @@ def test_review_file_bad_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert [json.loads(line)["line"] for line in rejects] == [2, 3]
 
 
+def _paraphrases(tmp_path: Path) -> list[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "charbot.db") as db:
+        return db.execute(
+            "SELECT message_id, text, source, author FROM paraphrases ORDER BY id"
+        ).fetchall()
+
+
+def test_paraphrases_round_trip_through_the_review_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import asyncio
+
+    from charbot.cli import main
+
+    config = _cli_config(tmp_path)
+    ids = asyncio.run(_populate(f"sqlite:///{tmp_path / 'charbot.db'}"))
+    review = tmp_path / "review.jsonl"
+    export_review = ["--config", str(config), "export", "--format", "review"]
+    assert main([*export_review, "--out", str(review)]) == 0
+    filled = [json.loads(line) for line in review.read_text(encoding="utf-8").splitlines()]
+    assert [r["paraphrases"] for r in filled] == [[], [], []]  # an editable list, empty
+    filled[0]["better"] = "The first, better."
+    filled[0]["paraphrases"] = [" What was Q0 again? ", "", "Q0, in other words?"]
+    filled[1]["paraphrases"] = ["Q1 — said differently?"]  # no better answer: not empty
+    review.write_text("".join(json.dumps(r) + "\n" for r in filled), encoding="utf-8")
+
+    args = ["--config", str(config), "import-corrections", str(review), "--author", "rita"]
+    assert main(args) == 0
+    said = capsys.readouterr().err
+    assert (
+        "1 corrections added, 0 already stored, 0 replies excluded, 1 records left empty, "
+        "3 paraphrases added (0 already stored)"
+    ) in said
+    stored = _paraphrases(tmp_path)
+    assert stored == [
+        (ids["first"], "What was Q0 again?", "reviewer", "rita"),
+        (ids["first"], "Q0, in other words?", "reviewer", "rita"),
+        (ids["second"], "Q1 — said differently?", "reviewer", "rita"),
+    ]
+    assert main(args) == 0  # twice: nothing changes
+    assert "0 paraphrases added (3 already stored)" in capsys.readouterr().err
+    assert _paraphrases(tmp_path) == stored
+
+    sft = tmp_path / "sft.jsonl"
+    assert main(["--config", str(config), "export", "--format", "sft", "--out", str(sft)]) == 0
+    (record,) = [json.loads(line) for line in sft.read_text(encoding="utf-8").splitlines()]
+    assert record["meta"]["reply_id"] == ids["first"]
+    assert record["meta"]["paraphrases"] == ["Q0, in other words?", "What was Q0 again?"]
+    assert main([*export_review, "--out", str(review)]) == 0  # the stored ones, to add to
+    again = [json.loads(line) for line in review.read_text(encoding="utf-8").splitlines()]
+    assert [r["paraphrases"] for r in again] == [
+        ["Q0, in other words?", "What was Q0 again?"],
+        ["Q1 — said differently?"],
+        [],
+    ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['"How far?"', '[1, "How far?"]', '{"text": "How far?"}', "null", '["' + "x" * 501 + '"]'],
+)
+def test_a_bad_paraphrases_value_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, value: str
+) -> None:
+    import asyncio
+
+    from charbot.cli import main
+
+    config = _cli_config(tmp_path)
+    ids = asyncio.run(_populate(f"sqlite:///{tmp_path / 'charbot.db'}"))
+    review = tmp_path / "review.jsonl"
+    fine = json.dumps({"id": ids["first"], "paraphrases": ["Is this one fine?"]})
+    review.write_text(f'{fine}\n{{"id": {ids["second"]}, "paraphrases": {value}}}\n')
+    args = ["--config", str(config), "import-corrections", str(review)]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{review}:2: " in error, error
+    assert '"paraphrases"' in error and "fix it or pass --skip-bad" in error
+    if value.startswith('["x'):
+        assert "is 501 characters long; shorten it to 500" in error
+    else:
+        assert 'must be a list of texts, e.g. ["How far can it jump?"], or []' in error
+    assert _paraphrases(tmp_path) == []  # all or nothing
+    assert main([*args, "--skip-bad"]) == 0
+    assert _paraphrases(tmp_path) == [(ids["first"], "Is this one fine?", "reviewer", "reviewer")]
+
+
 def test_nothing_to_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from charbot.cli import main
 
@@ -418,6 +510,8 @@ async def test_postgresql_exports_what_sqlite_exports(tmp_path: Path, pg_url: st
         core, ids, _ = await _scene(factory)
         await exclude(core.store, ids["liked"], "test", "rita")
         await keep(core.store, kept_id=ids["sibling"], relink_id=None, user_id="u1")
+        await add_paraphrases(core.store, ids["bad"], ["Q1, once more?", "Und Q1?"], author="r")
+        await add_paraphrases(core.store, ids["sibling"], ["zz?", "Ähm, Q1?", "A Q1?"], author="r")
         found = {}
         for fmt in ("sft", "dpo", "kto", "review"):
             records, report = await exported(core, fmt)
@@ -433,6 +527,9 @@ async def test_postgresql_exports_what_sqlite_exports(tmp_path: Path, pg_url: st
     assert outputs[0] == outputs[1]
     assert outputs[1]["sft"][1]["removed"] == {EXCLUDED: 1}
     assert outputs[1]["dpo"][0][0]["meta"]["swipe"] == "away"
+    # Sorted by code point on both, whatever PostgreSQL's collation says.
+    sft = {r["meta"]["reply_id"]: r["meta"]["paraphrases"] for r in outputs[1]["sft"][0]}
+    assert sft[ids["sibling"]] == ["A Q1?", "zz?", "Ähm, Q1?"]
 
 
 async def test_dpo_pairs_the_kept_swipe_against_the_swiped_away(make_core: MakeCore) -> None:

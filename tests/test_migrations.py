@@ -6,7 +6,8 @@ import multiprocessing
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from storage import schema
 from storage.migrations import LATEST, MIGRATIONS, migrate_locked
@@ -142,4 +143,36 @@ def test_lora_versions_survive_the_rename(tmp_path: Path) -> None:
 def test_lora_versions_survive_the_rename_on_postgresql(pg_server: PgServer) -> None:
     engine = create_engine(pg_server.create_database())
     _keeps_lora_versions(engine)
+    engine.dispose()
+
+
+def _paraphrases_once_per_reply(engine) -> None:  # type: ignore[no-untyped-def]
+    """Migration 7 adds paraphrases to a database holding replies: a wording is stored
+    once per reply (the unique key the importer's ON CONFLICT relies on), each reply its own."""
+    _keeps_lora_versions(engine)  # a database at the latest version with reply 1 in it
+    insert = (
+        "INSERT INTO paraphrases (message_id, text, source, author, created_at) "
+        "VALUES (:m, 'How far?', 'reviewer', 'rita', 0)"
+    )
+    with engine.begin() as conn:
+        conn.execute(text(insert), {"m": 1})
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text(insert), {"m": 1})
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text(insert), {"m": 999})  # the foreign key to messages
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT message_id, text FROM paraphrases")).all() == [
+            (1, "How far?")
+        ]
+
+
+def test_paraphrases_are_unique_per_reply(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'paraphrases.db'}")
+    event.listen(engine, "connect", lambda conn, _: conn.execute("PRAGMA foreign_keys=ON"))
+    _paraphrases_once_per_reply(engine)
+
+
+def test_paraphrases_are_unique_per_reply_on_postgresql(pg_server: PgServer) -> None:
+    engine = create_engine(pg_server.create_database())
+    _paraphrases_once_per_reply(engine)
     engine.dispose()

@@ -217,11 +217,28 @@ def test_a_correction_in_the_review_queue_reaches_the_sft_export(
     answer.send_keys("At the Kestrel depot, two jumps out.")
     answer.send_keys(Keys.CONTROL, Keys.ENTER)  # saves
     wait(browser, ready.visibility_of_element_located((By.CSS_SELECTOR, ".flash")))
+
+    # Other ways to ask it, one per line (Ctrl+Enter saves): listed under the reply.
+    item = browser.find_element(By.ID, f"r{reply.id}")
+    wordings = item.find_element(By.CSS_SELECTOR, "textarea[name=paraphrases]")
+    wordings.send_keys("Where can we get fuel?", Keys.SHIFT, Keys.ENTER, Keys.SHIFT)
+    wordings.send_keys("Refuelling stop?", Keys.CONTROL, Keys.ENTER)
+    wait(
+        browser,
+        lambda d: "2 other ways to ask it" in d.find_element(By.CSS_SELECTOR, ".flash").text,
+    )
+    item = browser.find_element(By.ID, f"r{reply.id}")
+    listed = item.find_elements(By.CSS_SELECTOR, "ul.paraphrases li")
+    assert [li.text.split(" — ")[0] for li in listed] == [
+        "Where can we get fuel?",
+        "Refuelling stop?",
+    ]
     browser.save_screenshot(str(ARTIFACTS / "review.png"))
 
     records = export_sft(studio.config_path)
     mine = [r for r in records if r["meta"]["reply_id"] == reply.id]
     assert mine and mine[0]["completion"][0]["content"] == "At the Kestrel depot, two jumps out."
+    assert mine[0]["meta"]["paraphrases"] == ["Refuelling stop?", "Where can we get fuel?"]
 
     # x: exclude with a reason (Enter submits); the export leaves it out.
     browser.find_element(By.TAG_NAME, "body").send_keys("x")

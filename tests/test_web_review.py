@@ -1,6 +1,7 @@
 """The review queue over HTTP: filters, context as prompted, a reviewer's answer, accepting
-a user's correction, exclusions — checked in what `charbot export --format sft` writes —
-and the admin login that guards it when a password is set."""
+a user's correction, other ways to ask the question, exclusions — checked in what
+`charbot export --format sft` writes — and the admin login that guards it when a password
+is set."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from storage.paraphrases import list_paraphrases, paraphrases_of
 from tests.test_web import XSS
 from tests.web_support import Browser, charbot, export_sft, open_browser, write_config
 
@@ -127,6 +129,44 @@ async def test_accepting_a_users_correction_wins_over_a_newer_one(
     assert wrong.status_code == 404 and "has no correction 999" in wrong.json()["error"]
 
 
+async def test_other_ways_to_ask_are_stored_shown_and_exported(
+    browser: Browser, config_path: Path
+) -> None:
+    done = await rated_reply(browser, "What is the jump range?", -1, fix="Four light-years.")
+    page = await browser.get("/review")
+    assert "Other ways to ask this (one per line)" in page.text
+    url = f"/review/{done['reply_id']}/paraphrases"
+    wordings = "How far can we jump?\r\n\r\n  Jump range, please? \r\nHow far can we jump?"
+    response = await browser.form(url, {"paraphrases": wordings, "next": "/review?score=down"})
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/review?score=down#r{done['reply_id']}"
+    stored = await list_paraphrases(browser.core.store, done["reply_id"])
+    assert [(p.text, p.source, p.author) for p in stored] == [
+        ("How far can we jump?", "reviewer", "studio"),
+        ("Jump range, please?", "reviewer", "studio"),
+    ]
+    page = await browser.get("/review")
+    assert "reply %d: 2 other ways to ask it stored" % done["reply_id"] in page.text  # noqa: UP031
+    assert 'How far can we jump? <span class="meta">— studio (reviewer)</span>' in page.text
+    again = await browser.form(url, {"paraphrases": "Jump range, please?\nAny range limit?"})
+    assert again.status_code == 303
+    page = await browser.get("/review")
+    assert "1 other ways to ask it stored (1 stored before)" in page.text
+    (record,) = export_sft(config_path)
+    assert record["meta"]["paraphrases"] == [
+        "Any range limit?",
+        "How far can we jump?",
+        "Jump range, please?",
+    ]
+    empty = await browser.form(url, {"paraphrases": " \n "})
+    assert empty.status_code == 400 and "one per line" in empty.json()["error"]
+    long = await browser.form(url, {"paraphrases": "x" * 501})
+    assert long.status_code == 400 and "shorten it to 500" in long.json()["error"]
+    unknown = await browser.form("/review/999/paraphrases", {"paraphrases": "x"})
+    assert unknown.status_code == 404 and "no stored reply has id 999" in unknown.text
+    assert len(await list_paraphrases(browser.core.store, done["reply_id"])) == 3
+
+
 async def test_an_excluded_reply_leaves_the_export_until_included_again(
     browser: Browser, config_path: Path
 ) -> None:
@@ -146,16 +186,18 @@ async def test_an_excluded_reply_leaves_the_export_until_included_again(
 
 
 async def test_review_text_is_escaped(browser: Browser) -> None:
-    await rated_reply(browser, XSS, -1, fix=XSS)
+    done = await rated_reply(browser, XSS, -1, fix=XSS)
+    await browser.form(f"/review/{done['reply_id']}/paraphrases", {"paraphrases": XSS})
     page = (await browser.get("/review")).text
     assert "<script>alert" not in page and "<img src=x" not in page
-    assert page.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;") >= 3
+    assert page.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;") >= 4
 
 
 async def test_review_posts_need_the_csrf_token(browser: Browser) -> None:
     done = await rated_reply(browser, "hi")
     for action, data in (
         ("better", {"text": "x"}),
+        ("paraphrases", {"paraphrases": "x"}),
         ("exclude", {"reason": "x"}),
         ("include", {}),
         ("accept/1", {}),
@@ -165,6 +207,7 @@ async def test_review_posts_need_the_csrf_token(browser: Browser) -> None:
             response = await browser.client.post(url, data={**data, **token})
             assert response.status_code == 403 and "CSRF" in response.json()["error"], url
     assert await browser.core.store.list_corrections([done["reply_id"]]) == []
+    assert await paraphrases_of(browser.core.store, [done["reply_id"]]) == {}
 
 
 async def test_with_a_password_review_is_for_the_admin_only(

@@ -174,7 +174,9 @@ async def _import_corrections(config: Config, args: argparse.Namespace) -> int:
         )
     print(
         f"{result.added} corrections added, {result.already} already stored, "
-        f"{result.excluded} replies excluded, {result.empty} records left empty",
+        f"{result.excluded} replies excluded, {result.empty} records left empty, "
+        f"{result.paraphrases_added} paraphrases added "
+        f"({result.paraphrases_already} already stored)",
         file=sys.stderr,
     )
     if result.missing:

@@ -11,6 +11,10 @@ from. The formats are TRL's dataset types:
 - ``kto``: unpaired preference (``prompt``/``completion``/``label``);
 - ``review``: an editable record for a person, read back by ``charbot import-corrections``.
 
+Every record carries the reply's paraphrases — other wordings of the question it answers,
+which the next LoRA's evaluation asks — in ``meta`` (the review record: as an editable
+``paraphrases`` list).
+
 Replies arrive grouped by the message they answer (regenerated siblings together); a group
 is all a preference pair needs, so nothing else is held in memory.
 """
@@ -53,7 +57,8 @@ def better(row: FeedbackRow) -> CorrectionRow | None:
 
 
 def meta(row: FeedbackRow) -> dict[str, Any]:
-    """Where a record came from: reply, conversation, character, version, votes, authors."""
+    """Where a record came from: reply, conversation, character, version, votes, authors,
+    and the other wordings of its question that evaluation asks (``paraphrases``)."""
     return {
         "reply_id": row.id,
         "conversation_id": row.conversation_id,
@@ -69,6 +74,7 @@ def meta(row: FeedbackRow) -> dict[str, Any]:
         "correction_sources": [c.source for c in row.corrections],
         "corrected_at": row.corrections[-1].created_at if row.corrections else None,
         "swipe": None if row.kept_id is None else ("kept" if row.kept_id == row.id else "away"),
+        "paraphrases": list(row.paraphrases),
     }
 
 
@@ -175,5 +181,7 @@ def _review(group: Sequence[FeedbackRow]) -> Iterator[Built]:
             "better": "",
             "accept": False,
             "exclude": "",
+            # Other ways to ask the prompt's last question: the stored ones, to add to.
+            "paraphrases": list(row.paraphrases),
         }
         yield Built(record, row.excluded is not None)

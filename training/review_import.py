@@ -2,9 +2,10 @@
 
 Each line of the file that ``charbot export --format review`` wrote may now carry a
 ``better`` answer (empty: skipped), ``"accept": true`` (the reviewer's answer wins over
-newer corrections) and an ``exclude`` reason (the reply is kept out of every export).
-Reading the same file twice changes nothing: an identical correction or exclusion that is
-already stored is left as it is.
+newer corrections), an ``exclude`` reason (the reply is kept out of every export) and
+``paraphrases``, other ways to ask the prompt's last question (stored with source
+``reviewer``; the next LoRA's evaluation asks them). Reading the same file twice changes
+nothing: an identical correction, exclusion or paraphrase already stored is left as it is.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection
 from tqdm import tqdm
 
+from storage.paraphrases import ParaphraseTooLong, add_paraphrases_sync, clean_paraphrases
 from storage.review import UnknownReply, add_correction_sync, exclude_sync
 from training.dataset.files import DataError, atomic_write
 
@@ -27,8 +29,10 @@ class ImportedReview:
 
     added: int = 0
     already: int = 0  # identical corrections stored before
-    empty: int = 0  # records with no ``better`` and no ``exclude``
+    empty: int = 0  # records with no ``better``, no ``exclude`` and no ``paraphrases``
     excluded: int = 0
+    paraphrases_added: int = 0
+    paraphrases_already: int = 0  # wordings of the reply stored before
     missing: list[int] = field(default_factory=list)  # reply ids no longer stored
     bad: list[tuple[int, str]] = field(default_factory=list)
     rejects: Path | None = None
@@ -38,7 +42,18 @@ class _Bad(ValueError):
     pass
 
 
-def _parse(line: str) -> tuple[int, str, bool, str]:
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """What one review record asks for."""
+
+    reply_id: int
+    better: str
+    accept: bool
+    exclude: str
+    paraphrases: list[str]
+
+
+def _parse(line: str) -> _Line:
     try:
         value = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -55,7 +70,17 @@ def _parse(line: str) -> tuple[int, str, bool, str]:
         raise _Bad('"accept" must be true or false')
     if not isinstance(exclude, str):
         raise _Bad('"exclude" must be a reason in text, or ""')
-    return reply_id, better.strip(), accept, exclude.strip()
+    return _Line(reply_id, better.strip(), accept, exclude.strip(), _paraphrases(value))
+
+
+def _paraphrases(value: dict[str, Any]) -> list[str]:
+    found = value.get("paraphrases", [])
+    if not isinstance(found, list) or not all(isinstance(text, str) for text in found):
+        raise _Bad('"paraphrases" must be a list of texts, e.g. ["How far can it jump?"], or []')
+    try:
+        return clean_paraphrases(found)
+    except ParaphraseTooLong as exc:
+        raise _Bad(f'"paraphrases": {exc}') from None
 
 
 def import_review(
@@ -83,7 +108,7 @@ def import_review(
                 if not line.strip():
                     continue
                 try:
-                    reply_id, better, accept, exclude = _parse(line)
+                    parsed = _parse(line)
                 except _Bad as problem:
                     if not skip_bad:
                         raise DataError(
@@ -91,7 +116,7 @@ def import_review(
                         ) from None
                     result.bad.append((number, str(problem)))
                     continue
-                _apply(conn, result, reply_id, better, accept or accept_all, exclude, author)
+                _apply(conn, result, parsed, accept_all, author)
         except UnicodeDecodeError:
             raise DataError(f"{path}:{number + 1}: not UTF-8; save the file as UTF-8") from None
     if result.bad:
@@ -103,27 +128,33 @@ def import_review(
 
 
 def _apply(
-    conn: Connection,
-    result: ImportedReview,
-    reply_id: int,
-    better: str,
-    accept: bool,
-    exclude: str,
-    author: str,
+    conn: Connection, result: ImportedReview, line: _Line, accept_all: bool, author: str
 ) -> None:
-    if not better and not exclude:
+    if not line.better and not line.exclude and not line.paraphrases:
         result.empty += 1
         return
     try:
-        if better:
+        if line.better:
             added: Any = add_correction_sync(
-                conn, reply_id, author, better, source="import", accepted=accept, once=True
+                conn,
+                line.reply_id,
+                author,
+                line.better,
+                source="import",
+                accepted=line.accept or accept_all,
+                once=True,
             )
             if added is None:
                 result.already += 1
             else:
                 result.added += 1
-        if exclude and exclude_sync(conn, reply_id, exclude, author):
+        if line.exclude and exclude_sync(conn, line.reply_id, line.exclude, author):
             result.excluded += 1
+        if line.paraphrases:
+            new = add_paraphrases_sync(
+                conn, line.reply_id, line.paraphrases, source="reviewer", author=author
+            )
+            result.paraphrases_added += new
+            result.paraphrases_already += len(line.paraphrases) - new
     except UnknownReply:
-        result.missing.append(reply_id)
+        result.missing.append(line.reply_id)

@@ -1,6 +1,8 @@
 """The review queue (/review): rated replies with the prompt they were made from, their
-votes and corrections. A reviewer writes a better answer, accepts a user's correction, or
-excludes the reply from training; all of it is stored where `charbot export` reads it."""
+votes, corrections and paraphrases. A reviewer writes a better answer, accepts a user's
+correction, adds other ways to ask the question (paraphrases, which the next LoRA's
+evaluation asks), or excludes the reply from training; all of it is stored where
+`charbot export` reads it."""
 
 from __future__ import annotations
 
@@ -16,6 +18,13 @@ from starlette.responses import RedirectResponse, Response
 from adapters.web.context import flash, form_csrf, guarded, problem, render, studio_of
 from storage.errors import StorageError
 from storage.feedback import Selection
+from storage.paraphrases import (
+    ParaphraseTooLong,
+    StoredParaphrase,
+    add_paraphrases,
+    clean_paraphrases,
+    paraphrases_of,
+)
 from storage.review import exclude, unexclude
 from storage.studio import (
     REVIEW_SCORES,
@@ -47,6 +56,7 @@ class Item:
     context: list[dict[str, str]]  # the stored prompt without its system message
     system: str  # the persona as it was when the reply was made
     corrections: list[Any]  # storage.studio.CorrectionEntry, oldest first
+    paraphrases: list[StoredParaphrase]  # other wordings of its question, oldest first
 
     @property
     def prefill(self) -> str:
@@ -111,10 +121,11 @@ async def review_page(request: Request) -> Response:
         store, selection, score, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
     )
     fixes = await corrections_of(store, [row.id for row in shown])
+    wordings = await paraphrases_of(store, [row.id for row in shown])
     items = []
     for row in shown:
         system, context = _split_prompt(row.prompt_json)
-        items.append(Item(row, context, system, fixes.get(row.id, [])))
+        items.append(Item(row, context, system, fixes.get(row.id, []), wordings.get(row.id, [])))
     return render(
         request,
         "review.html",
@@ -173,6 +184,25 @@ async def accept(request: Request) -> Response:
     return _back(form, message_id)
 
 
+async def paraphrases(request: Request) -> Response:
+    form = await form_csrf(request)
+    message_id = int(request.path_params["message_id"])
+    lines = [line for line in str(form.get("paraphrases", "")).splitlines() if line.strip()]
+    if not lines:
+        return problem("paraphrases: write other ways to ask the question, one per line")
+    store = studio_of(request).core.store
+    try:
+        added = await add_paraphrases(store, message_id, lines, source="reviewer", author=REVIEWER)
+    except ParaphraseTooLong as exc:
+        return problem(f"paraphrases: {exc}")
+    except StorageError as exc:
+        return problem(str(exc), 404)
+    already = len(clean_paraphrases(lines)) - added
+    kept = f" ({already} stored before)" if already else ""
+    flash(request, f"reply {message_id}: {added} other ways to ask it stored{kept}")
+    return _back(form, message_id)
+
+
 async def exclude_reply(request: Request) -> Response:
     form = await form_csrf(request)
     message_id = int(request.path_params["message_id"])
@@ -203,6 +233,7 @@ ROUTES = [
         guarded(accept, admin=True),
         ["POST"],
     ),
+    ("/review/{message_id:int}/paraphrases", guarded(paraphrases, admin=True), ["POST"]),
     ("/review/{message_id:int}/exclude", guarded(exclude_reply, admin=True), ["POST"]),
     ("/review/{message_id:int}/include", guarded(include_reply, admin=True), ["POST"]),
 ]
