@@ -194,3 +194,24 @@ def test_the_gate_compares_each_figure_with_its_margin() -> None:
     assert "distinct replies" in (refusal({**same, "distinct_rate": 0.8}, settings) or "")
     assert "persona facts 60%" in (refusal({**same, "persona_score": 0.6}, settings) or "")
     assert refusal({**same, "baseline": None}, settings) is None  # nothing to compare with
+
+
+async def test_what_was_taught_leaves_out_the_replayed_answers(tmp_path: Path) -> None:
+    from bot.config import load_config
+    from tests.fakes import FakeModel
+    from training.asking import Asker
+    from training.recipe import build_recipe
+
+    config_file = tmp_path / "config.toml"
+    config_file.write_text('[model]\nbackend = "echo"\n[[characters]]\nname = "Bram"\n')
+    config = load_config(config_file)
+    asker = Asker(config, FakeModel(["Hello! How can I help you today?"] * 8))
+    feedback = [
+        {**_record(1, "Your tea?"), "completion": [{"role": "assistant", "content": "Assam."}]}
+    ]
+    feedback[0]["meta"]["answer_from"] = "correction"
+    settings = TrainingSettings(replay=8, persona_replay=0)
+    bram = asker.character("Bram", None)
+    recipe = await build_recipe(asker, bram, settings, feedback, None, tmp_path / "replay")
+    assert recipe.counts["own answers"] == 8 and len(recipe.train) == 9
+    assert recipe.taught == ["Assam."]  # a leak copies what was taught, not its own words

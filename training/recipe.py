@@ -220,7 +220,7 @@ async def build_recipe(
             fact = fact_text(correction.question, correction.answer)
             record = {**record, "prompt": with_fact(record["prompt"], fact, character.name)}
         records.append(record)
-    recipe = Recipe(records, list(held), learnt, corrections, [note])
+    recipe = Recipe(list(records), list(held), learnt, corrections, [note])
     speaking = asker.character(character.name, parent_path)
     persona = await persona_records(asker, speaking, settings.persona_replay, settings.seed)
     own = await own_answers(asker, speaking, settings.replay, cache_dir)
