@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import warnings
 
 from bot.config import Config, config_path, load_config
 from bot.errors import CharbotError
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, name):
             setattr(args, name, default)
     _configure_logging(args.verbose)
+    if not args.verbose:
+        # Libraries' notices about their own coming API changes: nothing a user can act on.
+        warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         config = load_config(config_path(args.config), backend=args.backend)
         command = {

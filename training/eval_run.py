@@ -144,7 +144,9 @@ async def evaluate_many(
         await model.close()
     for other in results[1:]:
         results[0].drift = drift(embedder, results[0], other)
-    base, tokenizer, _ = await asyncio.to_thread(load_training_model, config.model)
+    base, tokenizer, _ = await asyncio.to_thread(
+        load_training_model, config.model, progress=progress
+    )
     for result, (_label, path) in zip(results, versions, strict=True):
         result.heldout_loss = await asyncio.to_thread(
             reference_loss, base, tokenizer, path, sets.heldout
