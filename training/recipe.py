@@ -6,8 +6,9 @@ the LoRA to answer from its weights and ignore the knowledge block; persona fact
 the trained lines come back for unrelated messages. So, for feedback records:
 
 - **knowledge in the prompt** (retrieval-augmented fine-tuning, RAFT): each correction is
-  trained with its answer among the prompt's retrieved knowledge, so the LoRA learns to use
-  the knowledge block rather than to recite;
+  trained with its answer among the prompt's retrieved knowledge — beside
+  ``knowledge_distractors`` other corrections, as retrieval brings several — so the LoRA
+  learns to use the right line of the knowledge block rather than to recite;
 - **learnt as knowledge**: the version keeps every correction (its parent's too) as
   question–answer knowledge (``knowledge.jsonl``), which the bot retrieves for that version —
   a corrected fact then comes back for the question asked in any words;
@@ -214,11 +215,18 @@ async def build_recipe(
     corrections = [c for r in train if (c := correction_of(r)) is not None]
     learnt = merged(read_learnt(parent_path), corrections) if settings.learn_as_knowledge else []
     records = []
+    rng = random.Random(settings.seed)
     for record in train:
         correction = correction_of(record)
         if settings.knowledge_in_prompt and correction is not None:
-            fact = fact_text(correction.question, correction.answer)
-            record = {**record, "prompt": with_fact(record["prompt"], fact, character.name)}
+            others = [c for c in learnt or corrections if c.question != correction.question]
+            distractors = rng.sample(others, min(settings.knowledge_distractors, len(others)))
+            facts = [correction, *distractors]
+            rng.shuffle(facts)  # the answer among the others, not always first
+            prompt = record["prompt"]
+            for fact in reversed(facts):
+                prompt = with_fact(prompt, fact_text(fact.question, fact.answer), character.name)
+            record = {**record, "prompt": prompt}
         records.append(record)
     recipe = Recipe(list(records), list(held), learnt, corrections, [note])
     speaking = asker.character(character.name, parent_path)

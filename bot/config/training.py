@@ -50,7 +50,7 @@ def _check_training(where: Where, label: str, settings: TrainingSettings) -> Non
         where.fail(f"[{label}] val_fraction", "must be at least 0 and below 1")
     if settings.learning_rate <= 0:
         where.fail(f"[{label}] learning_rate", "must be above 0")
-    for name in ("replay", "persona_replay", "min_heldout"):
+    for name in ("replay", "persona_replay", "min_heldout", "knowledge_distractors"):
         if getattr(settings, name) < 0:
             where.fail(f"[{label}] {name}", "must be 0 (off) or more")
     for name in ("max_leak_increase", "max_distinct_drop", "max_persona_drop"):
