@@ -215,3 +215,35 @@ async def test_what_was_taught_leaves_out_the_replayed_answers(tmp_path: Path) -
     recipe = await build_recipe(asker, bram, settings, feedback, None, tmp_path / "replay")
     assert recipe.counts["own answers"] == 8 and len(recipe.train) == 9
     assert recipe.taught == ["Assam."]  # a leak copies what was taught, not its own words
+
+
+async def test_a_correction_trains_beside_other_corrections_as_distractors(tmp_path: Path) -> None:
+    from bot.config import load_config
+    from tests.fakes import FakeModel
+    from training.asking import Asker
+    from training.recipe import build_recipe
+
+    config_file = tmp_path / "config.toml"
+    config_file.write_text('[model]\nbackend = "echo"\n[[characters]]\nname = "Bram"\n')
+    asker = Asker(load_config(config_file), FakeModel([]))
+    answers = {"Your tea?": "Assam.", "Your boat?": "The Kittiwake.", "Your book?": "Moby-Dick."}
+    feedback = []
+    for index, (question, answer) in enumerate(answers.items()):
+        record = {
+            **_record(index, question),
+            "completion": [{"role": "assistant", "content": answer}],
+        }
+        record["meta"]["answer_from"] = "correction"
+        feedback.append(record)
+    settings = TrainingSettings(replay=0, persona_replay=0, knowledge_distractors=2)
+    bram = asker.character("Bram", None)
+    recipe = await build_recipe(asker, bram, settings, feedback, None, tmp_path / "replay")
+    firsts = set()
+    for record in recipe.train:
+        system = record["prompt"][0]["content"]
+        known = [line for line in system.splitlines() if line.startswith("- ")]
+        assert len(known) == 3  # its own answer and two others
+        own = record["completion"][0]["content"]
+        assert any(line.endswith(own) for line in known)
+        firsts.add(known[0].endswith(own))
+    assert firsts == {True, False}  # the answer is not always the first line
