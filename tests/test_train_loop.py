@@ -135,5 +135,11 @@ system_prompt = "You are Bram."
         corrected = float(rows[0].split("|")[3])
         assert corrected > float(base_rows[0].split("|")[3])
         assert "0.00 of 4" in base_rows[0]  # live 👍 rate of the base: 0 of its 4 replies
+        # ... and the figures land in the version's metadata, for `loras list` and the studio
+        (evaluated,) = list_versions(loras, "Bram")
+        stored = evaluated.metadata["evaluation"]
+        assert stored["against"] == "base" and stored["baseline"]["version"] == "base"
+        assert abs(stored["corrected_similarity"] - float(rows[0].split("|")[3])) < 1e-3
+        assert stored["unrelated_prompts"] >= 24 and "passed" in stored["gate"]
     finally:
         await switcher.close()
