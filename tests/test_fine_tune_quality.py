@@ -205,7 +205,17 @@ async def test_what_was_taught_leaves_out_the_replayed_answers(tmp_path: Path) -
     config_file = tmp_path / "config.toml"
     config_file.write_text('[model]\nbackend = "echo"\n[[characters]]\nname = "Bram"\n')
     config = load_config(config_file)
-    asker = Asker(config, FakeModel(["Hello! How can I help you today?"] * 8))
+    replies = [
+        "Hello! How can I help you today?",
+        "Hello! How can I help you today, friend?",  # the stock line again: dropped
+        "Rain by midnight, I'd say.",
+        "Sit by the stove and dry off.",
+        "Fathom caught a mouse this morning.",
+        "The lamp needs oil before dusk.",
+        "Gulls are flying inland again.",
+        "Read the tide tables, they never lie.",
+    ]
+    asker = Asker(config, FakeModel(replies))
     feedback = [
         {**_record(1, "Your tea?"), "completion": [{"role": "assistant", "content": "Assam."}]}
     ]
@@ -213,7 +223,7 @@ async def test_what_was_taught_leaves_out_the_replayed_answers(tmp_path: Path) -
     settings = TrainingSettings(replay=8, persona_replay=0)
     bram = asker.character("Bram", None)
     recipe = await build_recipe(asker, bram, settings, feedback, None, tmp_path / "replay")
-    assert recipe.counts["own answers"] == 8 and len(recipe.train) == 9
+    assert recipe.counts["own answers"] == 7 and len(recipe.train) == 8
     assert recipe.taught == ["Assam."]  # a leak copies what was taught, not its own words
 
 

@@ -36,6 +36,18 @@ def eval_sampling(config: Config, character: Character) -> Sampling:
     )
 
 
+def serving_sampling(config: Config, character: Character, seed: int = 0) -> Sampling:
+    """The sampling users get from the character (its own overrides over [model]'s), seeded."""
+    model = config.model
+    return Sampling(
+        max_new_tokens=character.max_new_tokens or model.max_new_tokens,
+        temperature=model.temperature if character.temperature is None else character.temperature,
+        top_p=character.top_p or model.top_p,
+        repetition_penalty=character.repetition_penalty or model.repetition_penalty,
+        seed=seed,
+    )
+
+
 class Asker:
     """Builds a character's prompts and answers them with one serving model."""
 

@@ -34,10 +34,12 @@ from typing import Any
 from bot.characters import Character
 from bot.config import TrainingSettings
 from bot.knowledge import LEARNT, fact_text, read_facts
-from training.asking import Asker
+from training.asking import Asker, serving_sampling
 from training.everyday import REPLAY_PROMPTS
+from training.quality import copies
 from training.train_data import Record
 
+REPLAY_VERSION = 2  # bump when own answers are made differently: the cache is keyed by it
 _KNOWS = re.compile(r"^What .+ knows:$", re.MULTILINE)
 
 
@@ -144,22 +146,31 @@ def split_by_conversation(
 async def own_answers(
     asker: Asker, character: Character, count: int, cache_dir: Path
 ) -> list[Record]:
-    """The current version's answers to ``count`` everyday prompts, cached per version."""
+    """The current version's answers to ``count`` everyday prompts, as users get them
+    (the character's sampling, seeded), cached per version. An answer that near-copies one
+    kept before is dropped: a small model's stock line ("I'm here to help with any
+    project…"), replayed for several prompts, is learnt as the answer to everything
+    (Pip's distinct replies fell to 59–68% with it, docs/training.md)."""
     prompts = list(REPLAY_PROMPTS[:count])
     if not prompts:
         return []
     key = hashlib.sha256(
-        json.dumps([character.lora or "base", prompts, _persona_key(character)]).encode()
+        json.dumps(
+            [REPLAY_VERSION, character.lora or "base", prompts, _persona_key(character)]
+        ).encode()
     ).hexdigest()[:16]
     cached = cache_dir / f"replay-{key}.jsonl"
     if cached.is_file():
         return [json.loads(line) for line in cached.read_text(encoding="utf-8").splitlines()]
-    built, answers = await asker.ask(character, prompts)
-    records = [
-        {"prompt": p, "completion": [{"role": "assistant", "content": a}]}
-        for p, a in zip(built, answers, strict=True)
-        if a.strip()
-    ]
+    sampling = serving_sampling(asker.config, character)
+    built, answers = await asker.ask(character, prompts, sampling)
+    records: list[Record] = []
+    kept: list[str] = []
+    for prompt, answer in zip(built, answers, strict=True):
+        if not answer.strip() or any(copies(answer, earlier) for earlier in kept):
+            continue
+        kept.append(answer)
+        records.append({"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]})
     cache_dir.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     cached.write_text(text, encoding="utf-8")
@@ -232,6 +243,10 @@ async def build_recipe(
     speaking = asker.character(character.name, parent_path)
     persona = await persona_records(asker, speaking, settings.persona_replay, settings.seed)
     own = await own_answers(asker, speaking, settings.replay, cache_dir)
+    if settings.knowledge_in_prompt and corrections:
+        # Replayed answers with corrections in the knowledge that do not answer them: the
+        # LoRA learns to leave an unrelated knowledge line alone, not to recite it.
+        own = [_beside(r, corrections, settings.knowledge_distractors, rng, character) for r in own]
     recipe.train += persona + own
     # What a leak copies: what was taught, not the model's own replayed words.
     recipe.taught = [r["completion"][-1]["content"] for r in [*records, *persona]]
@@ -257,6 +272,15 @@ async def build_recipe(
             else "no validation: no paraphrases of the corrections yet"
         )
     return recipe
+
+
+def _beside(
+    record: Record, facts: Sequence[Learnt], count: int, rng: random.Random, character: Character
+) -> Record:
+    prompt = record["prompt"]
+    for fact in rng.sample(list(facts), min(count, len(facts))):
+        prompt = with_fact(prompt, fact_text(fact.question, fact.answer), character.name)
+    return {**record, "prompt": prompt}
 
 
 async def paraphrase_validation(
