@@ -322,6 +322,9 @@ def train(
     import torch
 
     stop = stop or StopFlag()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # its checkpoint-ordering notices: nothing to act on
     if not progress:
         from transformers.utils.logging import disable_progress_bar
 
