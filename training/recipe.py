@@ -8,7 +8,9 @@ the trained lines come back for unrelated messages. So, for feedback records:
 - **knowledge in the prompt** (retrieval-augmented fine-tuning, RAFT): each correction is
   trained with its answer among the prompt's retrieved knowledge — beside
   ``knowledge_distractors`` other corrections, as retrieval brings several — so the LoRA
-  learns to use the right line of the knowledge block rather than to recite;
+  learns to use the right line of the knowledge block rather than to recite; replayed
+  answers train beside corrections that do not answer them, so it learns to leave an
+  unrelated line alone;
 - **learnt as knowledge**: the version keeps every correction (its parent's too) as
   question–answer knowledge (``knowledge.jsonl``), which the bot retrieves for that version —
   a corrected fact then comes back for the question asked in any words;

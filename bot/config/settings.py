@@ -111,7 +111,7 @@ class TrainingSettings:
     min_examples: int = 3  # fewer training examples are refused
     # The recipe for a handful of corrections (docs/training.md, "The recipe"):
     knowledge_in_prompt: bool = True  # train a correction with its answer in the knowledge
-    knowledge_distractors: int = 0  # other corrections beside it there, as retrieval brings
+    knowledge_distractors: int = 1  # other corrections beside it there, as retrieval brings
     learn_as_knowledge: bool = True  # the version's corrections become retrievable knowledge
     replay: int = 8  # the current version's own answers to everyday prompts, mixed in
     persona_replay: int = 0  # the character's knowledge facts, asked with the fact retrieved
