@@ -73,7 +73,8 @@ learning_rate = 0.02
 max_length = 256
 val_fraction = 0.0
 bf16 = "false"
-replay = 0
+replay = 0                 # the tiny model's own answers are noise; the loop is the point
+knowledge_distractors = 0  # and four corrections are too few to tell apart in its knowledge
 [[characters]]
 name = "Bram"
 system_prompt = "You are Bram."
