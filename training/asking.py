@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 
 from bot.characters import Character
 from bot.config import Config
@@ -103,9 +102,3 @@ class Asker:
         """(prompts, answers) for ``questions`` asked fresh."""
         prompts = [await self.prompt(character, q) for q in questions]
         return prompts, await self.answers(character, prompts, sampling)
-
-
-def knowledge_files(config: Config, name: str) -> list[Path]:
-    """The character's configured knowledge files."""
-    found = next(c for c in config.characters if c.name.lower() == name.lower())
-    return [Path(f) for f in found.knowledge]

@@ -7,50 +7,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bot.config import Config
+from bot.config import Config, TrainingSettings
 from bot.errors import CharbotError
 from bot.loras import BASE, METADATA, LoraVersion, find_version, list_versions
-from engine import ChatModel, Sampling, create_model
-from training.asking import Asker
-from training.asking import eval_sampling as greedy
-from training.eval_sets import EvalSets, read_corrections, read_sets, write_corrections
+from engine import ChatModel, create_model
+from training.asking import Asker, eval_sampling
+from training.eval_sets import read_corrections, read_sets, write_corrections
 from training.evaluate import (
     BASE_LABEL,
-    Case,
     Embedder,
     VersionEval,
-    cases,
     evaluate_version,
     reference_loss,
     write_report,
 )
 from training.judging import drift, judge_version
-from training.train_data import read_records
-
-HELDOUT = "heldout.jsonl"
-
-
-def eval_sets(data_dir: Path, method: str = "sft") -> tuple[list[Case], list[Case]]:
-    """(held-out, corrected) questions of a version: its validation records, and what its
-    last stage (the feedback, by default) trained on."""
-    sets = read_sets_only(data_dir)
-    return sets.heldout, sets.corrected
-
-
-def read_sets_only(data_dir: Path) -> EvalSets:
-    heldout_file = data_dir / HELDOUT
-    if not heldout_file.is_file():
-        raise CharbotError(f"{data_dir}: no {HELDOUT}; evaluate a version made by charbot train")
-    heldout, _ = read_records(heldout_file, "sft")
-    stages = sorted(data_dir.glob("stage-*.jsonl"), key=lambda p: int(p.name.split("-")[1]))
-    trained = read_records(stages[-1], "sft")[0] if stages else []
-    return EvalSets(heldout=cases(heldout), corrected=cases(trained))
-
-
-def eval_sampling(config: Config, name: str) -> Sampling:
-    """Greedy, with the character's own length and repetition penalty: comparable runs."""
-    character = next(c for c in config.characters if c.name == name)
-    return greedy(config, character)
 
 
 def _serving_model(config: Config, progress: bool, worker: str) -> ChatModel:
@@ -69,14 +40,14 @@ async def _real_messages(config: Config, name: str) -> list[str]:
         return await store.read(lambda conn: asked_of(conn, name, 64))
 
 
-async def _paraphrased(asker: Asker, data_dir: Path, progress: bool) -> int:
+async def _paraphrased(asker: Asker, data_dir: Path, progress: bool) -> None:
     """Generate paraphrases for corrections that have none; cache them with the data."""
     from training.paraphrase import generate_paraphrases
 
     corrections = read_corrections(data_dir)
     missing = [c for c in corrections if not c.get("paraphrases")]
     if not missing:
-        return 0
+        return
     if progress:
         print(f"rewording {len(missing)} corrected questions (none were written)…", flush=True)
     found = await generate_paraphrases(asker.model, [c["question"] for c in missing])
@@ -84,24 +55,6 @@ async def _paraphrased(asker: Asker, data_dir: Path, progress: bool) -> int:
         c["paraphrases"] = found.get(c["question"], [])
         c["paraphrases_from"] = "generated"
     write_corrections(data_dir, corrections)
-    return sum(len(c["paraphrases"]) for c in missing)
-
-
-async def evaluate_directory(
-    config: Config,
-    name: str,
-    label: str,
-    lora_path: str | None,
-    data_dir: Path,
-    progress: bool,
-    *,
-    worker: str = "thread",
-) -> VersionEval:
-    """Evaluate one LoRA directory on the sets in ``data_dir``."""
-    results = await evaluate_many(
-        config, name, [(label, lora_path)], data_dir, progress, worker=worker
-    )
-    return results[0]
 
 
 async def evaluate_many(
@@ -124,11 +77,10 @@ async def evaluate_many(
     await model.start()
     try:
         asker = Asker(config, model)
-        generated = await _paraphrased(asker, data_dir, progress)
+        await _paraphrased(asker, data_dir, progress)
         sets = read_sets(config, name, data_dir, real)
-        sets.generated_paraphrases = generated
         embedder = await asyncio.to_thread(Embedder)
-        sampling = eval_sampling(config, name)
+        sampling = eval_sampling(config, asker.character(name, None))
         results = []
         for label, path in versions:
             if progress:
@@ -136,10 +88,7 @@ async def evaluate_many(
             result = await evaluate_version(
                 model, embedder, name, label, path, sets.heldout, sets.corrected, sampling
             )
-            judged = await judge_version(asker, embedder, name, label, path, sets)
-            for key in ("paraphrased", "persona", "unrelated", "figures", "leaks"):
-                setattr(result, key, getattr(judged, key))
-            results.append(result)
+            results.append(await judge_version(asker, embedder, name, path, sets, result))
     finally:
         await model.close()
     for other in results[1:]:
@@ -154,11 +103,15 @@ async def evaluate_many(
     return results
 
 
-def with_baseline(results: list[VersionEval]) -> dict[str, Any]:
-    """The first version's summary, with the compared version's beside it."""
+def with_baseline(results: list[VersionEval], settings: TrainingSettings) -> dict[str, Any]:
+    """The first version's summary, with the compared version's beside it and the gate's
+    decision on the two."""
+    from training.gate import gate_record
+
     summary = results[0].summary()
     summary["against"] = results[1].label if len(results) > 1 else None
     summary["baseline"] = results[1].summary() if len(results) > 1 else None
+    summary["gate"] = gate_record(summary, settings)
     return summary
 
 
@@ -216,11 +169,7 @@ async def run_eval(
         if stats is not None:
             result.live_up_rate, result.live_replies = stats.up_rate, stats.replies
     if first is not None:
-        from training.gate import gate_record
-
-        summary = with_baseline(results)
-        summary["gate"] = gate_record(summary, config.training_for(name))
-        save_evaluation(first, summary)
+        save_evaluation(first, with_baseline(results, config.training_for(name)))
     settings = config.training_for(name)
     report = write_report(results, name, settings.reports_dir)
     return report, results

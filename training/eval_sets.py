@@ -23,8 +23,8 @@ from training.everyday import REGRESSION_PROMPTS
 from training.train_data import read_records
 
 HELDOUT = "heldout.jsonl"
-CORRECTIONS = "corrections.jsonl"
-TAUGHT = "taught.jsonl"
+CORRECTIONS = "corrections.jsonl"  # a version's corrections and their paraphrases
+TAUGHT = "taught.jsonl"  # the answers it was taught, which a leak would copy
 REAL_PROMPTS = 20  # real user messages added to the unrelated set, at most
 PERSONA_PROBES = 16
 
@@ -49,7 +49,6 @@ class EvalSets:
     heldout: list[Case] = field(default_factory=list)
     corrected: list[Case] = field(default_factory=list)
     trained: list[str] = field(default_factory=list)  # completions trained on: leaks of these
-    generated_paraphrases: int = 0
 
 
 def _stage_files(data_dir: Path) -> list[Path]:
@@ -87,10 +86,9 @@ def read_sets(config: Config, name: str, data_dir: Path, real: list[str]) -> Eva
     if not heldout_file.is_file():
         raise CharbotError(f"{data_dir}: no {HELDOUT}; evaluate a version made by charbot train")
     heldout, _ = read_records(heldout_file, "sft")
-    stages = _stage_files(data_dir)
-    trained = [r for file in stages for r in read_records(file, "sft")[0]]
-    last = read_records(stages[-1], "sft")[0] if stages else []
-    sets = EvalSets(heldout=cases(heldout), corrected=cases(last))
+    stages = [read_records(file, "sft")[0] for file in _stage_files(data_dir)]
+    trained = [r for records in stages for r in records]
+    sets = EvalSets(heldout=cases(heldout), corrected=cases(stages[-1] if stages else []))
     sets.trained = [c.reference for c in cases(trained)]
     taught = data_dir / TAUGHT
     if taught.is_file():  # the recipe's: without the model's own replayed answers

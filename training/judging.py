@@ -15,14 +15,13 @@ async def judge_version(
     asker: Asker,
     embedder: Embedder,
     character: str,
-    label: str,
     lora_path: str | None,
     sets: EvalSets,
+    result: VersionEval,
 ) -> VersionEval:
     """Ask the fresh sets (paraphrased, persona, unrelated) as the bot would, with the
-    version's LoRA and learnt knowledge, and judge the answers."""
+    version's LoRA and learnt knowledge, and judge the answers into ``result``."""
     speaking = asker.character(character, lora_path)
-    result = VersionEval(label)
 
     async def judged(probes: Sequence[Probe]) -> list[Judged]:
         _prompts, answers = await asker.ask(speaking, [p.question for p in probes])

@@ -93,6 +93,15 @@ def with_fact(prompt: list[dict[str, str]], fact: str, character: str) -> list[d
     return [{**prompt[0], "content": system}, *prompt[1:]]
 
 
+def with_facts(
+    prompt: list[dict[str, str]], facts: Sequence[Learnt], character: str
+) -> list[dict[str, str]]:
+    """``prompt`` with each of ``facts`` in its knowledge, in the order given."""
+    for fact in reversed(facts):
+        prompt = with_fact(prompt, fact_text(fact.question, fact.answer), character)
+    return prompt
+
+
 def read_learnt(lora_path: str | None) -> list[Learnt]:
     """The knowledge a version learnt (none for the bare base model)."""
     if lora_path is None or not (Path(lora_path) / LEARNT).is_file():
@@ -236,10 +245,7 @@ async def build_recipe(
             distractors = rng.sample(others, min(settings.knowledge_distractors, len(others)))
             facts = [correction, *distractors]
             rng.shuffle(facts)  # the answer among the others, not always first
-            prompt = record["prompt"]
-            for fact in reversed(facts):
-                prompt = with_fact(prompt, fact_text(fact.question, fact.answer), character.name)
-            record = {**record, "prompt": prompt}
+            record = {**record, "prompt": with_facts(record["prompt"], facts, character.name)}
         records.append(record)
     recipe = Recipe(list(records), list(held), learnt, corrections, [note])
     speaking = asker.character(character.name, parent_path)
@@ -279,10 +285,8 @@ async def build_recipe(
 def _beside(
     record: Record, facts: Sequence[Learnt], count: int, rng: random.Random, character: Character
 ) -> Record:
-    prompt = record["prompt"]
-    for fact in rng.sample(list(facts), min(count, len(facts))):
-        prompt = with_fact(prompt, fact_text(fact.question, fact.answer), character.name)
-    return {**record, "prompt": prompt}
+    chosen = rng.sample(list(facts), min(count, len(facts)))
+    return {**record, "prompt": with_facts(record["prompt"], chosen[::-1], character.name)}
 
 
 async def paraphrase_validation(

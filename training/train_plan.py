@@ -23,6 +23,7 @@ from bot.errors import CharbotError
 from bot.knowledge import LEARNT
 from bot.loras import LoraVersion, character_dir, find_version
 from engine import BaseIdentity, EngineError, base_identity, fingerprint
+from training.eval_sets import HELDOUT, TAUGHT, write_corrections
 from training.recipe import Recipe, build_recipe, write_learnt
 from training.train import StopFlag, TrainPlan, TrainResult, lora_bytes, train
 from training.train_data import (
@@ -36,10 +37,6 @@ from training.train_data import (
     write_records,
 )
 from training.versions import RunDir, check_disk, last_run, new_run, publish
-
-HELDOUT = "heldout.jsonl"
-CORRECTIONS = "corrections.jsonl"  # this version's corrections and their paraphrases
-TAUGHT = "taught.jsonl"  # the answers it was taught, which a leak would copy
 
 
 @dataclass
@@ -94,8 +91,8 @@ async def build_plan(config: Config, name: str, args: argparse.Namespace) -> tup
     if recipe is not None:
         write_learnt(run.path / "data", recipe.learnt)
         write_records(run.path / "data" / TAUGHT, [{"answer": a} for a in recipe.taught])
-        write_records(
-            run.path / "data" / CORRECTIONS,
+        write_corrections(
+            run.path / "data",
             [
                 {"question": c.question, "answer": c.answer, "paraphrases": list(c.paraphrases)}
                 for c in recipe.corrections
@@ -354,7 +351,6 @@ async def _evaluation(config: Config, prepared: Prepared, progress: bool) -> Any
     """The new version's evaluation against the one in use (or the base), with the gate's
     decision; None (with a warning) when it failed."""
     from training.eval_run import evaluate_many, with_baseline
-    from training.gate import gate_record
 
     run = prepared.run
     current = (prepared.parent, prepared.plan.parent_path)
@@ -366,9 +362,7 @@ async def _evaluation(config: Config, prepared: Prepared, progress: bool) -> Any
     except (CharbotError, EngineError) as exc:  # the weights are worth keeping without it
         print(f"charbot: warning: evaluation skipped: {exc}", file=sys.stderr)
         return None
-    summary = with_baseline(found)
-    summary["gate"] = gate_record(summary, prepared.plan.settings)
-    return summary
+    return with_baseline(found, prepared.plan.settings)
 
 
 def _metadata(
