@@ -14,11 +14,12 @@ from bot.characters import Character
 from bot.config import ModelSettings
 from bot.history import Chain, ChainCache
 from bot.knowledge import Knowledge
-from bot.prompt import build_prompt
+from bot.memory import Memory
+from bot.prompt import FittedPrompt, fit_prompt
 from bot.reply import ReplyTarget, StreamRenderer
 from bot.streaming import INTERRUPTED, ShownReply
 from bot.turns import TurnFilter, cut_short_usage, scene_filter
-from engine import ChatMessages, ChatModel, GenerationRequest, LoraSpec, Sampling, Usage
+from engine import ChatModel, GenerationRequest, LoraSpec, Sampling, Usage
 from engine.errors import Busy
 from storage.records import HistoryMessage, NewReply, ReplyAddress
 from storage.store import Store
@@ -120,8 +121,10 @@ class Answerer:
         knowledge: Knowledge,
         chains: ChainCache,
         runs: Runs,
+        memory: Memory | None = None,
     ) -> None:
         self.store = store
+        self.memory = memory
         self.model = model
         self.settings = settings
         self.cast = cast
@@ -154,12 +157,15 @@ class Answerer:
         target: ReplyTarget,
         regenerated_from: int | None = None,
         answers: int | None = None,
+        private: bool | None = None,
     ) -> ReplyResult:
         """Generate and show a reply to the end of ``chain``; store it. ``answers``: the user
-        message it answers (marked answered with it); ``regenerated_from``: the first
-        sibling, when this is a regenerated one."""
+        message it answers (marked answered with it; memory may take notes from it);
+        ``regenerated_from``: the first sibling, when this is a regenerated one;
+        ``private``: whether the chat is one-to-one (None: not known)."""
         platform, chat_id, _thread = key
-        prompt = await self._prompt(character, chain, user_name)
+        fitted = await self._prompt(key, conversation, character, chain, user_name)
+        prompt = fitted.messages
         sampling = self.sampling_for(character)
         lora = LoraSpec(character.name, character.lora) if character.lora else None
         request = GenerationRequest(
@@ -195,16 +201,26 @@ class Answerer:
         )
         if outcome.status in ("ok", "cancelled"):
             said = HistoryMessage(reply_id, "assistant", outcome.text, character.name, "")
-            self.chains.put((*chain, said))
+            chain = self.chains.put((*chain, said))
+        if self.memory is not None:
+            first = fitted.first_row
+            kept = chain[first].id if first < len(chain) else None
+            learn = answers is not None and regenerated_from is None
+            self.memory.answered(key, conversation, character, chain, kept, private, learn)
         return ReplyResult(
             reply_id, character.name, outcome.text, outcome.message_ids, outcome.status
         )
 
-    async def _prompt(self, character: Character, chain: Chain, user_name: str) -> ChatMessages:
+    async def _prompt(
+        self, key: ChatKey, conversation: int, character: Character, chain: Chain, user_name: str
+    ) -> FittedPrompt:
         notes = await self.knowledge.notes(character, [m.text for m in chain], self._text_tokens)
-        return build_prompt(
-            self.model, character, chain, self.settings.context_tokens, user_name, notes
-        )
+        budget = self.settings.context_tokens
+        if self.memory is not None:
+            return await self.memory.prompt(
+                key, conversation, character, chain, budget, user_name, notes
+            )
+        return fit_prompt(self.model, character, chain, budget, user_name, notes)
 
     def _text_tokens(self, text: str) -> int:
         return self.model.count_tokens([{"role": "system", "content": text}])

@@ -16,12 +16,13 @@ from typing import Any
 from bot.answering import Answerer, ReplyResult, Runs
 from bot.cast import Cast
 from bot.characters import Character
-from bot.config import ModelSettings
+from bot.config import MemorySettings, ModelSettings
 from bot.feedback import Feedback
 from bot.greeting import show_greeting
 from bot.history import HISTORY_LIMIT, ChainCache
 from bot.intake import Intake
-from bot.knowledge import Knowledge
+from bot.knowledge import Embedder, Knowledge
+from bot.memory import Memory
 from bot.messages import Inbound
 from bot.recovery import Recovered, TargetFor, recover
 from bot.reply import ReplyTarget
@@ -53,14 +54,22 @@ class Core:
         default_character: str | None = None,
         answer_backlog_minutes: float = 10.0,
         max_replies: int = 16,
+        memory: MemorySettings | None = None,
+        memory_model: ChatModel | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         """``answer_backlog_minutes``: after a restart, unanswered messages older than this are
-        skipped; ``max_replies``: replies written at once over all chats (the rest wait)."""
+        skipped; ``max_replies``: replies written at once over all chats (the rest wait);
+        ``memory``: [memory] (None or disabled: no memory, prompts as without it), with
+        ``memory_model`` for its summaries and notes ([memory] base_url) and ``embedder``
+        for recall (default: MiniLM, shared with the knowledge files)."""
         self.store = store
         self.settings = settings
         self._cast = Cast(characters, default_character)
         self.swipes = Swipes(store)
-        self.knowledge = Knowledge(settings.cache_dir / "knowledge", settings.knowledge_tokens)
+        self.knowledge = Knowledge(
+            settings.cache_dir / "knowledge", settings.knowledge_tokens, embedder=embedder
+        )
         # The echo backend is the instant smoke test: no embedding model (lorebooks apply).
         self.knowledge.retrieval = settings.backend != "echo"
         self.answer_backlog_minutes = answer_backlog_minutes
@@ -72,6 +81,16 @@ class Core:
         self._lines = ChatLines()
         chains = ChainCache(max_length=HISTORY_LIMIT)
         self._runs = Runs()
+        self.memory: Memory | None = None
+        if memory is not None and memory.enabled:
+            self.memory = Memory(
+                store,
+                model,
+                memory,
+                context_tokens=settings.context_tokens,
+                embedder=self.knowledge.embedder,
+                writer=memory_model,
+            )
         self._answerer = Answerer(
             store=store,
             model=model,
@@ -80,6 +99,7 @@ class Core:
             knowledge=self.knowledge,
             chains=chains,
             runs=self._runs,
+            memory=self.memory,
         )
         self._intake = Intake(
             store=store,
@@ -115,10 +135,14 @@ class Core:
             knowledge.cancel()  # its thread finishes on its own; nobody needs the result
             raise
         await knowledge
+        if self.memory is not None:
+            await self.memory.start()
 
     async def close(self) -> None:
         if not self._intake.stopping:
             await self.stop(grace_s=0.0)
+        if self.memory is not None:
+            await self.memory.close()
         await self.model.close()
 
     def begin_stop(self) -> None:

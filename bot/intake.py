@@ -170,6 +170,7 @@ class Intake:
                     user_name=msg.author_name,
                     target=target,
                     answers=stored.message_id,
+                    private=msg.private,
                 )
         finally:
             place.done()
@@ -183,7 +184,9 @@ class Intake:
         parent = await self.swipes.continue_from(
             stored.message_id, parent, msg.author_id, explicit=stored.replied is not None
         )
-        me = HistoryMessage(stored.message_id, "user", msg.text, None, msg.author_name)
+        me = HistoryMessage(
+            stored.message_id, "user", msg.text, None, msg.author_name, msg.author_id
+        )
         chain = self.chains.extend(parent, me)
         if chain is None:
             chain = self.chains.put(tuple(await self.store.history(me.id, HISTORY_LIMIT)))

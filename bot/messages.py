@@ -25,4 +25,8 @@ class Inbound:
     addressed: bool = True  # the bot was mentioned, DMed, replied to or commanded
     character: str | None = None  # an explicit choice (slash command option, /ask as NAME)
     default_character: str | None = None  # the adapter's configured default for this chat
+    # A one-to-one chat with the bot (a DM, Telegram's private chat, the console): notes
+    # taken from it stay in it (bot.memory). None: not known (a message resumed after a
+    # restart), treated as private.
+    private: bool | None = None
     sent_at: float = field(default_factory=time.time)  # unix seconds

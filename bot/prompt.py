@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot.characters import Character
@@ -21,6 +22,45 @@ EXAMPLES_START = (
 )
 EXAMPLES_END = "[End of examples. The real conversation with {{user}} starts here.]"
 _START = re.compile(r"^\s*<START>\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptMemory:
+    """What memory adds to a prompt (bot.memory): the conversation's story so far, what
+    the character knows about the people speaking, and old messages recalled — each as
+    exactly inserted. ``reserve``: prompt tokens kept free for the recalled lines while the
+    history is fitted, so recall never pushes a turn out."""
+
+    summary: str = ""
+    about: Sequence[tuple[str, Sequence[str]]] = ()  # (person's name, their notes)
+    recalled: Sequence[str] = ()
+    reserve: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FittedPrompt:
+    """A built prompt and where its history starts: ``first_row`` is the index in the rows
+    of the oldest one kept (``len(rows)`` when none is)."""
+
+    messages: ChatMessages = field(default_factory=list)
+    first_row: int = 0
+
+
+def memory_sections(memory: PromptMemory) -> tuple[list[str], list[str]]:
+    """The system prompt's memory sections: (before the knowledge: the story so far; after
+    it: notes about people and recalled messages, which change from turn to turn)."""
+    stable = [f"The story so far: {memory.summary.strip()}"] if memory.summary.strip() else []
+    changing = [
+        f"Things {name} told {{{{char}}}}:\n" + "\n".join(f"- {note.strip()}" for note in notes)
+        for name, notes in memory.about
+        if notes
+    ]
+    if memory.recalled:
+        changing.append(
+            "Earlier in this chat (recalled, oldest first):\n"
+            + "\n".join(f"- {line.strip()}" for line in memory.recalled)
+        )
+    return stable, changing
 
 
 def expand_macros(text: str, character: Character, user: str) -> str:
@@ -34,11 +74,16 @@ def speaker_tag(name: str) -> str:
 
 
 def persona_text(
-    character: Character, user: str, knowledge: Sequence[str] = (), others: Sequence[str] = ()
+    character: Character,
+    user: str,
+    knowledge: Sequence[str] = (),
+    others: Sequence[str] = (),
+    memory: PromptMemory | None = None,
 ) -> str:
     """The system prompt: the character's own system prompt, its persona fields, example
-    dialogue that is not written as turns, who else is in the scene, and ``knowledge``
-    (lorebook entries and retrieved facts) — exactly as inserted."""
+    dialogue that is not written as turns, who else is in the scene, the story so far,
+    ``knowledge`` (lorebook entries and retrieved facts), then what the character knows
+    about the people speaking and what it recalls — exactly as inserted."""
     sections = [
         character.system_prompt
         or "You are {{char}}. Stay in character and reply as {{char}} to {{user}}."
@@ -59,8 +104,11 @@ def persona_text(
             f"{speaker_tag('Name')}. Write only {{{{char}}}}'s own reply; never write lines "
             "for anyone else."
         )
+    stable, changing = memory_sections(memory) if memory is not None else ([], [])
+    sections += stable
     if knowledge:
         sections.append("What {{char}} knows:\n" + "\n".join(f"- {k.strip()}" for k in knowledge))
+    sections += changing
     return expand_macros("\n\n".join(sections), character, user)
 
 
@@ -99,9 +147,15 @@ def history_messages(rows: Sequence[Any], character: Character) -> ChatMessages:
     the chat, each person's lines are tagged too. Consecutive turns of one role are merged:
     several chat templates insist that roles alternate.
     """
+    return history_turns(rows, character)[0]
+
+
+def history_turns(rows: Sequence[Any], character: Character) -> tuple[ChatMessages, list[int]]:
+    """:func:`history_messages`, and for each turn the index of its first row."""
     tag_people = len(_humans(rows)) > 1
     turns: ChatMessages = []
-    for row in rows:
+    starts: list[int] = []
+    for index, row in enumerate(rows):
         if row.role == "assistant" and row.character == character.name:
             role, content = "assistant", row.text
         elif row.role == "assistant":
@@ -114,7 +168,8 @@ def history_messages(rows: Sequence[Any], character: Character) -> ChatMessages:
             turns[-1] = {"role": role, "content": turns[-1]["content"] + "\n" + content}
         else:
             turns.append({"role": role, "content": content})
-    return turns
+            starts.append(index)
+    return turns, starts
 
 
 def scene_members(rows: Sequence[Any], character: Character, user: str) -> list[str]:
@@ -137,23 +192,40 @@ def build_prompt(
     budget: int,
     user_name: str,
     knowledge: Sequence[str] = (),
+    memory: PromptMemory | None = None,
 ) -> ChatMessages:
-    """Persona (with ``knowledge``) + example turns + as much recent history as fits in
-    ``budget`` prompt tokens + post-history instructions.
+    """Persona (with ``knowledge`` and ``memory``) + example turns + as much recent history
+    as fits in ``budget`` prompt tokens + post-history instructions.
 
     The newest turn is always kept (trimmed itself if it alone is too long); older turns are
     dropped whole, oldest first. Counting uses the model's own tokenizer and chat template.
     """
+    return fit_prompt(model, character, rows, budget, user_name, knowledge, memory).messages
+
+
+def fit_prompt(
+    model: ChatModel,
+    character: Character,
+    rows: Sequence[Any],
+    budget: int,
+    user_name: str,
+    knowledge: Sequence[str] = (),
+    memory: PromptMemory | None = None,
+) -> FittedPrompt:
+    """:func:`build_prompt`, and where the history it kept starts. ``memory.reserve``
+    tokens of ``budget`` are left unused by the history."""
     others = scene_members(rows, character, user_name)
-    persona = persona_text(character, user_name, knowledge, others)
+    persona = persona_text(character, user_name, knowledge, others, memory)
     system = [{"role": "system", "content": persona}, *example_turns(character, user_name)]
     tail: ChatMessages = []
     if character.post_history_instructions.strip():
         text = expand_macros(character.post_history_instructions, character, user_name)
         tail = [{"role": "system", "content": text}]
-    turns = history_messages(rows, character)
+    turns, starts = history_turns(rows, character)
     if not turns:
-        return system + tail
+        return FittedPrompt(system + tail, len(rows))
+    if memory is not None:
+        budget -= memory.reserve
     newest = turns[-1]
     fixed = model.count_tokens([*system, newest, *tail])
     if fixed > budget:
@@ -176,4 +248,4 @@ def build_prompt(
     while len(kept) > 1 and model.count_tokens(prompt) > budget:
         kept.pop(0)
         prompt = system + kept + tail
-    return prompt
+    return FittedPrompt(prompt, starts[len(turns) - len(kept)])

@@ -10,7 +10,7 @@ from bot.characters import Character
 from bot.config import Config
 from bot.core import Core
 from bot.loras import LoraSwitcher
-from engine import ChatModel, ServedLora, base_identity, create_model
+from engine import ChatModel, EngineSettings, ServedLora, base_identity, create_model
 from storage.store import open_store
 
 
@@ -35,6 +35,21 @@ def build_model(config: Config) -> ChatModel:
     )
 
 
+def build_memory_model(config: Config) -> ChatModel | None:
+    """[memory]'s own model on an OpenAI-compatible server, or None (the bot's model)."""
+    memory = config.memory
+    if not memory.enabled or not memory.base_url:
+        return None
+    settings = EngineSettings(
+        backend="openai",
+        base_url=memory.base_url,
+        model=memory.model,
+        api_key_env=memory.api_key_env,
+        context_tokens=config.model.context_tokens,
+    )
+    return create_model(settings)
+
+
 @contextlib.asynccontextmanager
 async def open_core(config: Config) -> AsyncIterator[Core]:
     """A started core over the configured store and model; everything closed on exit."""
@@ -47,6 +62,8 @@ async def open_core(config: Config) -> AsyncIterator[Core]:
             default_character=config.default_character,
             answer_backlog_minutes=config.bot.answer_backlog_minutes,
             max_replies=config.bot.max_replies,
+            memory=config.memory,
+            memory_model=build_memory_model(config),
         )
         await core.start()
         core.loras = LoraSwitcher(

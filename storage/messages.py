@@ -47,7 +47,14 @@ _COLUMNS = (
     _M.c.wanted_character,
     _M.c.default_character,
 )
-_HISTORY_COLUMNS = (_M.c.id, _M.c.role, _M.c.text, _M.c.character, _M.c.author_name)
+_HISTORY_COLUMNS = (
+    _M.c.id,
+    _M.c.role,
+    _M.c.text,
+    _M.c.character,
+    _M.c.author_name,
+    _M.c.author_id,
+)
 
 
 def _stored(row: Row[Any] | None) -> StoredMessage | None:

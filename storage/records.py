@@ -57,6 +57,7 @@ class HistoryMessage:
     text: str
     character: str | None
     author_name: str
+    author_id: str = ""  # whose notes the character recalls when this person speaks
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,3 +151,59 @@ class NewReply:
     error: str | None = None
     regenerated_from_id: int | None = None  # the first sibling, for a regenerated reply
     author_id: str = "bot"
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryMessage:
+    """A stored message as memory reads it: to embed it, or to show it recalled."""
+
+    id: int
+    conversation_id: int
+    platform: str
+    chat_id: str
+    thread_id: str
+    role: str  # "user" | "assistant"
+    author_id: str
+    author_name: str
+    character: str | None
+    text: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSummary:
+    """One extension of a conversation's story so far (a row of ``summaries``)."""
+
+    id: int
+    conversation_id: int
+    first_message_id: int
+    last_message_id: int
+    text: str
+    model: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredNote:
+    """What a character knows about a person (a row of ``person_notes``)."""
+
+    id: int
+    character: str
+    platform: str
+    user_id: str
+    text: str
+    scope: str  # "shared" | "private"
+    chat_id: str  # where it was made
+    source: str  # "user" | "model" | "rules" | "studio"
+    message_id: int | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """What forgetting a person removed."""
+
+    notes: int
+    vectors: int
+    summaries: int  # summary rows removed; their conversations are summarised again
+    conversations: int

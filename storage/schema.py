@@ -15,6 +15,8 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
     String,
     Text,
     TypeDecorator,
@@ -259,3 +261,73 @@ class LoraChoice(Base):
     rolled_back_at: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (Index("ix_lora_choices_character", "character", "id"),)
+
+
+class MessageVector(Base):
+    """A stored message's embedding (float16 bytes) for recall, with its chat and thread
+    (migration 8)."""
+
+    __tablename__ = "memory_vectors"
+
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String(64))
+    thread_id: Mapped[str] = mapped_column(String(64))
+    embedder: Mapped[str] = mapped_column(String(64))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (
+        Index("ix_memory_vectors_chat", "platform", "chat_id", "thread_id", "message_id"),
+    )
+
+
+class Summary(Base):
+    """One extension of a conversation's story so far, covering messages
+    ``first_message_id``..``last_message_id``; the newest row is current (migration 8)."""
+
+    __tablename__ = "summaries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
+    first_message_id: Mapped[int] = mapped_column(Integer)
+    last_message_id: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(CleanText)
+    model: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "last_message_id", name="uq_summary_range"),
+    )
+
+
+class PersonNote(Base):
+    """What a character knows about a person: ``shared`` notes go wherever that person
+    speaks with the character, ``private`` ones only into ``chat_id`` (migration 8)."""
+
+    __tablename__ = "person_notes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    character: Mapped[str] = mapped_column(String(128))
+    platform: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(CleanText)
+    scope: Mapped[str] = mapped_column(String(16))  # "shared" | "private"
+    chat_id: Mapped[str] = mapped_column(String(64))  # where it was made
+    source: Mapped[str] = mapped_column(String(16))  # "user" | "model" | "rules" | "studio"
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_person_notes_person", "character", "platform", "user_id"),)
+
+
+class ForgottenPerson(Base):
+    """A person forgotten with ``charbot forget-user``: never embedded or summarised again
+    (migration 8)."""
+
+    __tablename__ = "forgotten_people"
+
+    platform: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(64))
+    forgotten_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (PrimaryKeyConstraint("platform", "user_id"),)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bot.characters import Character
-from bot.config import ModelSettings
+from bot.config import MemorySettings, ModelSettings
 from bot.core import Core
 from engine import ChatModel
 from storage.store import Store
@@ -50,7 +50,8 @@ def db_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 async def make_core(db_url: str) -> AsyncIterator[MakeCore]:
-    """``core = await make_core(model=FakeModel([...]), characters=[...], **settings)``.
+    """``core = await make_core(model=FakeModel([...]), characters=[...], **settings)``;
+    ``memory=MemorySettings()`` turns memory on.
 
     Each call opens the same database file, so a second core is "the bot after a restart".
     """
@@ -60,6 +61,8 @@ async def make_core(db_url: str) -> AsyncIterator[MakeCore]:
         model: ChatModel | None = None,
         characters: Sequence[Character] = DEFAULT_CHARACTERS,
         default_character: str | None = None,
+        memory: MemorySettings | None = None,
+        memory_model: ChatModel | None = None,
         **settings: Any,
     ) -> Core:
         store = await Store.open(db_url)
@@ -69,6 +72,8 @@ async def make_core(db_url: str) -> AsyncIterator[MakeCore]:
             characters=list(characters),
             settings=ModelSettings(backend="fake", **settings),
             default_character=default_character,
+            memory=memory,
+            memory_model=memory_model,
         )
         await core.start()
         opened.append((core, store))

@@ -10,12 +10,18 @@ from bot.config.characters import default_character, read_characters
 from bot.config.clean import read_clean
 from bot.config.model import check_model
 from bot.config.reading import CONFIG_ENV, Where, read_file, read_section, reject_unknown
-from bot.config.sections import check_bot, check_platform_characters, check_storage
+from bot.config.sections import (
+    check_bot,
+    check_memory,
+    check_platform_characters,
+    check_storage,
+)
 from bot.config.settings import (
     BotSettings,
     Config,
     ConsoleSettings,
     DiscordSettings,
+    MemorySettings,
     ModelSettings,
     TelegramSettings,
     WebSettings,
@@ -34,6 +40,7 @@ _SECTIONS = {
     "discord": DiscordSettings,
     "telegram": TelegramSettings,
     "web": WebSettings,
+    "memory": MemorySettings,
 }
 _TOP_LEVEL = {*_SECTIONS, "characters", "default_character", "clean", "training"}
 
@@ -57,6 +64,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
     model = check_model(where, tables["model"], base, backend)
     storage = check_storage(where, tables["storage"], base)
     bot = check_bot(where, tables["bot"])
+    memory = check_memory(where, tables["memory"])
     characters = read_characters(where, raw.get("characters"), base)
     default = default_character(where, raw, characters)
     names = [c.name.lower() for c in characters]
@@ -72,6 +80,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         model=model,
         storage=storage,
         bot=bot,
+        memory=memory,
         characters=tuple(characters),
         default_character=default,
         console=tables["console"],

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from bot.config.reading import Where
-from bot.config.settings import BotSettings, DiscordSettings, TelegramSettings
+from bot.config.settings import BotSettings, DiscordSettings, MemorySettings, TelegramSettings
 from storage.settings import StorageSettings
 
 
@@ -39,6 +39,36 @@ def check_bot(where: Where, bot: BotSettings) -> BotSettings:
     if bot.max_replies < 1:
         where.fail("[bot] max_replies", "must be at least 1")
     return bot
+
+
+EXTRACT = ("rules", "model", "off")
+
+
+def check_memory(where: Where, memory: MemorySettings) -> MemorySettings:
+    """[memory]: budgets not negative, a known way to extract notes, a model with its
+    server."""
+    for name in (
+        "recall_tokens",
+        "summary_tokens",
+        "notes_tokens",
+        "recall_top_k",
+        "cache_mb",
+        "summarize_every",
+    ):
+        if getattr(memory, name) < 0:
+            where.fail(f"[memory] {name}", "must not be negative")
+    for name in ("note_chars", "max_notes"):
+        if getattr(memory, name) < 1:
+            where.fail(f"[memory] {name}", "must be at least 1")
+    if not -1.0 <= memory.recall_min_score <= 1.0:
+        where.fail("[memory] recall_min_score", "is a cosine similarity, between -1 and 1")
+    if memory.extract not in EXTRACT:
+        where.fail("[memory] extract", f"must be one of {', '.join(EXTRACT)}")
+    if memory.model and not memory.base_url:
+        where.fail("[memory] model", "needs [memory] base_url, the server that serves it")
+    if memory.base_url and not memory.model:
+        where.fail("[memory] base_url", "needs [memory] model, the served model's name")
+    return memory
 
 
 def check_platform_characters(

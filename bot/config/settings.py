@@ -86,6 +86,29 @@ class WebSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MemorySettings:
+    """[memory]: what a character remembers beyond the history that fits in the prompt —
+    recalled old messages of the chat, the conversation's rolling summary, and notes about
+    each person (docs/memory.md). Off, prompts are exactly as without memory."""
+
+    enabled: bool = True
+    recall_tokens: int = 160  # of context_tokens, for old messages recalled by similarity
+    recall_top_k: int = 4  # recalled messages at most
+    recall_min_score: float = 0.4  # cosine similarity below which an old message is unrelated
+    summarize_every: int = 20  # new messages before the summary is extended; 0: no summary
+    summary_tokens: int = 160  # the longest summary, and its share of context_tokens
+    notes_tokens: int = 96  # of context_tokens, for what the character knows about people
+    note_chars: int = 300  # the longest note /remember takes
+    max_notes: int = 50  # per person and character; the oldest go first
+    extract: str = "rules"  # notes from what people say: "rules" | "model" | "off"
+    # A model of its own for summaries and extraction: an OpenAI-compatible server
+    base_url: str | None = None  # e.g. "http://127.0.0.1:8000/v1"; unset: the bot's model
+    model: str | None = None  # the served model's name
+    api_key_env: str | None = None  # environment variable holding its API key
+    cache_mb: int = 256  # recall's vectors kept in memory over all chats (LRU)
+
+
+@dataclass(frozen=True, slots=True)
 class TrainingSettings:
     """[training] (and [training.characters.NAME] overrides): LoRA fine-tuning of a character.
 
@@ -153,6 +176,7 @@ class Config:
     telegram: TelegramSettings = field(default_factory=TelegramSettings)
     web: WebSettings = field(default_factory=WebSettings)
     bot: BotSettings = field(default_factory=BotSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
     clean: CleanSettings = field(default_factory=CleanSettings)
     # Per-character [clean.characters.NAME] rules, by lower-case name; see clean_for.
     clean_overrides: dict[str, CleanSettings] = field(default_factory=dict)
