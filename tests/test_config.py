@@ -211,3 +211,29 @@ def test_cli_reports_a_malformed_config_in_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("charbot: error:")
     assert "Traceback" not in result.stderr
+
+
+def test_the_shipped_memory_settings_are_the_defaults() -> None:
+    import dataclasses
+    import tomllib
+
+    from bot.config import MemorySettings
+
+    shipped = tomllib.loads((Path(__file__).parent.parent / "config.toml").read_text())["memory"]
+    defaults = {f.name: f.default for f in dataclasses.fields(MemorySettings)}
+    assert {k: v for k, v in shipped.items() if defaults[k] != v} == {}
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ('extract = "llm"', "[memory] extract"),
+        ("recall_tokens = -1", "[memory] recall_tokens"),
+        ('model = "qwen"', "[memory] model"),
+        ("recall_min_score = 3", "[memory] recall_min_score"),
+    ],
+)
+def test_bad_memory_settings_are_one_line_naming_the_key(
+    tmp_path: Path, line: str, named: str
+) -> None:
+    assert named in error_of(write(tmp_path, MINIMAL + f"\n[memory]\n{line}\n"))

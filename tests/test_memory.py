@@ -291,6 +291,8 @@ async def test_forgetting_a_person_removes_their_notes_vectors_and_summaries(
     assert removed.notes >= 1 and removed.vectors == 2 and removed.summaries >= 1
     assert core.memory is not None
     assert await core.memory.indexer.catch_up() == 0  # never embedded again
+    await chat(core, "I have a brother called Tom.")
+    assert await core.store.read(lambda conn: sql.list_notes(conn)) == []  # nor noted
     conversation = (await store.list_messages())[0].conversation_id
     await core.memory.summaries.extend(conversation, "Aria")
     asked = model.summary_requests[-1].messages[1]["content"]

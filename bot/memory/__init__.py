@@ -31,6 +31,7 @@ from bot.memory.recall import ChatKey, Indexer, Recall
 from bot.memory.summaries import Summarizer, speaker
 from bot.prompt import FittedPrompt, PromptMemory, fit_prompt
 from engine import ChatModel
+from storage import memory as sql
 from storage.records import HistoryMessage, MemoryMessage
 from storage.store import Store
 
@@ -190,6 +191,11 @@ class Memory:
 
     async def _learn(self, character: str, person: Person, said: HistoryMessage) -> None:
         try:
+            forgotten = await self.store.read(
+                lambda conn: sql.is_forgotten(conn, person.platform, person.user_id)
+            )
+            if forgotten:  # `charbot forget-user`: no memory of them is built again
+                return
             if self.settings.extract == "model":
                 note = await model_note(self.writer, person.name, said.text)
                 found = [note] if note else []
