@@ -48,7 +48,7 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     person = commands.add_parser(
         "forget-user",
         parents=[common],
-        help="remove a person's notes, message vectors and summaries; never remember them again",
+        help="remove a person's notes, vectors and summaries; never embed their messages again",
     )
     person.add_argument("platform", help="discord, telegram, web…")
     person.add_argument("user_id", help="their user id on that platform")
