@@ -1,6 +1,7 @@
 """The `charbot` command: its parser, logging, and the dispatch to each command.
 
-The commands live beside it (``run``, ``stats_command``, ``web_command``, ``card_import``)
+The commands live beside it (``run``, ``stats_command``, ``memory_command``, ``web_command``,
+``card_import``)
 and in training/ (``commands``: export and data; ``commands_train``: train, eval, loras);
 only the terminal chat, a few lines, is here.
 """
@@ -15,7 +16,7 @@ import warnings
 
 from bot.config import Config, config_path, load_config
 from bot.errors import CharbotError
-from charbot import card_import, run, stats_command, web_command
+from charbot import card_import, memory_command, run, stats_command, web_command
 from engine import BACKEND_ALIASES, BACKENDS, EngineError
 from storage.errors import StorageError
 from training import commands as data_commands
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     card_import.add_parser(commands, common)  # characters import
     data_commands.add_parsers(commands, common)  # export, import-corrections, data
     stats_command.add_parser(commands, common)  # stats
+    memory_command.add_parsers(commands, common)  # memory, forget-user
     lora_commands.add_commands(commands, common)  # train, eval, adapters
     web_command.add_parser(commands, common)  # web (the studio)
     return parser
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             "run": run.run_command,
             "chat": _chat,
             "stats": stats_command.stats_command,
+            **memory_command.commands(),
             "characters": card_import.import_command,
             **data_commands.commands(),
             **lora_commands.COMMANDS,

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from storage.records import Forgotten, MemoryMessage, StoredNote, StoredSummary
+from storage.records import ChatSummary, Forgotten, MemoryMessage, StoredNote, StoredSummary
 from storage.schema import (
     Conversation,
     ForgottenPerson,
@@ -238,6 +238,50 @@ def list_summaries(conn: Connection, conversation_id: int | None = None) -> list
     return [StoredSummary(*row) for row in conn.execute(query)]
 
 
+def current_summaries(
+    conn: Connection,
+    *,
+    platform: str | None = None,
+    chat_id: str | None = None,
+    character: str | None = None,
+    author_id: str | None = None,
+) -> list[ChatSummary]:
+    """Each conversation's current summary (its newest row) with its chat, by conversation:
+    of one platform or chat, of conversations ``character`` replied in (any case), of
+    conversations person ``author_id`` (on ``platform``) wrote in."""
+    newest = (
+        select(_S.c.conversation_id, func.max(_S.c.last_message_id).label("last"))
+        .group_by(_S.c.conversation_id)
+        .subquery()
+    )
+    query = (
+        select(*_SUMMARY_COLUMNS, _C.c.platform, _C.c.chat_id, _C.c.thread_id)
+        .join(
+            newest,
+            and_(
+                newest.c.conversation_id == _S.c.conversation_id,
+                newest.c.last == _S.c.last_message_id,
+            ),
+        )
+        .join(_C, _C.c.id == _S.c.conversation_id)
+        .order_by(_S.c.conversation_id)
+    )
+    if platform is not None:
+        query = query.where(_C.c.platform == platform)
+    if chat_id is not None:
+        query = query.where(_C.c.chat_id == chat_id)
+    in_it = _M.c.conversation_id == _S.c.conversation_id
+    if character is not None:
+        replied = and_(in_it, _M.c.role == "assistant")
+        query = query.where(
+            exists().where(replied, func.lower(_M.c.character) == character.lower())
+        )
+    if author_id is not None:
+        query = query.where(exists().where(in_it, _M.c.role == "user", _M.c.author_id == author_id))
+    width = len(_SUMMARY_COLUMNS)
+    return [ChatSummary(StoredSummary(*row[:width]), *row[width:]) for row in conn.execute(query)]
+
+
 # -- notes ----------------------------------------------------------------------------------
 
 
@@ -265,6 +309,11 @@ def list_notes(conn: Connection, character: str | None = None) -> list[StoredNot
     query = select(*_NOTE_COLUMNS).order_by(_N.c.id)
     if character is not None:
         query = query.where(_N.c.character == character)
+    return [StoredNote(*row) for row in conn.execute(query)]
+
+
+def notes_by_id(conn: Connection, note_ids: Iterable[int]) -> list[StoredNote]:
+    query = select(*_NOTE_COLUMNS).where(_N.c.id.in_(list(note_ids))).order_by(_N.c.id)
     return [StoredNote(*row) for row in conn.execute(query)]
 
 

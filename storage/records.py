@@ -184,6 +184,16 @@ class StoredSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class ChatSummary:
+    """A conversation's current summary with the chat it belongs to (the studio, the CLI)."""
+
+    summary: StoredSummary
+    platform: str
+    chat_id: str
+    thread_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class StoredNote:
     """What a character knows about a person (a row of ``person_notes``)."""
 

@@ -18,7 +18,7 @@ from tests.test_web import XSS
 from tests.web_support import Browser, charbot, export_sft, open_browser, write_config
 
 PASSWORD = "correct horse battery staple"
-ADMIN_PAGES = ("/review", "/characters", "/reports")  # every page but the chat
+ADMIN_PAGES = ("/review", "/characters", "/memory", "/reports")  # every page but the chat
 
 
 @pytest.fixture

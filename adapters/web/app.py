@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from adapters.base import PlatformAdapter
-from adapters.web import chat, login, reports, review, versions
+from adapters.web import chat, login, memory, reports, review, versions
 from adapters.web.context import Studio, make_templates
 from adapters.web.security import SecurityHeaders, admin_password
 from adapters.web.target import WebTarget
@@ -36,7 +36,7 @@ def create_app(studio: Studio) -> Starlette:
     """The studio as an ASGI app over a started core."""
     routes = [
         Route(path, handler, methods=methods)
-        for module in (chat, login, review, versions, reports)
+        for module in (chat, login, review, versions, memory, reports)
         for path, handler, methods in module.ROUTES
     ]
     routes.append(Mount("/static", app=StaticFiles(directory=STATIC), name="static"))

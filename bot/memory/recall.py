@@ -164,12 +164,18 @@ class Recall:
 class Indexer:
     """Embeds every stored message that has no vector yet, in the background: woken after
     each message, and at start for whatever an earlier run (or a run without memory) left.
-    A long backlog is embedded under a progress bar, with one line saying why."""
+    A long backlog is embedded under a progress bar, with one line saying why.
 
-    def __init__(self, store: Store, embedder: Embedder, *, progress: bool = True) -> None:
+    ``bar_at``: the backlog from which the bar shows (``charbot memory rebuild`` passes 0,
+    to show it always)."""
+
+    def __init__(
+        self, store: Store, embedder: Embedder, *, progress: bool = True, bar_at: int = BAR_AT
+    ) -> None:
         self.store = store
         self.embedder = embedder
         self.progress = progress
+        self.bar_at = bar_at
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.embedded = 0  # messages embedded by this run
@@ -207,8 +213,8 @@ class Indexer:
         backlog = await self.store.read(lambda conn: sql.count_unembedded(conn, name))
         if not backlog:
             return 0
-        show = self.progress and backlog >= BAR_AT
-        if show:
+        show = self.progress and backlog >= self.bar_at
+        if show and backlog >= BAR_AT:
             log.warning(
                 "memory: embedding %d stored messages that have no vector yet (memory was "
                 "off, or the index is new or was removed); replies go on meanwhile",
