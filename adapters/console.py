@@ -22,6 +22,9 @@ from bot.characters import Character
 from bot.core import Core
 from bot.errors import CharbotError
 from bot.lora_admin import COMMAND, OLD_COMMAND, RENAMED, lora_command
+from bot.memory.commands import COMMANDS as MEMORY_COMMANDS
+from bot.memory.commands import memory_command
+from bot.memory.notes import Person
 from bot.messages import Inbound
 from bot.reply import ReplyTarget
 from engine.errors import EngineError
@@ -34,6 +37,10 @@ HELP = """Commands:
   /fix TEXT          give a better answer for the last reply
   /regen             a new version of the last reply
   /prev, /next       page through the versions of the last reply (the one shown is kept)
+  /remember TEXT     tell the character something to remember about you (--public TEXT:
+                     in every chat, not only this one)
+  /memory            what the character remembers about you
+  /forget N|all      make the character forget note N, or everything about you
   /lora [VERSION]    list the current character's LoRA versions, or switch (base: none;
                      rollback: the previous one); /lora PATH loads a directory for now
   /help              this list
@@ -248,6 +255,7 @@ class ConsoleAdapter(PlatformAdapter):
                     author_id=self.user_name,
                     author_name=self.user_name,
                     text=line,
+                    private=True,
                 ),
                 ConsoleTarget(self.out),
             )
@@ -285,6 +293,8 @@ class ConsoleAdapter(PlatformAdapter):
             if command == f"/{OLD_COMMAND}":
                 self.say(f"[{RENAMED}]")
             await self.lora(argument)
+        elif command[1:] in MEMORY_COMMANDS:
+            await self.memory(command[1:], argument)
         elif command in ("/prev", "/next"):
             await self.page(-1 if command == "/prev" else 1)
         elif command in ("/good", "/bad", "/fix", "/regen"):
@@ -306,6 +316,13 @@ class ConsoleAdapter(PlatformAdapter):
             path = None if argument.lower() == "none" else argument
             version = await core.switch_lora(current.name, path)
             self.say(f"[{current.name} now uses {f'LoRA {version}' if path else 'no LoRA'}]")
+
+    async def memory(self, command: str, argument: str) -> None:
+        """/remember, /memory, /forget (bot.memory.commands): the console is a private chat."""
+        core, platform, chat = self.core, self.platform, self.chat_id
+        current = await core.current_character(platform, chat)
+        person = Person(platform, self.user_name, self.user_name, chat, private=True)
+        self.say(f"[{await memory_command(core.memory, current.name, person, command, argument)}]")
 
     async def feedback(self, command: str, argument: str) -> None:
         if self.last_reply is None:

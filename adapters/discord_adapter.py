@@ -175,6 +175,7 @@ class DiscordAdapter(PlatformAdapter):
             thread_id=chat_id if isinstance(message.channel, discord.Thread) else None,
             reply_to_platform_id=reply_to,
             addressed=addressed,
+            private=message.guild is None,
             default_character=self.channel_character(message.channel),
             sent_at=message.created_at.timestamp(),
         )

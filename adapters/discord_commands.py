@@ -1,10 +1,13 @@
 """Slash commands, the "Suggest a better reply" message command and its modal, as one Cog.
 
-``/chat``, ``/character``, ``/characters``, ``/reset``, ``/fix`` and ``/lora`` (``/adapter``
-is its older name, still registered). In a server, ``/character NAME`` and ``/reset`` change
-the channel for everyone, so they are admin commands: users listed in ``[discord] admins``,
-or, when that list is empty, members who may manage the channel. In a DM they are the user's
-own. ``/lora`` is for the bot's admins only: a switch changes the character everywhere.
+``/chat``, ``/character``, ``/characters``, ``/reset``, ``/remember``, ``/memory``, ``/forget``,
+``/fix`` and ``/lora`` (``/adapter`` is its older name, still registered). In a server,
+``/character NAME`` and ``/reset`` change the channel for everyone, so they are admin
+commands: users listed in ``[discord] admins``, or, when that list is empty, members who may
+manage the channel. In a DM they are the user's own. ``/lora`` is for the bot's admins only:
+a switch changes the character everywhere. ``/remember``, ``/memory`` and ``/forget`` are each
+person's own notes (bot.memory.commands), answered so that only they see them; a note made in
+a DM stays in that DM unless made public.
 
 The Cog sees the adapter only through :class:`DiscordEdge`, so this module does not import
 the adapter that loads it.
@@ -26,6 +29,8 @@ from bot.config import DiscordSettings
 from bot.core import Core
 from bot.errors import CharbotError
 from bot.lora_admin import COMMAND, OLD_COMMAND, RENAMED, lora_command
+from bot.memory.commands import FORGET, HELP, MEMORY, PUBLIC_FLAG, REMEMBER, memory_command
+from bot.memory.notes import Person
 from bot.messages import Inbound
 
 log = logging.getLogger(__name__)
@@ -171,6 +176,7 @@ class DiscordCommands(commands.Cog):
             text=message,
             thread_id=chat_id if isinstance(channel, discord.Thread) else None,
             addressed=True,
+            private=interaction.guild_id is None,
             character=name,
             default_character=self.adapter.channel_character(channel),
         )
@@ -232,6 +238,45 @@ class DiscordCommands(commands.Cog):
         thread_id = chat_id if isinstance(interaction.channel, discord.Thread) else None
         await self.core.reset(PLATFORM, chat_id, thread_id)
         await say(interaction, "Started a fresh conversation.", ephemeral=False)
+
+    # -- what the character remembers about you -----------------------------------------
+
+    @app_commands.command(name=REMEMBER, description=HELP[REMEMBER][1].capitalize())
+    @app_commands.describe(
+        text="What the character should know about you",
+        public="Made in a DM: use it in every chat, not only this DM",
+    )
+    async def remember(
+        self, interaction: discord.Interaction, text: str, public: bool = False
+    ) -> None:
+        argument = f"{PUBLIC_FLAG} {text}" if public else text
+        await say(interaction, await self.memory_answer(interaction, REMEMBER, argument))
+
+    @app_commands.command(name=MEMORY, description=HELP[MEMORY][1].capitalize())
+    async def memory(self, interaction: discord.Interaction) -> None:
+        await say(interaction, await self.memory_answer(interaction, MEMORY, ""))
+
+    @app_commands.command(name=FORGET, description=HELP[FORGET][1].capitalize())
+    @app_commands.describe(which="A note's number from /memory, or all")
+    async def forget(self, interaction: discord.Interaction, which: str) -> None:
+        await say(interaction, await self.memory_answer(interaction, FORGET, which))
+
+    async def memory_answer(
+        self, interaction: discord.Interaction, command: str, argument: str
+    ) -> str:
+        """What ``/COMMAND ARGUMENT`` answers the user, with this channel's character."""
+        if not self.allowed(interaction):
+            return NOT_HERE
+        user = interaction.user
+        person = Person(
+            PLATFORM,
+            str(user.id),
+            user.display_name,
+            str(interaction.channel_id),
+            private=interaction.guild_id is None,
+        )
+        current = await self.current_name(interaction)
+        return await memory_command(self.core.memory, current, person, command, argument)
 
     # -- LoRA versions -------------------------------------------------------------------
 

@@ -294,6 +294,7 @@ class TelegramAdapter(PlatformAdapter):
             thread_id=str(thread_id) if thread_id is not None else None,
             reply_to_platform_id=str(replied.message_id) if replied is not None else None,
             addressed=forced or private or mentioned or to_us,
+            private=private,
             default_character=self.settings.default_character,
             sent_at=message.date.timestamp(),
         )

@@ -1,5 +1,5 @@
-"""Bot commands: /start, /help, /characters, /character, /reset, /ask, /fix and /lora
-(/adapter, its older name, still works but is shown nowhere).
+"""Bot commands: /start, /help, /characters, /character, /reset, /ask, /fix, /remember,
+/memory, /forget and /lora (/adapter, its older name, still works but is shown nowhere).
 
 Each command is a handler below, and :data:`COMMANDS` is the one list of them: what is
 registered, what /help says and what Telegram's command menu shows all come from it.
@@ -7,6 +7,9 @@ registered, what /help says and what Telegram's command menu shows all come from
 In a group, ``/character NAME`` and ``/reset`` change the chat for everyone, so they are
 admin commands: users listed in ``[telegram] admins``, or, when that list is empty, the
 group's own administrators. In a private chat they are the user's own.
+
+/remember, /memory and /forget are each person's notes (bot.memory.commands): a note made in
+a private chat stays in it unless made with ``/remember --public TEXT``.
 
 The handlers see the adapter only through :class:`TelegramEdge`, so this module does not
 import the adapter that registers them.
@@ -30,6 +33,9 @@ from bot.config import TelegramSettings
 from bot.core import Core
 from bot.errors import CharbotError
 from bot.lora_admin import COMMAND, OLD_COMMAND, RENAMED, lora_command
+from bot.memory.commands import FORGET, MEMORY, REMEMBER, memory_command
+from bot.memory.commands import HELP as MEMORY_HELP
+from bot.memory.notes import Person
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +196,28 @@ async def lora_answer(adapter: TelegramEdge, message: Message, argument: str) ->
     return await lora_command(adapter.core, current, argument, f"telegram:{user}")
 
 
+def memory_handler(command: str) -> Handler:
+    """The handler of /remember, /memory or /forget: the sender's notes with this chat's
+    character (bot.memory.commands)."""
+
+    async def handler(adapter: TelegramEdge, message: Message, argument: str) -> None:
+        assert message.from_user is not None
+        user, chat = message.from_user, message.chat
+        private = chat.type == ChatType.PRIVATE
+        person = Person(PLATFORM, str(user.id), user.full_name, str(chat.id), private)
+        current = await current_name(adapter, message)
+        answer = await memory_command(adapter.core.memory, current, person, command, argument)
+        await say(adapter, message, escape(answer))
+
+    handler.__doc__ = MEMORY_HELP[command][1]
+    return handler
+
+
+def _memory_command(name: str, menu: str) -> Command:
+    arguments, help_text = MEMORY_HELP[name]
+    return Command(name, memory_handler(name), arguments, help=help_text, menu=menu)
+
+
 # -- the table ------------------------------------------------------------------------------
 
 
@@ -233,6 +261,9 @@ COMMANDS = (
         help="reply to one of my messages with a better answer",
         menu="Reply to a message with a better answer",
     ),
+    _memory_command(REMEMBER, "Tell the character something about you"),
+    _memory_command(MEMORY, "What the character remembers about you"),
+    _memory_command(FORGET, "Make the character forget a note"),
     Command(
         COMMAND,
         lora,

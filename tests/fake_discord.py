@@ -600,8 +600,10 @@ class FakeDiscord:
         resolved: Json | None = None,
         interaction_type: int = 2,
         data: Json | None = None,
+        dm: bool = False,
     ) -> str:
-        """Dispatch an INTERACTION_CREATE for an application command; returns its id."""
+        """Dispatch an INTERACTION_CREATE for an application command; returns its id.
+        ``dm``: used in a DM with the bot (``channel_id`` is then the DM channel's id)."""
         user = user or self.alice
         channel_id = channel_id or self.channel_id
         interaction_id = str(self.snowflake())
@@ -616,6 +618,23 @@ class FakeDiscord:
         if target_id is not None:
             inner["target_id"] = str(target_id)
             inner["resolved"] = resolved or {}
+        # In a DM there is no guild and no member, only the user (and context 1, BOT_DM).
+        where: Json = (
+            {
+                "channel": {"id": str(channel_id), "type": 1, "recipients": [user.payload()]},
+                "user": user.payload(),
+            }
+            if dm
+            else {
+                "guild_id": str(self.guild_id),
+                "channel": {"id": str(channel_id), "type": 0, "guild_id": str(self.guild_id)},
+                "member": {
+                    **user.member(),
+                    "user": user.payload(),
+                    "permissions": str(BASIC_PERMISSIONS),
+                },
+            }
+        )
         await self.dispatch(
             "INTERACTION_CREATE",
             {
@@ -623,14 +642,8 @@ class FakeDiscord:
                 "application_id": str(self.app_id),
                 "type": interaction_type,
                 "data": inner,
-                "guild_id": str(self.guild_id),
                 "channel_id": str(channel_id),
-                "channel": {"id": str(channel_id), "type": 0, "guild_id": str(self.guild_id)},
-                "member": {
-                    **user.member(),
-                    "user": user.payload(),
-                    "permissions": str(BASIC_PERMISSIONS),
-                },
+                **where,
                 "token": f"itoken{interaction_id}",
                 "version": 1,
                 "locale": "en-US",
@@ -639,7 +652,7 @@ class FakeDiscord:
                 "entitlements": [],
                 "attachment_size_limit": 10 * 1024 * 1024,
                 "authorizing_integration_owners": {},
-                "context": 0,
+                "context": 1 if dm else 0,
             },
         )
         return interaction_id

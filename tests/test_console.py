@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from adapters.console import ConsoleAdapter
+from bot.config import MemorySettings
 from tests.conftest import MakeCore
 from tests.fakes import FakeModel
 
@@ -127,3 +128,24 @@ async def test_console_switches_the_current_characters_lora(
     # The older name still works, and says the new one.
     assert "[(/adapter is now /lora.)]\n[Aria now uses no LoRA]" in output
     assert model.loras == {}
+
+
+async def test_console_remembers_lists_and_forgets_notes(make_core: MakeCore) -> None:
+    model = FakeModel(["Noted.", "Hello."])
+    memory = MemorySettings(summarize_every=0, recall_tokens=0)
+    core = await make_core(model=model, memory=memory)
+    output = await run_script(
+        core,
+        "/remember I am allergic to cats\n/remember --public I play the violin\n/memory\n"
+        "Any pets on board?\n/forget all\n/memory\nAnd now?\n",
+    )
+    assert "[Aria will remember that (note 1) (only in this private chat;" in output
+    assert "[Aria will remember that (note 2). /memory lists them.]" in output
+    assert "1. I am allergic to cats (private)\n2. I play the violin\n" in output
+    assert "I am allergic to cats" in model.requests[0].messages[0]["content"]
+    assert "[Aria forgot all 2 notes about you.]" in output
+    assert "Aria doesn't remember anything about you yet." in output
+    assert "allergic" not in str(model.requests[1].messages)
+    # The commands are answered, never stored as messages of the conversation.
+    users = [r.text for r in await core.store.list_messages() if r.role == "user"]
+    assert users == ["Any pets on board?", "And now?"]

@@ -45,13 +45,20 @@ async def fake() -> AsyncIterator[FakeDiscord]:
 
 @pytest.fixture
 async def start_bot(fake: FakeDiscord, make_core: Any) -> AsyncIterator[StartBot]:
-    """``adapter, core = await start_bot([replies], token=..., **discord_settings)``."""
+    """``adapter, core = await start_bot([replies], token=..., memory=..., **discord_settings)``
+    (``memory``: MemorySettings turn memory on)."""
     started: list[DiscordAdapter] = []
 
     async def factory(
-        replies: list[str] | None = None, *, delay: float = 0.0, token: str = TOKEN, **settings: Any
+        replies: list[str] | None = None,
+        *,
+        delay: float = 0.0,
+        token: str = TOKEN,
+        memory: Any = None,
+        **settings: Any,
     ) -> tuple[DiscordAdapter, Core]:
-        core = await make_core(model=FakeModel(replies, delay=delay), characters=CHARACTERS)
+        model = FakeModel(replies, delay=delay)
+        core = await make_core(model=model, characters=CHARACTERS, memory=memory)
         config = DiscordSettings(
             enabled=True,
             api_base_url=fake.api_base_url,

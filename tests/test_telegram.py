@@ -46,13 +46,20 @@ async def fake() -> AsyncIterator[FakeTelegram]:
 
 @pytest.fixture
 async def start_bot(fake: FakeTelegram, make_core: Any) -> AsyncIterator[StartBot]:
-    """``adapter, core = await start_bot([replies], delay=..., **telegram_settings)``."""
+    """``adapter, core = await start_bot([replies], delay=..., memory=..., **telegram_settings)``
+    (``memory``: MemorySettings turn memory on)."""
     started: list[TelegramAdapter] = []
 
     async def factory(
-        replies: list[str] | None = None, *, delay: float = 0.0, token: str = TOKEN, **settings: Any
+        replies: list[str] | None = None,
+        *,
+        delay: float = 0.0,
+        token: str = TOKEN,
+        memory: Any = None,
+        **settings: Any,
     ) -> tuple[TelegramAdapter, Core]:
-        core = await make_core(model=FakeModel(replies, delay=delay), characters=CHARACTERS)
+        model = FakeModel(replies, delay=delay)
+        core = await make_core(model=model, characters=CHARACTERS, memory=memory)
         config = TelegramSettings(enabled=True, base_url=fake.base_url, **settings)
         adapter = TelegramAdapter(config, core, token)
         adapter.poll_timeout = 1.0

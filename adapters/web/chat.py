@@ -103,6 +103,7 @@ async def send(request: Request) -> Response:
         author_id=viewer,
         author_name=studio.user_name,
         text=text,
+        private=True,  # one viewer, one chat with the bot
     )
     target = WebTarget()
 
