@@ -80,6 +80,6 @@ async def _forget(memory: Memory, character: str, person: Person, argument: str)
     removed = await memory.notes.forget(character, person, argument)
     if not removed:
         return f"{character} had nothing to forget about you."
-    if len(removed) == 1 and argument.strip().lower() != "all":
+    if len(removed) == 1:
         return f"{character} forgot: {removed[0].text}"
     return f"{character} forgot all {len(removed)} notes about you."
