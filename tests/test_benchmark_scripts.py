@@ -51,3 +51,11 @@ def test_each_engine_measurement_starts(name: str) -> None:
     command = [sys.executable, "-m", f"engine.bench.{name}", "--help"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-2000:]
+
+
+def test_the_memory_benchmark_runs_quick() -> None:
+    # benchmarks/memory.py --quick: a few turns, a canned model, one 2,000-message chat.
+    command = [sys.executable, "benchmarks/memory.py", "--quick"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| overall |" in result.stdout and "| 2,000 |" in result.stdout

@@ -13,6 +13,7 @@ import pytest
 from bot.config import MemorySettings
 from bot.core import Core
 from bot.memory.commands import memory_command
+from bot.memory.extract import rule_notes
 from bot.memory.notes import Person
 from bot.messages import Inbound
 from engine import Chunk, GenerationRequest, Usage
@@ -300,3 +301,24 @@ async def test_forgetting_a_person_removes_their_notes_vectors_and_summaries(
     await chat(core, *FILLER, *FILLER, *FILLER, QUESTION)
     replies = [r for r in model.requests if r not in model.summary_requests]
     assert "veterinarian" not in str(replies[-1].messages)
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "Our dog is called Biscuit and he hates thunder.",
+        "My brother Tomas fixes fishing boats in Stavanger.",
+        "My grandmother Rosa still bakes bread every morning at ninety.",
+        "In August I'm running my first marathon, in Copenhagen.",
+        "Next spring I'm going to walk the Camino de Santiago with my father.",
+        "My husband Olek lost his job at the shipyard last week.",
+    ],
+)
+def test_natural_fact_sentences_become_notes(said: str) -> None:
+    # Sentences of benchmarks/memory.py that the first rules missed.
+    assert rule_notes(said) == [said]
+
+
+@pytest.mark.parametrize("said", ["My goodness, that is a lot.", "My thoughts exactly."])
+def test_a_word_is_not_split_to_look_like_a_fact(said: str) -> None:
+    assert rule_notes(said) == []
