@@ -277,7 +277,9 @@ class MessageVector(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
     __table_args__ = (
-        Index("ix_memory_vectors_chat", "platform", "chat_id", "thread_id", "message_id"),
+        Index(
+            "ix_memory_vectors_chat", "platform", "chat_id", "thread_id", "embedder", "message_id"
+        ),
     )
 
 

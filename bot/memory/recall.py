@@ -16,7 +16,6 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
@@ -38,31 +37,52 @@ def to_bytes(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype=np.float16).tobytes()
 
 
-@dataclass
 class ChatVectors:
-    """One chat's vectors in memory: message ids ascending, rows in the same order."""
+    """One chat's vectors in memory: message ids ascending, rows in the same order. Rows
+    are appended into spare capacity (doubled when full), so a new message costs its own
+    row, not a copy of the chat's."""
 
-    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    def __init__(self) -> None:
+        self._ids = np.zeros(0, np.int64)
+        self._rows = np.zeros((0, 0), np.float32)
+        self.size = 0
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids[: self.size]
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self._rows[: self.size]
 
     @property
     def newest(self) -> int:
-        return int(self.ids[-1]) if len(self.ids) else 0
+        return int(self._ids[self.size - 1]) if self.size else 0
 
     @property
     def nbytes(self) -> int:
-        return self.ids.nbytes + self.matrix.nbytes
+        return self._ids.nbytes + self._rows.nbytes
 
     def append(self, rows: Sequence[tuple[int, bytes]], dim: int) -> list[int]:
         """Add rows (ascending ids, newer than :attr:`newest`); the ids of rows whose vector
         is not ``dim`` float16 values (a corrupt or foreign row), which are left out."""
         good = [(i, v) for i, v in rows if len(v) == 2 * dim]
         bad = [i for i, v in rows if len(v) != 2 * dim]
-        if good:
-            block = np.frombuffer(b"".join(v for _, v in good), np.float16).reshape(-1, dim)
-            base = self.matrix if self.matrix.shape[1:] == (dim,) else np.zeros((0, dim))
-            self.matrix = np.concatenate([base, block.astype(np.float32)])
-            self.ids = np.concatenate([self.ids, np.array([i for i, _ in good], np.int64)])
+        if not good:
+            return bad
+        if self._rows.shape[1:] != (dim,):
+            self._ids, self._rows, self.size = np.zeros(0, np.int64), np.zeros((0, dim)), 0
+        needed = self.size + len(good)
+        if needed > len(self._ids):
+            capacity = max(needed, 2 * len(self._ids), 64)
+            ids = np.zeros(capacity, np.int64)
+            grown = np.zeros((capacity, dim), np.float32)
+            ids[: self.size], grown[: self.size] = self.ids, self.matrix
+            self._ids, self._rows = ids, grown
+        block = np.frombuffer(b"".join(v for _, v in good), np.float16).reshape(-1, dim)
+        self._rows[self.size : needed] = block
+        self._ids[self.size : needed] = [i for i, _ in good]
+        self.size = needed
         return bad
 
     def search(
@@ -132,7 +152,7 @@ class Recall:
 
         count, rows = await self.store.read(read)
         bad = chat.append(rows, self.dim)
-        if len(chat.ids) + len(bad) != count:
+        if chat.size + len(bad) != count:
             chat = ChatVectors()
             rows = await self.store.read(lambda conn: sql.chat_vectors(conn, *key, name))
             bad = chat.append(rows, self.dim)

@@ -85,11 +85,13 @@ def migrate(conn: Connection) -> None:
     for table in meta.sorted_tables:
         if table.name not in ("messages", "conversations"):
             table.create(conn)
+    # Recall counts and reads one chat's rows of one embedder: all of it in the index.
     Index(
         "ix_memory_vectors_chat",
         vectors.c.platform,
         vectors.c.chat_id,
         vectors.c.thread_id,
+        vectors.c.embedder,
         vectors.c.message_id,
     ).create(conn)
     del summaries  # its unique constraint is also the index that finds the newest
