@@ -307,7 +307,6 @@ async def test_forgetting_a_person_removes_their_notes_vectors_and_summaries(
     "said",
     [
         "Our dog is called Biscuit and he hates thunder.",
-        "My brother Tomas fixes fishing boats in Stavanger.",
         "My grandmother Rosa still bakes bread every morning at ninety.",
         "In August I'm running my first marathon, in Copenhagen.",
         "Next spring I'm going to walk the Camino de Santiago with my father.",

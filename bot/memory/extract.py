@@ -18,7 +18,7 @@ from engine import ChatModel
 _SENTENCES = re.compile(r"[^.!?。！？\n]+[.!?。！？]*")
 # A sentence may open with a word or two of its own ("Oh, ...", "Next spring, ..."), and a
 # person's family and pets are "my" or "our" (benchmarks/memory.py: "Our dog is called
-# Biscuit", "My cat Pumpkin sleeps on my keyboard", "In August I'm running a marathon").
+# Biscuit", "My grandmother Rosa still bakes bread", "In August I'm running a marathon").
 _FIRST_PERSON = re.compile(
     r"^(?:(?:and|but|so|well|oh|also|btw|by the way|actually|"
     r"(?:next|this|last|every) (?:week|month|year|spring|summer|autumn|fall|winter)|"
@@ -28,7 +28,7 @@ _FIRST_PERSON = re.compile(
     r"i can't|i cannot|i don't|i do not|i never|i always|i was born|i grew up|i speak|"
     r"i moved|i own|i play|i teach|i used to|call me|(?:my|our) (?:\w+[\s']+){1,3}"
     r"(?:is|are|was|were|has|have|lives|works|likes|loves|died|got|lost|left|became|"
-    r"still \w+|\w+s))\b",
+    r"still \w+))\b",
     re.IGNORECASE,
 )
 # "I'm fine", "I'm back": how someone is right now, not what lasts.
