@@ -35,8 +35,10 @@ class Character:
     top_p: float | None = None
     repetition_penalty: float | None = None
     extensions: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
-    # Knowledge files (paths resolved by the config loader) and the card's lorebook.
+    # Knowledge files (paths resolved by the config loader), the World Info files it reads
+    # (its own, then [lorebooks] global), and its lorebook: the card's entries and theirs.
     knowledge: tuple[str, ...] = ()
+    lorebooks: tuple[str, ...] = ()
     lorebook: Lorebook | None = field(default=None, compare=False, hash=False)
 
 

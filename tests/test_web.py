@@ -299,12 +299,14 @@ def test_another_host_with_a_password_serves_and_asks_for_the_login(tmp_path: Pa
         found = re.search(r"the studio is at http://0\.0\.0\.0:(\d+)/", line)
         assert found, line
         base = f"http://127.0.0.1:{found[1]}/"
-        assert _get(base)[0] == 200  # the chat is open
+        status, page = _get(base + "login")
+        assert status == 200 and "the chat, the review, characters and reports" in page
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            opener.open(base + "review", timeout=10)
-        assert refused.value.code == 303
-        assert refused.value.headers["location"] == "/login?next=/review"
+        for path in ("", "review"):  # without public_chat the chat needs the login too
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                opener.open(base + path, timeout=10)
+            assert refused.value.code == 303
+            assert refused.value.headers["location"] == f"/login?next=/{path}"
     finally:
         code, err = _stop(process)
     assert code == 0, err

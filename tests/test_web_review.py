@@ -210,12 +210,13 @@ async def test_review_posts_need_the_csrf_token(browser: Browser) -> None:
     assert await paraphrases_of(browser.core.store, [done["reply_id"]]) == {}
 
 
-async def test_with_a_password_review_is_for_the_admin_only(
-    config_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+async def test_with_a_password_and_a_public_chat_review_is_for_the_admin_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    config_path = write_config(tmp_path, web="public_chat = true")
     async with open_browser(config_path, monkeypatch, password=PASSWORD) as browser:
-        assert (await browser.get("/")).status_code == 200  # the chat stays open
+        assert (await browser.get("/")).status_code == 200  # public_chat: the chat is open
         done = await rated_reply(browser, "hello")
         for page in ADMIN_PAGES:
             response = await browser.get(page)

@@ -135,9 +135,18 @@ class VersionedEcho:
 class Browser:
     """An httpx client on the studio app that keeps its session cookie and CSRF token."""
 
-    def __init__(self, client: httpx.AsyncClient, core: Core, config: Config) -> None:
-        self.client, self.core, self.config = client, core, config
+    def __init__(
+        self, client: httpx.AsyncClient, core: Core, config: Config, app: Any = None
+    ) -> None:
+        self.client, self.core, self.config, self.app = client, core, config, app
         self.csrf = ""
+
+    def elsewhere(self, address: str) -> Browser:
+        """Another browser (no cookie) on the same app, connecting from ``address``; close
+        its client with ``await other.client.aclose()``."""
+        transport = httpx.ASGITransport(app=self.app, client=(address, 50000))
+        client = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
+        return Browser(client, self.core, self.config, self.app)
 
     async def get(self, url: str, **kw: Any) -> httpx.Response:
         response = await self.client.get(url, **kw)
@@ -165,13 +174,22 @@ class Browser:
 
 @contextlib.asynccontextmanager
 async def open_browser(
-    path: Path, monkeypatch: pytest.MonkeyPatch, password: str | None = None
+    path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    password: str | None = None,
+    clock: Any = None,
 ) -> AsyncIterator[Browser]:
-    """The real wiring (charbot.wiring.open_core) with the versioned echo model, and a client."""
+    """The real wiring (charbot.wiring.open_core) with the versioned echo model, and a client
+    (from 127.0.0.1). ``clock``: the throttles' monotonic clock, a callable tests advance."""
     monkeypatch.setattr(wiring, "build_model", lambda config: VersionedEcho.create())
     config = load_config(path)
     async with wiring.open_core(config) as core:
-        app = create_app(Studio(core, config, password))
+        studio = (
+            Studio(core, config, password)
+            if clock is None
+            else Studio(core, config, password, clock=clock)
+        )
+        app = create_app(studio)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            yield Browser(client, core, config)
+            yield Browser(client, core, config, app)

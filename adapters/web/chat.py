@@ -229,13 +229,15 @@ def _drain(target: WebTarget) -> list[tuple[str, Any]]:
     return found
 
 
+# With a password set, these are the only routes [web] public_chat = true opens; what makes
+# the model write or stores text is metered per client address.
 ROUTES = [
-    ("/", guarded(chat_page), ["GET"]),
-    ("/api/chat/send", guarded(send), ["POST"]),
-    ("/api/chat/regenerate", guarded(regenerate), ["POST"]),
-    ("/api/chat/swipe", guarded(swipe), ["POST"]),
-    ("/api/chat/rate", guarded(rate), ["POST"]),
-    ("/api/chat/correct", guarded(correct), ["POST"]),
-    ("/api/chat/reset", guarded(reset), ["POST"]),
-    ("/api/chat/character", guarded(choose_character), ["POST"]),
+    ("/", guarded(chat_page, public=True), ["GET"]),
+    ("/api/chat/send", guarded(send, public=True, metered=True), ["POST"]),
+    ("/api/chat/regenerate", guarded(regenerate, public=True, metered=True), ["POST"]),
+    ("/api/chat/swipe", guarded(swipe, public=True), ["POST"]),
+    ("/api/chat/rate", guarded(rate, public=True), ["POST"]),
+    ("/api/chat/correct", guarded(correct, public=True, metered=True), ["POST"]),
+    ("/api/chat/reset", guarded(reset, public=True), ["POST"]),
+    ("/api/chat/character", guarded(choose_character, public=True), ["POST"]),
 ]

@@ -1,5 +1,6 @@
 """[[characters]]: each character from its table, its card file, or both (the table's keys
-win), and ``default_character``, which must name one of them."""
+win), with its World Info files and ``[lorebooks] global`` merged into its lorebook; and
+``default_character``, which must name one of them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from bot.characters import Character, load_card
 from bot.config.reading import Where, coerce, reject_unknown, resolve
+from bot.lorebook import Lorebook, merge, read_world_info
 
 # The name bot/config.py logged under before it was a package; warnings keep saying it.
 log = logging.getLogger("bot.config")
@@ -18,8 +20,34 @@ _CHARACTER_KEYS = set(_FIELDS) - {"extensions", "lorebook"}
 _CHARACTER_KEYS |= {"card", "adapter"}  # adapter: the older name of lora
 
 
-def read_characters(where: Where, entries: Any, base: Path) -> list[Character]:
-    """Every [[characters]] table as a Character; ``base`` is the config file's folder."""
+WorldInfo = tuple[tuple[str, Lorebook], ...]  # (resolved path, its book) per file
+
+
+def read_global_lorebooks(where: Where, table: Any, base: Path) -> WorldInfo:
+    """``[lorebooks] global = ["file.json", ...]``: World Info files every character reads."""
+    if not isinstance(table, dict):
+        where.fail("[lorebooks]", 'must be a table: [lorebooks] then global = ["world.json"]')
+    reject_unknown(where, "lorebooks", table, {"global"})
+    names = coerce(where, "[lorebooks] global", table.get("global", []), "tuple[str, ...]")
+    return _world_info(where, "[lorebooks] global", base, names)
+
+
+def _world_info(where: Where, label: str, base: Path, names: tuple[str, ...]) -> WorldInfo:
+    books = []
+    for name in names:
+        path = resolve(base, Path(name))
+        try:
+            books.append((str(path), read_world_info(path)))
+        except ValueError as exc:
+            where.fail(label, str(exc))
+    return tuple(books)
+
+
+def read_characters(
+    where: Where, entries: Any, base: Path, global_books: WorldInfo = ()
+) -> list[Character]:
+    """Every [[characters]] table as a Character; ``base`` is the config file's folder,
+    ``global_books`` the World Info files of ``[lorebooks] global``."""
     if not entries:
         where.fail("[[characters]]", "at least one character is needed; add a [[characters]] table")
     if not isinstance(entries, list):
@@ -31,7 +59,8 @@ def read_characters(where: Where, entries: Any, base: Path) -> list[Character]:
         name = values["name"]
         if name.lower() in {c.name.lower() for c in characters}:
             where.fail(f"{label} name", f"{name!r} is used twice; names must be unique")
-        characters.append(Character(**_with_files(where, label, base, values)))
+        values = _with_files(where, label, base, values, global_books)
+        characters.append(Character(**values))
     return characters
 
 
@@ -63,12 +92,19 @@ def _values(where: Where, index: int, label: str, entry: Any, base: Path) -> dic
     return values
 
 
-def _with_files(where: Where, label: str, base: Path, values: dict[str, Any]) -> dict[str, Any]:
-    """The LoRA directory and knowledge files relative to ``base``, the files read."""
+def _with_files(
+    where: Where, label: str, base: Path, values: dict[str, Any], global_books: WorldInfo
+) -> dict[str, Any]:
+    """The LoRA directory, knowledge and World Info files relative to ``base``, the files
+    read; the card's lorebook merged with the character's World Info, then the global."""
     if values.get("lora"):
         values["lora"] = str(resolve(base, Path(values["lora"])))
     if values.get("knowledge"):
         values["knowledge"] = _knowledge_files(where, label, base, values["knowledge"])
+    own = _world_info(where, f"{label} lorebooks", base, values.get("lorebooks", ()))
+    books = own + global_books
+    values["lorebooks"] = tuple(path for path, _ in books)
+    values["lorebook"] = merge([values.get("lorebook"), *(book for _, book in books)])
     return values
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bot.config.characters import default_character, read_characters
+from bot.config.characters import default_character, read_characters, read_global_lorebooks
 from bot.config.clean import read_clean
 from bot.config.model import check_model
 from bot.config.reading import CONFIG_ENV, Where, read_file, read_section, reject_unknown
@@ -42,7 +42,7 @@ _SECTIONS = {
     "web": WebSettings,
     "memory": MemorySettings,
 }
-_TOP_LEVEL = {*_SECTIONS, "characters", "default_character", "clean", "training"}
+_TOP_LEVEL = {*_SECTIONS, "characters", "default_character", "clean", "training", "lorebooks"}
 
 
 def config_path(cli_value: str | None) -> Path:
@@ -65,7 +65,8 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
     storage = check_storage(where, tables["storage"], base)
     bot = check_bot(where, tables["bot"])
     memory = check_memory(where, tables["memory"])
-    characters = read_characters(where, raw.get("characters"), base)
+    global_books = read_global_lorebooks(where, raw.get("lorebooks", {}), base)
+    characters = read_characters(where, raw.get("characters"), base, global_books)
     default = default_character(where, raw, characters)
     names = [c.name.lower() for c in characters]
     check_platform_characters(where, tables["discord"], tables["telegram"], names)

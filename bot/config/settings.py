@@ -82,6 +82,7 @@ class WebSettings:
     host: str = "127.0.0.1"
     port: int = 8765
     password_env: str | None = None  # the admin password's environment variable (never a value)
+    public_chat: bool = False  # with a password: the chat open to all, metered per address
     user_name: str = "User"  # the name web chat messages are stored under
 
 
