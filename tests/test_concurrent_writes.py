@@ -245,3 +245,58 @@ def _set_characters(worker: int, url: str, barrier: Any, results: Any) -> None:
     except BaseException:
         barrier.abort()
         results.put((worker, traceback.format_exc()))
+
+
+def test_three_charbot_processes_on_one_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """Three `charbot chat` processes started together on one empty PostgreSQL database,
+    all in the same chat, each sending messages and rating its replies: every process exits
+    0 with no traceback, and every message is stored once and answered once."""
+    import subprocess
+    import sys
+
+    from tests.test_console import REPO, write_config
+
+    config = write_config(tmp_path)
+    text_ = config.read_text(encoding="utf-8")
+    text_ = text_.replace('url = "sqlite:///data/charbot.db"', f'url = "{pg_url}"', 1)
+    assert pg_url in text_
+    config.write_text(text_, encoding="utf-8")
+    count, per = 3, 6
+    scripts = [
+        "".join(f"process {n} message {i}\n/good\n" for i in range(per)) + "/quit\n"
+        for n in range(count)
+    ]
+    env = {**__import__("os").environ, "PYTHONIOENCODING": "utf-8"}
+    command = [sys.executable, "-m", "charbot.cli", "--config", str(config)]
+    procs = [
+        subprocess.Popen(
+            [*command, "chat", "--character", "Bram", "--backend", "echo"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        for _ in range(count)
+    ]
+    outputs = [
+        proc.communicate(script, timeout=180) for proc, script in zip(procs, scripts, strict=True)
+    ]
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err, err
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT id, role, text, reply_to_id, progress, status FROM messages")
+            ).all()
+    finally:
+        engine.dispose()
+    asked = [row for row in rows if row.role == "user"]
+    texts = sorted(row.text for row in asked)
+    assert texts == sorted(f"process {n} message {i}" for n in range(count) for i in range(per))
+    assert all(row.progress == "answered" for row in asked)
+    answers = [row.reply_to_id for row in rows if row.role == "assistant" and row.status == "ok"]
+    assert sorted(answers) == sorted(row.id for row in asked)  # each answered exactly once
