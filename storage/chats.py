@@ -3,8 +3,9 @@ and its current character."""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, select, update
 
+from storage.conflicts import upsert
 from storage.schema import ChatState, Conversation
 
 _C = Conversation.__table__
@@ -31,11 +32,6 @@ def chat_character(conn: Connection, platform: str, chat_id: str) -> str | None:
 def set_chat_character(
     conn: Connection, platform: str, chat_id: str, character: str, now: float
 ) -> None:
-    key = and_(_S.c.platform == platform, _S.c.chat_id == chat_id)
-    changed = conn.execute(update(_S).where(key).values(character=character, updated_at=now))
-    if not changed.rowcount:
-        conn.execute(
-            insert(_S).values(
-                platform=platform, chat_id=chat_id, character=character, updated_at=now
-            )
-        )
+    """An upsert: several processes setting one chat's character at once all succeed."""
+    row = {"platform": platform, "chat_id": chat_id, "character": character, "updated_at": now}
+    upsert(conn, _S, row, key=("platform", "chat_id"))

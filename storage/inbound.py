@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
+from storage.conflicts import serialize
 from storage.messages import find_shown
 from storage.records import NewInbound, StoredInbound
 from storage.schema import ChatState, Conversation, Message, clean_text
@@ -128,7 +129,12 @@ def store_inbound(conn: Connection, message: NewInbound, link_now: bool) -> Stor
 
 
 def start_conversation(conn: Connection, keys: dict[str, str], started_at: float) -> int:
-    """Start the chat's next conversation (``keys`` as for :data:`CURRENT_CONVERSATION`)."""
+    """Start the chat's next conversation (``keys`` as for :data:`CURRENT_CONVERSATION`),
+    unless another process started it since the caller looked: then that one's id."""
+    serialize(conn, "conversation", keys["platform"], keys["chat_id"], keys["thread_id"])
+    current = conn.execute(select(CURRENT_CONVERSATION), keys).scalar()
+    if current is not None:
+        return int(current)
     started = conn.execute(insert(_C).values(**keys, started_at=started_at).returning(_C.c.id))
     return int(started.scalar_one())
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, func, insert, select, update
 
+from storage.conflicts import serialize
 from storage.errors import StorageError
 from storage.schema import LoraChoice
 from storage.store import Store
@@ -52,21 +53,39 @@ _NEWEST_LIVE = select(func.max(_L.c.id)).where(_LIVE).group_by(_L.c.character).s
 async def record_choice(
     store: Store, character: str, version: str | None, path: str | None, chosen_by: str
 ) -> Choice:
-    """Persist that ``character`` speaks with ``version`` (at ``path``) from now on."""
+    """Persist that ``character`` speaks with ``version`` (at ``path``) from now on. When
+    that is its current choice already (another process, or an admin, made it a moment
+    before), nothing is added and the stored choice is returned."""
 
-    def work(conn: Connection) -> int:
-        return conn.execute(
+    def work(conn: Connection) -> Choice:
+        serialize(conn, "lora_choices", character.lower())
+        current = _current(conn, character)
+        if current is not None and (current.version, current.path) == (version, path):
+            return current
+        now = time.time()
+        new_id = conn.execute(
             insert(_L).values(
                 character=character,
                 version=version,
                 path=path,
                 chosen_by=chosen_by,
-                chosen_at=time.time(),
+                chosen_at=now,
             )
         ).inserted_primary_key[0]
+        return Choice(new_id, character, version, path, chosen_by, now)
 
-    new_id = await store.write(work)
-    return Choice(new_id, character, version, path, chosen_by, time.time())
+    return await store.write(work)
+
+
+def _current(conn: Connection, character: str) -> Choice | None:
+    query = (
+        select(_L)
+        .where(func.lower(_L.c.character) == character.lower(), _LIVE)
+        .order_by(_L.c.id.desc())
+        .limit(1)
+    )
+    row = conn.execute(query).first()
+    return None if row is None else _choice(row)
 
 
 async def current_choices(store: Store) -> dict[str, Choice]:
@@ -95,6 +114,7 @@ async def roll_back(store: Store, character: str) -> Choice | None:
     """
 
     def work(conn: Connection) -> list[Choice]:
+        serialize(conn, "lora_choices", character.lower())
         live = list(
             conn.execute(
                 select(_L)

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, exists, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
+from storage.conflicts import insert_new, serialize, upsert
 from storage.records import ChatSummary, Forgotten, MemoryMessage, StoredNote, StoredSummary
 from storage.schema import (
     Conversation,
@@ -93,15 +93,8 @@ def add_vectors(
     embedder's) is replaced. Returns the rows written."""
     if not rows:
         return 0
-    ids = [message.id for message, _ in rows]
-    conn.execute(delete(_V).where(_V.c.message_id.in_(ids)))
-    try:
-        with conn.begin_nested():
-            conn.execute(insert(_V), [_vector_row(embedder, m, v) for m, v in rows])
-    except IntegrityError:  # another process stored some of them in between: one at a time
-        for message, vector in rows:
-            conn.execute(delete(_V).where(_V.c.message_id == message.id))
-            conn.execute(insert(_V), [_vector_row(embedder, message, vector)])
+    by_id = {message.id: _vector_row(embedder, message, vector) for message, vector in rows}
+    upsert(conn, _V, list(by_id.values()), key=("message_id",))
     return len(rows)
 
 
@@ -204,20 +197,16 @@ def add_summary(
     now: float,
 ) -> int | None:
     """Store an extension; None when one over the same range is stored already."""
-    try:
-        with conn.begin_nested():
-            return conn.execute(
-                insert(_S).values(
-                    conversation_id=conversation_id,
-                    first_message_id=first_message_id,
-                    last_message_id=last_message_id,
-                    text=text,
-                    model=model,
-                    created_at=now,
-                )
-            ).inserted_primary_key[0]
-    except IntegrityError:
-        return None
+    row = {
+        "conversation_id": conversation_id,
+        "first_message_id": first_message_id,
+        "last_message_id": last_message_id,
+        "text": text,
+        "model": model,
+        "created_at": now,
+    }
+    inserted = insert_new(conn, _S, row, key=("conversation_id", "last_message_id"))
+    return inserted[0] if inserted else None
 
 
 def set_summary_text(conn: Connection, summary_id: int, text: str) -> bool:
@@ -291,6 +280,13 @@ def add_note(conn: Connection, note: StoredNote) -> int:
     return int(conn.execute(insert(_N).values(**values)).inserted_primary_key[0])
 
 
+def lock_person_notes(conn: Connection, character: str, platform: str, user_id: str) -> None:
+    """Make the caller's transaction the only one checking and changing this person's notes
+    with ``character`` until it ends (another process adding the same note waits, then
+    finds it): call it before :func:`person_notes` in a write."""
+    serialize(conn, "person_notes", character, platform, user_id)
+
+
 def person_notes(
     conn: Connection, character: str | None, platform: str, user_id: str
 ) -> list[StoredNote]:
@@ -351,9 +347,8 @@ def forget_person(conn: Connection, platform: str, user_id: str, now: float) -> 
     summaries = 0
     if conversations:
         summaries = conn.execute(delete(_S).where(_S.c.conversation_id.in_(conversations))).rowcount
-    known = and_(_F.c.platform == platform, _F.c.user_id == user_id)
-    if not conn.execute(update(_F).where(known).values(forgotten_at=now)).rowcount:
-        conn.execute(insert(_F).values(platform=platform, user_id=user_id, forgotten_at=now))
+    row = {"platform": platform, "user_id": user_id, "forgotten_at": now}
+    upsert(conn, _F, row, key=("platform", "user_id"))
     return Forgotten(notes or 0, vectors or 0, summaries or 0, len(conversations))
 
 

@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, select
 
+from storage.conflicts import insert_new
 from storage.review import check_reply
 from storage.schema import Paraphrase, clean_text
 from storage.store import Store
@@ -27,7 +27,6 @@ SOURCES = ("reviewer", "generated", "user")
 # Longest wording stored. The unique key indexes the text, and PostgreSQL's btree refuses an
 # entry over 2,704 bytes: 500 characters are at most 2,000 bytes of UTF-8.
 MAX_CHARS = 500
-_UPSERTS: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,24 +93,9 @@ def add_paraphrases_sync(
 
 
 def _insert_new(conn: Connection, message_id: int, rows: list[dict[str, Any]]) -> int:
-    dialect_insert = _UPSERTS.get(conn.dialect.name)
-    if dialect_insert is not None:
-        # ON CONFLICT DO NOTHING: a wording stored meanwhile by another process is skipped
-        # too, instead of failing the whole transaction on the unique key. RETURNING gives
-        # the rows inserted (psycopg's rowcount for this statement is -1).
-        query = (
-            dialect_insert(_P)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["message_id", "text"])
-            .returning(_P.c.id)
-        )
-        return len(conn.execute(query).all())
-    # Another database: leave out what is stored (a race then fails on the unique key).
-    stored = set(conn.execute(select(_P.c.text).where(_P.c.message_id == message_id)).scalars())
-    rows = [row for row in rows if row["text"] not in stored]
-    if rows:
-        conn.execute(insert(_P).values(rows))
-    return len(rows)
+    # A wording stored meanwhile by another process is skipped too, instead of failing the
+    # whole transaction on the unique key.
+    return len(insert_new(conn, _P, rows, key=("message_id", "text")))
 
 
 async def add_paraphrases(

@@ -7,8 +7,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, select, update
 
+from storage.conflicts import insert_new
 from storage.corrections import insert_correction
 from storage.errors import StorageError
 from storage.schema import Correction, Exclusion, Message
@@ -107,14 +108,13 @@ async def set_accepted(store: Store, correction_id: int, accepted: bool = True) 
 def exclude_sync(conn: Connection, message_id: int, reason: str, excluded_by: str) -> bool:
     """Exclude a reply in the caller's transaction; False when it already was (kept as is)."""
     check_reply(conn, message_id)
-    if conn.execute(select(_E.c.id).where(_E.c.message_id == message_id)).first() is not None:
-        return False
-    conn.execute(
-        insert(_E).values(
-            message_id=message_id, reason=reason, excluded_by=excluded_by, created_at=time.time()
-        )
-    )
-    return True
+    row = {
+        "message_id": message_id,
+        "reason": reason,
+        "excluded_by": excluded_by,
+        "created_at": time.time(),
+    }
+    return bool(insert_new(conn, _E, row, key=("message_id",)))
 
 
 async def exclude(store: Store, message_id: int, reason: str, excluded_by: str) -> bool:

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from sqlalchemy import Connection, insert, select, update
 
+from storage.conflicts import serialize
 from storage.schema import Message, MessagePart, SwipeChoice
 from storage.store import Store
 
@@ -117,17 +118,21 @@ async def release(store: Store, platform: str, chat_id: str, message_id: str) ->
 async def keep(store: Store, *, kept_id: int, relink_id: int | None, user_id: str) -> None:
     """Record that ``user_id`` kept sibling ``kept_id`` (the conversation continued from it)
     and, when ``relink_id`` is given, make that new message follow ``kept_id``. One
-    transaction."""
+    transaction. A person's choice of one sibling is stored once, however many processes
+    (or repeated events) record it at the same time."""
 
     def work(conn: Connection) -> None:
         parent = conn.execute(select(_M.c.reply_to_id).where(_M.c.id == kept_id)).scalar()
         if parent is None:
             return
-        conn.execute(
-            insert(_W).values(
-                kept_id=kept_id, parent_id=parent, user_id=user_id, created_at=time.time()
+        serialize(conn, "swipe_choices", parent, user_id)
+        same = select(_W.c.id).where(_W.c.kept_id == kept_id, _W.c.user_id == user_id)
+        if conn.execute(same).first() is None:
+            conn.execute(
+                insert(_W).values(
+                    kept_id=kept_id, parent_id=parent, user_id=user_id, created_at=time.time()
+                )
             )
-        )
         if relink_id is not None:
             conn.execute(update(_M).where(_M.c.id == relink_id).values(reply_to_id=kept_id))
 

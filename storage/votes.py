@@ -21,12 +21,10 @@ from sqlalchemy import (
     case,
     delete,
     func,
-    insert,
     select,
-    update,
 )
-from sqlalchemy.exc import IntegrityError
 
+from storage.conflicts import upsert
 from storage.records import StoredVote
 from storage.schema import Vote
 
@@ -120,22 +118,14 @@ def set_vote(conn: Connection, message_id: int, user_id: str, value: int, now: f
     if value == 0:
         conn.execute(delete(_V).where(mine))
         return
-    changed = conn.execute(update(_V).where(mine).values(value=value, updated_at=now))
-    if changed.rowcount:
-        return
-    try:
-        with conn.begin_nested():
-            conn.execute(
-                insert(_V).values(
-                    message_id=message_id,
-                    user_id=user_id,
-                    value=value,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-    except IntegrityError:  # another process voted for this user in between
-        conn.execute(update(_V).where(mine).values(value=value, updated_at=now))
+    row = {
+        "message_id": message_id,
+        "user_id": user_id,
+        "value": value,
+        "created_at": now,
+        "updated_at": now,
+    }
+    upsert(conn, _V, row, key=("message_id", "user_id"), keep=("created_at",))
 
 
 def list_votes(conn: Connection, message_ids: Iterable[int] | None = None) -> list[StoredVote]:

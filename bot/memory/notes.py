@@ -86,6 +86,8 @@ class Notes:
         )
 
         def work(conn):  # type: ignore[no-untyped-def]
+            # Two processes noting the same thing at once: the second waits, then finds it.
+            sql.lock_person_notes(conn, character, person.platform, person.user_id)
             mine = sql.person_notes(conn, character, person.platform, person.user_id)
             for old in mine:
                 if old.text.casefold() == text.casefold() and old.scope == scope:
