@@ -11,6 +11,7 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import discord
 import yarl
@@ -53,7 +54,7 @@ class DiscordAdapter(PlatformAdapter):
         self.core = core
         self.__token = token  # name-mangled: not in vars() dumps by accident, never in repr
         self.access = AccessPolicy(settings)
-        self.client = _CharbotClient(self)
+        self.client = _make_client(self)
         self.webhooks = WebhookPool(self.client, enabled=settings.use_webhooks)
         self._runner: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -94,7 +95,7 @@ class DiscordAdapter(PlatformAdapter):
         if self._connected.is_set():
             log.info("discord: connected as %s", self.client.user)
             # What a previous run stored but did not answer (answered in the background).
-            await self.core.recover(PLATFORM, self.reply_target)
+            await self.core.recover(PLATFORM, self.reply_target, self.owns)
             return
         connected.cancel()
         error = self._runner.exception() if self._runner.done() else None
@@ -119,6 +120,23 @@ class DiscordAdapter(PlatformAdapter):
             self._runner = None
         self._restore_endpoints()
         self._restore_endpoints = lambda: None
+
+    def owns(self, chat_id: str) -> bool:
+        """Whether this process answers channel ``chat_id``: with shards, a guild channel
+        belongs to its guild's shard and a DM (or a channel not seen) to shard 0, as Discord
+        delivers their events. Without shards, every channel."""
+        count = self.settings.shard_count
+        if count is None:
+            return True
+        mine = set(self.settings.shard_ids or range(count))
+        channel = self.client.get_channel(int(chat_id)) if chat_id.isdigit() else None
+        guild = getattr(channel, "guild", None)
+        return ((guild.id >> 22) % count if guild is not None else 0) in mine
+
+    def owns_shard_zero(self) -> bool:
+        """Unsharded, or running shard 0: the process that syncs the slash commands."""
+        count = self.settings.shard_count
+        return count is None or 0 in (self.settings.shard_ids or range(count))
 
     def mark_connected(self) -> None:
         """Called on every gateway session start; the first one ends ``start``."""
@@ -291,28 +309,44 @@ class DiscordAdapter(PlatformAdapter):
             await offer_swipes(self.core, channel, result.message_ids[0])  # type: ignore[arg-type]
 
 
-class _CharbotClient(commands.Bot):
-    """The discord.py client: events are forwarded to the adapter; the application commands
-    are a Cog (adapters/discord_commands.py), which is why this is a ``commands.Bot``."""
+def _make_client(adapter: DiscordAdapter) -> commands.Bot:
+    """The discord.py client for ``[discord]``: one gateway connection; with shard_count and
+    one shard id, that shard (``shard_id``/``shard_count``); with several or all of them,
+    discord.py's AutoShardedBot over those (``shard_ids``)."""
+    intents = discord.Intents.default()  # guilds, messages, reactions, DMs
+    intents.message_content = True  # privileged: enable it in the Developer Portal
+    # No prefix commands: on_message hands every message to the adapter and never calls
+    # process_commands, so the prefix is never looked at.
+    options: dict[str, Any] = {
+        "help_command": None,
+        "intents": intents,
+        "allowed_mentions": NO_PINGS,
+    }
+    count, ids = adapter.settings.shard_count, adapter.settings.shard_ids
+    if count is None:
+        return _CharbotClient(adapter, **options)
+    if len(ids) == 1:
+        return _CharbotClient(adapter, shard_id=ids[0], shard_count=count, **options)
+    return _ShardedClient(adapter, shard_ids=list(ids) or None, shard_count=count, **options)
 
-    def __init__(self, adapter: DiscordAdapter) -> None:
-        intents = discord.Intents.default()  # guilds, messages, reactions, DMs
-        intents.message_content = True  # privileged: enable it in the Developer Portal
-        # No prefix commands: on_message below hands every message to the adapter and never
-        # calls process_commands, so the prefix is never looked at.
-        super().__init__(
-            commands.when_mentioned,
-            help_command=None,
-            intents=intents,
-            allowed_mentions=NO_PINGS,
-        )
+
+class _Handlers:
+    """The client's events, forwarded to the adapter; the application commands are a Cog
+    (adapters/discord_commands.py), which is why the clients are ``commands`` bots."""
+
+    adapter: DiscordAdapter
+
+    def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
+        super().__init__(commands.when_mentioned, **options)  # type: ignore[call-arg]
         self.adapter = adapter
 
     async def setup_hook(self) -> None:
-        await self.add_cog(DiscordCommands(self, self.adapter))
+        await self.add_cog(DiscordCommands(self, self.adapter))  # type: ignore[attr-defined]
+        if not self.adapter.owns_shard_zero():
+            return  # the commands are global: the process with shard 0 syncs them
         try:
             # A bulk overwrite: unchanged commands do not count against Discord's daily limit.
-            await self.tree.sync()
+            await self.tree.sync()  # type: ignore[attr-defined]
         except discord.HTTPException as exc:
             log.warning("discord: could not sync slash commands: %s", exc)
 
@@ -330,6 +364,14 @@ class _CharbotClient(commands.Bot):
 
     async def on_error(self, event_method: str, /, *args: object, **kwargs: object) -> None:
         log.exception("discord: unhandled error in %s", event_method)
+
+
+class _CharbotClient(_Handlers, commands.Bot):
+    """One gateway connection: all of the bot's guilds, or one shard of them."""
+
+
+class _ShardedClient(_Handlers, commands.AutoShardedBot):
+    """Several shards in this process, one connection each (discord.py's AutoShardedBot)."""
 
 
 def clean_text(message: discord.Message, bot_id: int) -> str:

@@ -10,7 +10,7 @@ starts and stops them; nothing here knows a platform.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bot.answering import Answerer, ReplyResult, Runs
@@ -244,13 +244,15 @@ class Core:
         """
         return await self._intake.receive(msg, target, report_errors=report_errors)
 
-    async def recover(self, platform: str, target_for: TargetFor) -> Recovered:
+    async def recover(
+        self, platform: str, target_for: TargetFor, owns: Callable[[str], bool] | None = None
+    ) -> Recovered:
         """At start-up: finish ``platform``'s replies cut off by the last run (edited to end
         with "[interrupted]", with their buttons), answer its unanswered messages younger
         than ``answer_backlog_minutes`` in order per chat, and mark older ones skipped.
         ``target_for(chat_id, thread_id, reply_to_platform_id)`` makes the adapter's reply
-        target."""
-        return await recover(self, platform, target_for, self.answer_backlog_minutes)
+        target. ``owns(chat_id)``: only those chats (this process's Discord shards)."""
+        return await recover(self, platform, target_for, self.answer_backlog_minutes, owns)
 
     def resume(
         self, msg: Inbound, stored: StoredInbound, target: ReplyTarget

@@ -44,14 +44,22 @@ class Recovered:
 
 
 async def recover(
-    core: Resumer, platform: str, target_for: TargetFor, backlog_minutes: float
+    core: Resumer,
+    platform: str,
+    target_for: TargetFor,
+    backlog_minutes: float,
+    owns: Callable[[str], bool] | None = None,
 ) -> Recovered:
     """Finish cut-off replies first (they are older than anything pending), then queue the
     pending messages younger than ``backlog_minutes`` in their chats' lines, oldest first;
-    older ones are marked skipped. Returns at once; the answers follow in the background."""
+    older ones are marked skipped. Returns at once; the answers follow in the background.
+    ``owns(chat_id)``: only those chats (a Discord shard's), when the platform's chats are
+    split over several processes."""
     store = core.store
     interrupted = 0
     for reply in await cut_off(store, platform):
+        if owns is not None and not owns(reply.chat_id):
+            continue
         target = target_for(reply.chat_id, reply.thread_id or None, None)
         character = core.character_or_default(reply.character)
         try:
@@ -63,6 +71,8 @@ async def recover(
         interrupted += 1
     oldest = time.time() - backlog_minutes * 60
     pending = await unanswered(store, platform)
+    if owns is not None:
+        pending = [m for m in pending if owns(m.chat_id)]
     old = [m.id for m in pending if m.created_at < oldest]
     await store.set_progress(old, "skipped")
     queued = 0

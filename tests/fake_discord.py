@@ -3,9 +3,12 @@
 It implements just enough of the API for the adapter's tests: login (``/users/@me``,
 ``/oauth2/applications/@me``), command sync, typing, channel messages, channel webhooks and
 webhook executions, interaction callbacks; and a gateway that says HELLO, acks heartbeats and
-answers IDENTIFY with READY and one GUILD_CREATE. Tests push MESSAGE_CREATE, reaction and
-interaction events with :meth:`FakeDiscord.dispatch` and friends, then assert on what the
-fake received (``requests``) and on the messages it holds (``messages``, content after edits).
+answers IDENTIFY with READY and a GUILD_CREATE per guild of the connection's shard (the
+IDENTIFY ``shard`` field [id, count]: a guild belongs to shard ``(guild_id >> 22) % count``,
+DMs to shard 0, as on Discord; :meth:`FakeDiscord.add_guild` adds a guild). Tests push
+MESSAGE_CREATE, reaction and interaction events with :meth:`FakeDiscord.dispatch` and
+friends, then assert on what the fake received (``requests``) and on the messages it holds
+(``messages``, content after edits).
 
 It never logs request bodies or headers: the IDENTIFY payload carries the bot token.
 """
@@ -113,6 +116,11 @@ class FakeDiscord:
         self.bob = FakeUser(self.snowflake(), "bob")
         self.other_bot = FakeUser(self.snowflake(), "otherbot", bot=True)
         self.manage_webhooks = manage_webhooks
+        # Every guild's text channels; add_guild adds more.
+        self.guild_channels: dict[int, list[tuple[int, str]]] = {
+            self.guild_id: [(self.channel_id, "general"), (self.other_channel_id, "elsewhere")]
+        }
+        self.shards: dict[web.WebSocketResponse, tuple[int, int]] = {}  # IDENTIFY's [id, count]
 
         self.requests: list[Recorded] = []
         self.messages: dict[int, Json] = {}  # every message in the fake, by id, latest content
@@ -199,11 +207,37 @@ class FakeDiscord:
 
         return await asyncio.wait_for(check(), timeout)
 
+    def add_guild(self) -> tuple[int, int]:
+        """Another guild, with one text channel "general"; (guild id, channel id). Its id's
+        timestamp is one millisecond after the newest guild's, so with two shards it is on
+        the other shard from that guild."""
+        newest = max(self.guild_channels)
+        guild_id = ((newest >> 22) + 1) << 22 | (next(self._ids) & 0x3FFFFF)
+        channel_id = self.snowflake()
+        self.guild_channels[guild_id] = [(channel_id, "general")]
+        return guild_id, channel_id
+
+    def guild_of(self, channel_id: int) -> int | None:
+        """The guild a channel is in; None for a DM channel."""
+        for guild_id, channels in self.guild_channels.items():
+            if any(channel == channel_id for channel, _ in channels):
+                return guild_id
+        return None
+
+    @staticmethod
+    def shard_of(guild_id: int | None, count: int) -> int:
+        """Discord's rule: a guild's events go to shard (guild_id >> 22) % count; DMs to 0."""
+        return 0 if guild_id is None else (guild_id >> 22) % count
+
     async def dispatch(self, event: str, data: Json) -> None:
-        """Send one gateway DISPATCH event to every connected client."""
+        """Send one gateway DISPATCH event to every connected client whose shard has the
+        event's guild (all of them for an unsharded client; DMs to shard 0)."""
         payload = {"op": 0, "t": event, "s": next(self._seq), "d": data}
+        guild = data.get("guild_id")
         for ws in list(self._sockets):
-            await ws.send_str(json.dumps(payload))
+            shard, count = self.shards.get(ws, (0, 1))
+            if self.shard_of(int(guild) if guild else None, count) == shard:
+                await ws.send_str(json.dumps(payload))
 
     def message_payload(
         self,
@@ -235,8 +269,9 @@ class FakeDiscord:
             "type": 19 if reply_to else 0,
             "flags": 0,
         }
-        if channel_id in (self.channel_id, self.other_channel_id):
-            data["guild_id"] = str(self.guild_id)
+        guild_id = self.guild_of(channel_id)
+        if guild_id is not None:
+            data["guild_id"] = str(guild_id)
             data["member"] = author.member()
         if webhook_id is not None:
             data["webhook_id"] = str(webhook_id)
@@ -245,7 +280,7 @@ class FakeDiscord:
                 "type": 0,
                 "message_id": str(reply_to),
                 "channel_id": str(channel_id),
-                "guild_id": str(self.guild_id),
+                "guild_id": str(guild_id or self.guild_id),
             }
             if reply_to in self.messages:
                 data["referenced_message"] = self.messages[reply_to]
@@ -295,27 +330,34 @@ class FakeDiscord:
                     if payload["d"].get("token") != self.token:
                         await ws.close(code=4004, message=b"Authentication failed.")
                         break
+                    shard = payload["d"].get("shard") or [0, 1]
+                    self.shards[ws] = (int(shard[0]), int(shard[1]))
                     await self._ready(ws)
         finally:
             self._sockets.remove(ws)
+            self.shards.pop(ws, None)
         return ws
 
     async def _ready(self, ws: web.WebSocketResponse) -> None:
+        shard, count = self.shards.get(ws, (0, 1))
+        guilds = [g for g in self.guild_channels if self.shard_of(g, count) == shard]
         ready = {
             "v": 10,
             "user": self.bot.payload(),
-            "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+            "guilds": [{"id": str(g), "unavailable": True} for g in guilds],
             "session_id": "fake-session",
             "resume_gateway_url": self.gateway_url,
             "application": {"id": str(self.app_id), "flags": 0},
         }
+        if count > 1:
+            ready["shard"] = [shard, count]
         await ws.send_str(json.dumps({"op": 0, "t": "READY", "s": next(self._seq), "d": ready}))
-        await ws.send_str(
-            json.dumps({"op": 0, "t": "GUILD_CREATE", "s": next(self._seq), "d": self._guild()})
-        )
+        for guild_id in guilds:
+            created = {"op": 0, "t": "GUILD_CREATE", "s": next(self._seq)}
+            await ws.send_str(json.dumps({**created, "d": self._guild(guild_id)}))
         self.identified.set()
 
-    def _guild(self) -> Json:
+    def _guild(self, guild_id: int) -> Json:
         bot_perms = BASIC_PERMISSIONS | (MANAGE_WEBHOOKS if self.manage_webhooks else 0)
 
         def role(role_id: int, name: str, perms: int) -> Json:
@@ -337,7 +379,7 @@ class FakeDiscord:
                 "type": 0,
                 "name": name,
                 "position": 0,
-                "guild_id": str(self.guild_id),
+                "guild_id": str(guild_id),
                 "permission_overwrites": [],
                 "nsfw": False,
                 "parent_id": None,
@@ -345,20 +387,17 @@ class FakeDiscord:
 
         people = [self.bot, self.alice, self.bob]
         return {
-            "id": str(self.guild_id),
-            "name": "Fake Guild",
+            "id": str(guild_id),
+            "name": "Fake Guild" if guild_id == self.guild_id else f"Fake Guild {guild_id}",
             "owner_id": str(self.bob.id),
             "unavailable": False,
             "member_count": len(people),
             "roles": [
-                role(self.guild_id, "@everyone", VIEW_CHANNEL | SEND_MESSAGES),
+                role(guild_id, "@everyone", VIEW_CHANNEL | SEND_MESSAGES),
                 role(self.bot_role_id, "charbot", bot_perms),
                 role(self.member_role_id, "member", BASIC_PERMISSIONS),
             ],
-            "channels": [
-                channel(self.channel_id, "general"),
-                channel(self.other_channel_id, "elsewhere"),
-            ],
+            "channels": [channel(c, name) for c, name in self.guild_channels[guild_id]],
             "members": [{**u.member(), "user": u.payload()} for u in people],
             "threads": [],
             "emojis": [],
@@ -524,7 +563,7 @@ class FakeDiscord:
             "id": str(webhook_id),
             "type": 1,
             "channel_id": channel,
-            "guild_id": str(self.guild_id),
+            "guild_id": str(self.guild_of(int(channel)) or self.guild_id),
             "name": body.get("name", "hook"),
             "avatar": None,
             "token": f"hooktoken{webhook_id}",

@@ -59,3 +59,23 @@ def test_the_memory_benchmark_runs_quick() -> None:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| overall |" in result.stdout and "| 2,000 |" in result.stdout
+
+
+def test_processes_benchmark_quick() -> None:
+    """benchmarks/processes.py --quick: three processes on one PostgreSQL, nothing lost,
+    nothing answered twice, no errors (it exits 1 otherwise)."""
+    import json
+
+    from tests.postgres import skip_reason
+
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    command = [sys.executable, "benchmarks/processes.py", "--quick"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    several = figures["several"]
+    assert several["processes"] == 3 and several["stored"] == several["messages"] == 60
+    assert (several["lost"], several["answered_twice"], several["errors"]) == (0, 0, 0)
+    assert figures["one"]["answered"] == 60

@@ -12,6 +12,7 @@ from bot.config.model import check_model
 from bot.config.reading import CONFIG_ENV, Where, read_file, read_section, reject_unknown
 from bot.config.sections import (
     check_bot,
+    check_discord,
     check_memory,
     check_platform_characters,
     check_storage,
@@ -65,6 +66,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
     storage = check_storage(where, tables["storage"], base)
     bot = check_bot(where, tables["bot"])
     memory = check_memory(where, tables["memory"])
+    discord = check_discord(where, tables["discord"])
     global_books = read_global_lorebooks(where, raw.get("lorebooks", {}), base)
     characters = read_characters(where, raw.get("characters"), base, global_books)
     default = default_character(where, raw, characters)
@@ -85,7 +87,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         characters=tuple(characters),
         default_character=default,
         console=tables["console"],
-        discord=tables["discord"],
+        discord=discord,
         telegram=tables["telegram"],
         web=tables["web"],
     )

@@ -110,6 +110,12 @@ def coerce(where: Where, label: str, value: Any, kind: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
             where.fail(label, f'expected a list of ids or names, e.g. ["123"], got {value!r}')
         return tuple(str(v) for v in value)
+    if kind.startswith("tuple[int"):
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            where.fail(label, f"expected a list of whole numbers, e.g. [0, 1], got {value!r}")
+        return tuple(value)
     if kind.startswith("dict[str, str]"):
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             where.fail(label, f'expected a table of id = "character name", got {value!r}')

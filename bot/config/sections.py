@@ -41,6 +41,27 @@ def check_bot(where: Where, bot: BotSettings) -> BotSettings:
     return bot
 
 
+def check_discord(where: Where, discord: DiscordSettings) -> DiscordSettings:
+    """[discord] sharding: shard_ids need shard_count and lie in 0..shard_count-1."""
+    count = discord.shard_count
+    if count is not None and count < 1:
+        where.fail("[discord] shard_count", "must be at least 1")
+    if discord.shard_ids and count is None:
+        where.fail(
+            "[discord] shard_ids", "needs [discord] shard_count, the number of shards in all"
+        )
+    if count is not None:
+        wrong = [i for i in discord.shard_ids if not 0 <= i < count]
+        if wrong:
+            where.fail(
+                "[discord] shard_ids",
+                f"{wrong[0]} is not a shard of {count}; shard ids run from 0 to {count - 1}",
+            )
+        if len(set(discord.shard_ids)) != len(discord.shard_ids):
+            where.fail("[discord] shard_ids", "names a shard twice")
+    return discord
+
+
 EXTRACT = ("rules", "model", "off")
 
 

@@ -58,6 +58,10 @@ class DiscordSettings:
     use_webhooks: bool = True
     api_base_url: str | None = None  # e.g. http://127.0.0.1:8080/api/v10 (tests, proxies)
     gateway_url: str | None = None  # e.g. ws://127.0.0.1:8080/
+    # Sharding (docs/discord.md): the bot's guilds split over shard_count gateway
+    # connections; this process runs shard_ids (empty: all of them). None: one connection.
+    shard_count: int | None = None
+    shard_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
