@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from adapters.console import ConsoleAdapter
+from bot.characters import Character
 from bot.config import MemorySettings
 from tests.conftest import MakeCore
 from tests.fakes import FakeModel
@@ -149,3 +150,34 @@ async def test_console_remembers_lists_and_forgets_notes(make_core: MakeCore) ->
     # The commands are answered, never stored as messages of the conversation.
     users = [r.text for r in await core.store.list_messages() if r.role == "user"]
     assert users == ["Any pets on board?", "And now?"]
+
+
+async def test_character_joins_the_scene_and_new_starts_afresh(make_core: MakeCore) -> None:
+    model = FakeModel(["Ahoy.", "Bram here.", "Fresh start."])
+    core = await make_core(model=model)
+    output = await run_script(core, "Hello!\n/character Bram\nhi Bram\n/new\nagain\n/reset\n")
+    assert "[Bram joins the scene and answers from now on; /new starts a fresh conversation]" in (
+        output
+    )
+    # Bram saw the scene so far; after /new the history starts afresh.
+    bram = "\n".join(m["content"] for m in model.requests[1].messages if m["role"] != "system")
+    assert "Hello!" in bram and "[Aria] Ahoy." in bram and "hi Bram" in bram
+    fresh = [m["content"] for m in model.requests[2].messages if m["role"] == "user"]
+    assert fresh == ["again"]
+    assert output.count("[new conversation with Bram]") == 2  # /reset still works too
+    assert "[already talking to Bram]" in await run_script(core, "/character bram\n")
+
+
+async def test_usage_lines_for_fix_paging_past_the_ends_and_the_greeting(
+    make_core: MakeCore,
+) -> None:
+    model = FakeModel(["one", "two"])
+    characters = [Character(name="Aria", greeting="Welcome aboard.")]
+    core = await make_core(model=model, characters=characters)
+    output = await run_script(core, "/new\n/good\n/fix\nhello\n/regen\n/next\n/prev\n/prev\n")
+    assert "[usage: /fix TEXT — the reply the character should have given instead]" in output
+    assert "[that is the greeting, not a written reply" in output
+    assert "[2/2: that is the last version; /regen writes another]" in output
+    assert "[1/2] Aria: one" in output
+    assert "[1/2: that is the first version; /next goes forward]" in output
+    assert await core.store.list_votes() == []
