@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from adapters.console import ConsoleAdapter
 from bot.characters import Character
 from bot.config import MemorySettings
@@ -181,3 +183,36 @@ async def test_usage_lines_for_fix_paging_past_the_ends_and_the_greeting(
     assert "[1/2] Aria: one" in output
     assert "[1/2: that is the first version; /next goes forward]" in output
     assert await core.store.list_votes() == []
+
+
+def test_unknown_character_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    text = config.read_text(encoding="utf-8")
+    # A model that cannot load: reaching it would fail with another error.
+    config.write_text(text.replace('base = "smollm2"', 'base = "/no/such/model"'), "utf-8")
+    result = charbot(config, "chat", "--character", "Brma")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "charbot: error: unknown character 'Brma' (did you mean Bram?); known characters: "
+        "Mara, Bram, Pip"
+    )
+
+
+def test_storage_errors_name_the_config_file_and_a_misspelled_scheme(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from charbot.cli import main
+
+    config = write_config(tmp_path)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace('url = "sqlite:///', 'url = "sqlte:///'), "utf-8")
+    assert main(["--config", str(config), "stats"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"charbot: error: {config}: [storage] url: unknown database 'sqlte' "
+        "(did you mean sqlite? e.g. 'sqlite:///data/charbot.db')"
+    )
+    (tmp_path / "folder.db").mkdir()  # opening fails: the store's own error, with the file
+    config.write_text(text.replace("data/charbot.db", "folder.db"), "utf-8")
+    assert main(["--config", str(config), "stats"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"charbot: error: {config}: [storage] url: ") and "directory" in err
