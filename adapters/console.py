@@ -31,8 +31,9 @@ from engine.errors import EngineError
 
 HELP = """Commands:
   /characters        list the characters
-  /character NAME    talk to NAME from now on
-  /reset             start a fresh conversation
+  /character NAME    NAME joins the scene and answers from now on (the conversation goes
+                     on; /new first for a fresh one)
+  /new, /reset       start a fresh conversation
   /good, /bad        rate the last reply 👍 or 👎
   /fix TEXT          give a better answer for the last reply
   /regen             a new version of the last reply
@@ -57,6 +58,29 @@ def clean_line(text: str) -> str:
     return _CONTROL.sub("", text.replace("\r\n", "\n"))
 
 
+def _quiet_ctrl_c(stdin: TextIO):  # type: ignore[no-untyped-def]
+    """Stop the terminal echoing Ctrl-C as "^C" while a reply is written (the reply's line
+    then reads "Mara: I [stopped]"); returns what restores the terminal's setting."""
+    try:
+        import termios
+    except ImportError:  # Windows
+        return lambda: None
+    try:
+        fd = stdin.fileno()
+        saved = termios.tcgetattr(fd)
+        quiet = list(saved)
+        quiet[3] &= ~termios.ECHOCTL
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    except (AttributeError, OSError, ValueError, termios.error):  # not a terminal
+        return lambda: None
+
+    def restore() -> None:
+        with contextlib.suppress(OSError, termios.error):
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+    return restore
+
+
 def _new_id() -> str:
     # Unique across runs: reply parts are keyed by (platform, chat, id) in the database.
     return uuid.uuid4().hex[:16]
@@ -71,6 +95,9 @@ class ConsoleTarget(ReplyTarget):
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self._shown: dict[str, str] = {}
+        # Ctrl-C stopped this reply: " [stopped]" goes after what was shown of it, on its line.
+        self.stopped = False
+        self.marked = False
 
     async def send(self, text: str, *, character: Character) -> str:
         message_id = _new_id()
@@ -87,8 +114,17 @@ class ConsoleTarget(ReplyTarget):
         self._shown[message_id] = text
 
     async def finished(self, message_ids: list[str], text: str, *, character: Character) -> None:
-        self.out.write("\n")
+        self.out.write(" [stopped]\n" if self.stopped else "\n")
+        self.marked = self.stopped
         self.out.flush()
+
+    def mark_stopped(self) -> None:
+        """After the reply: " [stopped]" if Ctrl-C stopped it and ``finished`` did not say so
+        (nothing of it was shown yet)."""
+        if self.stopped and not self.marked:
+            self.out.write("[stopped]\n")
+            self.out.flush()
+            self.marked = True
 
     async def notice(self, text: str) -> str | None:
         self.out.write(f"\n[{text}]\n")
@@ -122,6 +158,8 @@ class ConsoleAdapter(PlatformAdapter):
         self.done = asyncio.Event()
         self._ctrl_c = 0  # Ctrl-C presses since the last message was sent
         self._quitting = False
+        self._writing: ConsoleTarget | None = None  # the reply being written, for Ctrl-C
+        self.greeted = False  # the last thing shown is a greeting (nothing to rate yet)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.run())
@@ -142,12 +180,14 @@ class ConsoleAdapter(PlatformAdapter):
                 self.say(f"Talking to {current.name}. /help lists the commands.")
                 if current.greeting:
                     await self.greet()
+                echo = _quiet_ctrl_c(self.stdin)
                 try:
                     async for line in self._typed():
                         if not await self.handle_line(line) or self._quitting:
                             break
                 finally:
                     self._ignore_ctrl_c()
+                    echo()
             else:
                 async for line in self._lines(prompt=""):
                     if not await self.handle_line(line):
@@ -173,9 +213,10 @@ class ConsoleAdapter(PlatformAdapter):
         self._ctrl_c += 1
         if self._ctrl_c >= 2:
             self._quitting = True
-        if self.core.cancel(self.platform, self.chat_id):
-            self.out.write(" [stopped]")
-            self.out.flush()
+        if self.core.cancel(self.platform, self.chat_id) and self._writing is not None:
+            # Said after the reply's last shown piece (ConsoleTarget.finished), not here: a
+            # piece already on its way would print after the notice.
+            self._writing.stopped = True
 
     async def _typed(self):  # type: ignore[no-untyped-def]
         """Messages typed at the terminal, with editing, history and bracketed paste."""
@@ -205,6 +246,8 @@ class ConsoleAdapter(PlatformAdapter):
         """Show the current character's greeting; it is stored as a turn of the conversation."""
         await self.core.greet(self.platform, self.chat_id, None, self.user_name, self._target())
         self.out.write("\n")
+        self.last_reply = None  # the greeting is not a written reply: nothing to rate
+        self.greeted = True
 
     def _target(self) -> ConsoleTarget:
         return ConsoleTarget(self.out)
@@ -246,6 +289,7 @@ class ConsoleAdapter(PlatformAdapter):
             except (CharbotError, EngineError) as exc:
                 self.say(f"[{exc}]")
                 return True
+        target = self._writing = ConsoleTarget(self.out)
         try:
             result = await self.core.handle(
                 Inbound(
@@ -257,13 +301,17 @@ class ConsoleAdapter(PlatformAdapter):
                     text=line,
                     private=True,
                 ),
-                ConsoleTarget(self.out),
+                target,
             )
         except (CharbotError, EngineError) as exc:
             self.say(f"[{exc}]")
             return True
+        finally:
+            self._writing = None
+            target.mark_stopped()
         if result is not None and result.message_ids:
             self.last_reply = result.message_ids[0]
+            self.greeted = False
         return True
 
     async def command(self, command: str, argument: str) -> bool:
@@ -281,14 +329,26 @@ class ConsoleAdapter(PlatformAdapter):
             if not argument:
                 self.say("[usage: /character NAME]")
             else:
+                before = await core.current_character(platform, chat)
                 character = await core.set_character(platform, chat, argument)
-                self.say(f"[now talking to {character.name}]")
-                if character.greeting:
-                    await self.greet()
-        elif command == "/reset":
+                if character.name == before.name:
+                    self.say(f"[already talking to {character.name}]")
+                else:
+                    # The conversation goes on: the new character answers what was said.
+                    self.say(
+                        f"[{character.name} joins the scene and answers from now on; "
+                        "/new starts a fresh conversation]"
+                    )
+                    if character.greeting:
+                        await self.greet()
+        elif command in ("/new", "/reset"):
             await core.reset(platform, chat)
             self.last_reply = None
-            self.say("[conversation reset]")
+            self.greeted = False
+            current = await core.current_character(platform, chat)
+            self.say(f"[new conversation with {current.name}]")
+            if current.greeting:
+                await self.greet()
         elif command in (f"/{COMMAND}", f"/{OLD_COMMAND}"):
             if command == f"/{OLD_COMMAND}":
                 self.say(f"[{RENAMED}]")
@@ -325,21 +385,32 @@ class ConsoleAdapter(PlatformAdapter):
         self.say(f"[{await memory_command(core.memory, current.name, person, command, argument)}]")
 
     async def feedback(self, command: str, argument: str) -> None:
+        if command == "/fix" and not argument:
+            self.say("[usage: /fix TEXT — the reply the character should have given instead]")
+            return
         if self.last_reply is None:
-            self.say("[no reply yet in this session]")
+            if self.greeted:
+                self.say(
+                    "[that is the greeting, not a written reply: nothing to rate, fix or "
+                    "write again yet; say something first]"
+                )
+            else:
+                self.say("[no reply yet in this session]")
             return
         core, platform, chat, reply = self.core, self.platform, self.chat_id, self.last_reply
         if command in ("/good", "/bad"):
             await core.vote(platform, chat, reply, self.user_name, 1 if command == "/good" else -1)
             self.say("[rated 👍]" if command == "/good" else "[rated 👎]")
         elif command == "/fix":
-            if not argument:
-                self.say("[usage: /fix A better reply]")
-                return
             await core.correct(platform, chat, reply, self.user_name, argument)
             self.say("[correction saved]")
         else:
-            result = await core.regenerate(platform, chat, reply, ConsoleTarget(self.out))
+            target = self._writing = ConsoleTarget(self.out)
+            try:
+                result = await core.regenerate(platform, chat, reply, target)
+            finally:
+                self._writing = None
+                target.mark_stopped()
             if result is not None and result.message_ids:
                 self.last_reply = result.message_ids[0]
                 shown = await core.swipes.regenerated(platform, chat, self.last_reply)
@@ -355,6 +426,11 @@ class ConsoleAdapter(PlatformAdapter):
         shown = await self.core.swipes.page(self.platform, self.chat_id, self.last_reply, step)
         if shown is None or shown.count < 2:
             self.say("[only one version of that reply; /regen writes another]")
+            return
+        if not shown.moved:
+            where = "last" if step > 0 else "first"
+            more = "/regen writes another" if step > 0 else "/next goes forward"
+            self.say(f"[{shown.index + 1}/{shown.count}: that is the {where} version; {more}]")
             return
         name = shown.sibling.character
         self.say(f"[{shown.index + 1}/{shown.count}] {name}: {shown.sibling.text}")

@@ -33,6 +33,17 @@ from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
+
+class _NoVoiceWarnings(logging.Filter):
+    """discord.py warns at every start that its voice libraries (PyNaCl, davey) are missing;
+    the bot sends no voice, so those two lines say nothing. Other warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "voice will NOT be supported" not in record.getMessage()
+
+
+logging.getLogger("discord.client").addFilter(_NoVoiceWarnings())
+
 PLATFORM = "discord"
 THUMBS_UP, THUMBS_DOWN, REGENERATE = "👍", "👎", "🔁"
 _EMOJI_MODIFIERS = re.compile("[\U0001f3fb-\U0001f3ff\ufe0f]")  # 👍🏽 counts as 👍

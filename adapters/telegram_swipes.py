@@ -50,6 +50,10 @@ async def swipe_page(
     if shown is None:
         await query.answer("That reply is no longer stored.")
         return
+    if step != 0 and not shown.moved:  # ◀ on the first or ▶ on the last: say so, edit nothing
+        where, more = ("last", "🔁 writes another") if step > 0 else ("first", "▶ goes on")
+        await query.answer(f"{shown.index + 1}/{shown.count}: the {where} version; {more}.")
+        return
     await query.answer(f"{shown.index + 1}/{shown.count}")
     if step == 0:
         return

@@ -10,6 +10,7 @@ starts and stops them; nothing here knows a platform.
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -126,6 +127,11 @@ class Core:
     async def start(self) -> None:
         """Start the model and, at the same time, the knowledge indexes and their embedding
         model (one waited for the other before: their start-up times added up)."""
+        if self.knowledge.retrieval and any(c.knowledge for c in self.characters):
+            # Both threads import ``tokenizers`` (the embedder; transformers, for the model's
+            # tokenizer). Imported by both at once it raced (a first start with a new
+            # knowledge file died with KeyError: 'tokenizers'): import it once, here, first.
+            importlib.import_module("tokenizers")
         knowledge = asyncio.ensure_future(
             asyncio.to_thread(self.knowledge.prepare, self.characters)
         )

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
 import sys
+import tempfile
+import time
+import traceback
 import warnings
+from pathlib import Path
 
 from bot.config import Config, config_path, load_config
 from bot.errors import CharbotError
@@ -71,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         # Libraries' notices about their own coming API changes: nothing a user can act on.
         warnings.filterwarnings("ignore", category=FutureWarning)
+    config: Config | None = None
     try:
         config = load_config(config_path(args.config), backend=args.backend)
         command = {
@@ -84,11 +90,40 @@ def main(argv: list[str] | None = None) -> int:
             "web": web_command.web_command,
         }[args.command]
         return asyncio.run(command(config, args))
-    except (CharbotError, EngineError, StorageError) as exc:
+    except StorageError as exc:  # [storage]'s errors name the file, like the config's own
+        where = f"{config.path}: " if config is not None else ""
+        print(f"charbot: error: {where}{exc}", file=sys.stderr)
+        return 2
+    except (CharbotError, EngineError) as exc:
         print(f"charbot: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: one line here, the traceback in a file
+        log = _log_traceback(config)
+        print(
+            f"charbot: error: {type(exc).__name__}: {exc} (unexpected; the full traceback "
+            f"is in {log})",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _log_traceback(config: Config | None) -> Path:
+    """Append the exception being handled, with its traceback, to charbot-errors.log in the
+    config's data/ folder (else the temporary folder); its path."""
+    folders = [config.path.parent / "data"] if config is not None else []
+    for folder in [*folders, Path(tempfile.gettempdir())]:
+        path = folder / "charbot-errors.log"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as file:
+                file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} charbot {sys.argv[1:]}\n")
+                file.write(traceback.format_exc())
+            return path
+        except OSError:
+            continue
+    return Path("(nowhere: no writable folder)")
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -111,12 +146,23 @@ async def _chat(config: Config, args: argparse.Namespace) -> int:
     from adapters.console import ConsoleAdapter
     from charbot.wiring import open_core
 
+    if args.character:
+        _check_character(config, args.character)  # before the model loads (seconds)
     async with open_core(config) as core:
-        if args.character:
-            core.character(args.character)  # fail fast, listing the known names
         console = ConsoleAdapter(core, user_name=config.console.user_name, character=args.character)
         await console.run()
     return 0
+
+
+def _check_character(config: Config, name: str) -> None:
+    """Refuse a ``--character`` that is not configured, suggesting the closest name."""
+    names = [c.name for c in config.characters]
+    if name.lower() in (n.lower() for n in names):
+        return
+    by_lower = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    hint = f" (did you mean {by_lower[close[0]]}?)" if close else ""
+    raise CharbotError(f"unknown character {name!r}{hint}; known characters: {', '.join(names)}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class Shown:
     index: int
     count: int
     siblings: tuple[int, ...]
+    moved: bool = True  # False: already at the end paged towards (the index is clamped)
 
 
 def _siblings(conn: Connection, parent_id: int) -> list[Sibling]:
@@ -89,14 +90,15 @@ async def page(
         ids = [s.id for s in group]
         if reply not in ids:
             return None
-        index = min(max(ids.index(reply) + step, 0), len(ids) - 1)
+        was = ids.index(reply)
+        index = min(max(was + step, 0), len(ids) - 1)
         conn.execute(
             update(_P)
             .where(_P.c.platform == platform, _P.c.chat_id == chat_id)
             .where(_P.c.platform_message_id == message_id)
             .values(message_id=ids[index])
         )
-        return Shown(group[index], index, len(ids), tuple(ids))
+        return Shown(group[index], index, len(ids), tuple(ids), moved=index != was)
 
     return await store.write(work)
 

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from adapters.console import ConsoleAdapter
+from bot.characters import Character
 from bot.config import MemorySettings
 from tests.conftest import MakeCore
 from tests.fakes import FakeModel
@@ -149,3 +152,67 @@ async def test_console_remembers_lists_and_forgets_notes(make_core: MakeCore) ->
     # The commands are answered, never stored as messages of the conversation.
     users = [r.text for r in await core.store.list_messages() if r.role == "user"]
     assert users == ["Any pets on board?", "And now?"]
+
+
+async def test_character_joins_the_scene_and_new_starts_afresh(make_core: MakeCore) -> None:
+    model = FakeModel(["Ahoy.", "Bram here.", "Fresh start."])
+    core = await make_core(model=model)
+    output = await run_script(core, "Hello!\n/character Bram\nhi Bram\n/new\nagain\n/reset\n")
+    assert "[Bram joins the scene and answers from now on; /new starts a fresh conversation]" in (
+        output
+    )
+    # Bram saw the scene so far; after /new the history starts afresh.
+    bram = "\n".join(m["content"] for m in model.requests[1].messages if m["role"] != "system")
+    assert "Hello!" in bram and "[Aria] Ahoy." in bram and "hi Bram" in bram
+    fresh = [m["content"] for m in model.requests[2].messages if m["role"] == "user"]
+    assert fresh == ["again"]
+    assert output.count("[new conversation with Bram]") == 2  # /reset still works too
+    assert "[already talking to Bram]" in await run_script(core, "/character bram\n")
+
+
+async def test_usage_lines_for_fix_paging_past_the_ends_and_the_greeting(
+    make_core: MakeCore,
+) -> None:
+    model = FakeModel(["one", "two"])
+    characters = [Character(name="Aria", greeting="Welcome aboard.")]
+    core = await make_core(model=model, characters=characters)
+    output = await run_script(core, "/new\n/good\n/fix\nhello\n/regen\n/next\n/prev\n/prev\n")
+    assert "[usage: /fix TEXT — the reply the character should have given instead]" in output
+    assert "[that is the greeting, not a written reply" in output
+    assert "[2/2: that is the last version; /regen writes another]" in output
+    assert "[1/2] Aria: one" in output
+    assert "[1/2: that is the first version; /next goes forward]" in output
+    assert await core.store.list_votes() == []
+
+
+def test_unknown_character_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    text = config.read_text(encoding="utf-8")
+    # A model that cannot load: reaching it would fail with another error.
+    config.write_text(text.replace('base = "smollm2"', 'base = "/no/such/model"'), "utf-8")
+    result = charbot(config, "chat", "--character", "Brma")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "charbot: error: unknown character 'Brma' (did you mean Bram?); known characters: "
+        "Mara, Bram, Pip"
+    )
+
+
+def test_storage_errors_name_the_config_file_and_a_misspelled_scheme(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from charbot.cli import main
+
+    config = write_config(tmp_path)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace('url = "sqlite:///', 'url = "sqlte:///'), "utf-8")
+    assert main(["--config", str(config), "stats"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"charbot: error: {config}: [storage] url: unknown database 'sqlte' "
+        "(did you mean sqlite? e.g. 'sqlite:///data/charbot.db')"
+    )
+    (tmp_path / "folder.db").mkdir()  # opening fails: the store's own error, with the file
+    config.write_text(text.replace("data/charbot.db", "folder.db"), "utf-8")
+    assert main(["--config", str(config), "stats"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"charbot: error: {config}: [storage] url: ") and "directory" in err

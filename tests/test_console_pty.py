@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import sqlite3
 import sys
@@ -70,9 +71,13 @@ def test_ctrl_c_paste_and_history_in_a_pseudo_terminal(tmp_path: Path) -> None:
     term = Terminal(database)
     term.read_until("Sam>")
     term.type("hello\r")
-    term.read_until("Aria: word word word")
+    shown = term.read_until("Aria: word word word")
     term.type("\x03")  # Ctrl-C while the reply is being written
-    term.read_until("[stopped]")
+    shown += term.read_until("[stopped]")
+    # The notice ends the reply's own line, after its last shown piece; no "^C" is echoed
+    # (the terminal echoes the bare control character, which shows nothing).
+    assert re.search(r"Aria: word( word)* \[stopped\]", shown.replace("\x03", "")), shown
+    assert "^C" not in shown
     term.read_until("Sam>")
     # A pasted block arrives between bracketed-paste markers: one message, not two.
     term.type("\x1b[200~first line\nsecond line\x1b[201~\r")

@@ -515,3 +515,14 @@ async def test_character_and_reset_are_admin_commands_in_a_server(
 )
 def test_access_policy(settings: dict[str, Any], place: Place, allowed: bool) -> None:
     assert AccessPolicy(DiscordSettings(**settings)).allows(place) is allowed
+
+
+async def test_a_start_prints_no_voice_library_warnings_but_other_warnings(
+    start_bot: StartBot, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    await start_bot()
+    logging.getLogger("discord.client").warning("a warning that matters")
+    shown = [r.getMessage() for r in caplog.records]
+    assert not [m for m in shown if "voice" in m], shown  # PyNaCl, davey: the bot sends no voice
+    assert "a warning that matters" in shown

@@ -296,3 +296,72 @@ async def test_knowledge_loads_its_embedding_model_beside_the_model_start(
         model=GatedModel(loaded), characters=[bram], cache_dir=tmp_path / "models"
     )
     assert loaded.is_set() and core.knowledge.embedder.batches == [1]  # the warm-up only
+
+
+STARTS_ON_A_FRESH_INTERPRETER = """
+import asyncio, sys
+from pathlib import Path
+from bot.characters import Character
+from bot.config import ModelSettings
+from bot.core import Core
+from storage.store import Store
+from tests.fakes import FakeModel
+from tests.test_knowledge import CountingEmbedder
+
+class Model(FakeModel):
+    async def start(self):
+        # The model's tokenizer thread would import transformers, and with it tokenizers.
+        print("tokenizers imported first:", "tokenizers" in sys.modules)
+        await super().start()
+
+async def main(folder):
+    store = await Store.open(f"sqlite:///{folder}/bot.db")
+    bram = Character(name="Bram", knowledge=(f"{folder}/facts.csv",))
+    settings = ModelSettings(backend="fake", cache_dir=Path(folder))
+    core = Core(store=store, model=Model(), characters=[bram], settings=settings,
+                embedder=CountingEmbedder())
+    await core.start()
+    await core.close()
+    await store.close()
+
+assert "tokenizers" not in sys.modules
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_start_imports_tokenizers_before_indexing_and_the_model_race_for_it(
+    tmp_path: Path,
+) -> None:
+    """A first start with a new knowledge file died with KeyError: 'tokenizers': the
+    indexing thread and the tokenizer's both imported it at once."""
+    (tmp_path / "facts.csv").write_text("question,answer\nq,a\n", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-c", STARTS_ON_A_FRESH_INTERPRETER, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "tokenizers imported first: True" in result.stdout
+
+
+def test_an_unexpected_error_is_one_line_naming_the_traceback_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from charbot import cli
+
+    async def broken(config, args):  # type: ignore[no-untyped-def]
+        raise KeyError("tokenizers")
+
+    monkeypatch.setattr(cli.stats_command, "stats_command", broken)
+    config = tmp_path / "config.toml"
+    config.write_text('[[characters]]\nname = "Mara"\n', encoding="utf-8")
+    assert cli.main(["--config", str(config), "stats"]) == 1
+    log = tmp_path / "data" / "charbot-errors.log"
+    assert capsys.readouterr().err.splitlines() == [
+        f"charbot: error: KeyError: 'tokenizers' (unexpected; the full traceback is in {log})"
+    ]
+    logged = log.read_text(encoding="utf-8")
+    assert "Traceback (most recent call last)" in logged and "KeyError: 'tokenizers'" in logged

@@ -95,6 +95,10 @@ async def test_telegram_regenerate_and_page_in_one_message(
     await until(lambda: shown()["text"] == "Aria\nSecond take.")
     fake.press(message_id, SWIPE_BACK, chat_id=ALICE)
     await until(lambda: shown()["text"] == "Aria\nFirst take.")
+    # ◀ on the first take says so instead of editing the message to itself.
+    fake.press(message_id, SWIPE_BACK, chat_id=ALICE)
+    answers = lambda: [c.params.get("text") for c in fake.calls("answerCallbackQuery")]  # noqa: E731
+    await until(lambda: "1/2: the first version; ▶ goes on." in answers())
 
     fake.press(message_id, VOTE_UP, chat_id=ALICE)
     ratings = await until(core.store.list_votes)

@@ -4,15 +4,30 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from pathlib import Path
 
 from bot.config.reading import Where
 from bot.config.settings import BotSettings, DiscordSettings, MemorySettings, TelegramSettings
 from storage.settings import StorageSettings
 
+# SQLAlchemy's own dialects (a third-party one still opens, or gets "install the driver").
+DATABASES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
+
 
 def check_storage(where: Where, storage: StorageSettings, base: Path) -> StorageSettings:
-    """``storage`` checked, its SQLite path taken relative to ``base`` (the config's folder)."""
+    """``storage`` checked, its SQLite path taken relative to ``base`` (the config's folder);
+    a misspelled database in the URL's scheme (``sqlte://``) gets a did-you-mean."""
+    scheme, found, _ = storage.url.partition("://")
+    backend = scheme.partition("+")[0].lower()
+    if found and backend not in DATABASES:
+        close = difflib.get_close_matches(backend, DATABASES, n=1, cutoff=0.6)
+        if close:
+            fixed = close[0] + storage.url[len(backend) :]
+            where.fail(
+                "[storage] url",
+                f"unknown database {backend!r} (did you mean {close[0]}? e.g. {fixed!r})",
+            )
     storage = dataclasses.replace(storage, url=_storage_url(base, storage.url))
     for name in ("max_wait_s", "busy_timeout_s"):
         if getattr(storage, name) < 0:
