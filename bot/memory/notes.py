@@ -9,6 +9,7 @@ private never reaches a group or anyone else.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ class Notes:
             extra = len(mine) + 1 - self.settings.max_notes
             if extra > 0:  # the oldest go first
                 sql.delete_notes(conn, [old.id for old in mine[:extra]])
-            return StoredNote(note_id, *_fields(note)[1:])
+            return dataclasses.replace(note, id=note_id)
 
         return await self.store.write(work)
 
@@ -158,7 +159,3 @@ class Notes:
             if chosen:
                 about.append((name, chosen))
         return about
-
-
-def _fields(note: StoredNote) -> tuple[object, ...]:
-    return tuple(getattr(note, name) for name in StoredNote.__slots__)  # type: ignore[attr-defined]
