@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bot.config.characters import default_character, read_characters
 from bot.config.clean import read_clean
+from bot.config.limits import read_limits
 from bot.config.model import check_model
 from bot.config.reading import CONFIG_ENV, Where, read_file, read_section, reject_unknown
 from bot.config.sections import (
@@ -42,7 +43,7 @@ _SECTIONS = {
     "web": WebSettings,
     "memory": MemorySettings,
 }
-_TOP_LEVEL = {*_SECTIONS, "characters", "default_character", "clean", "training"}
+_TOP_LEVEL = {*_SECTIONS, "characters", "default_character", "clean", "training", "limits"}
 
 
 def config_path(cli_value: str | None) -> Path:
@@ -71,6 +72,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
     check_platform_characters(where, tables["discord"], tables["telegram"], names)
     training, training_overrides = read_training(where, raw.get("training", {}), base, names)
     clean, clean_overrides = read_clean(where, raw.get("clean", {}), names)
+    limits = read_limits(where, raw.get("limits", {}), names)
     return Config(
         path=path,
         clean=clean,
@@ -81,6 +83,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         storage=storage,
         bot=bot,
         memory=memory,
+        limits=limits,
         characters=tuple(characters),
         default_character=default,
         console=tables["console"],
