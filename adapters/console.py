@@ -21,6 +21,7 @@ from adapters.base import PlatformAdapter
 from bot.characters import Character
 from bot.core import Core
 from bot.errors import CharbotError
+from bot.limits import quota_command
 from bot.lora_admin import COMMAND, OLD_COMMAND, RENAMED, lora_command
 from bot.memory.commands import COMMANDS as MEMORY_COMMANDS
 from bot.memory.commands import memory_command
@@ -42,6 +43,7 @@ HELP = """Commands:
                      in every chat, not only this one)
   /memory            what the character remembers about you
   /forget N|all      make the character forget note N, or everything about you
+  /quota             how many answers and reply tokens you have left
   /lora [VERSION]    list the current character's LoRA versions, or switch (base: none;
                      rollback: the previous one); /lora PATH loads a directory for now
   /help              this list
@@ -355,6 +357,18 @@ class ConsoleAdapter(PlatformAdapter):
             await self.lora(argument)
         elif command[1:] in MEMORY_COMMANDS:
             await self.memory(command[1:], argument)
+        elif command == "/quota":
+            current = await core.current_character(platform, chat)
+            answer = await quota_command(
+                core,
+                platform,
+                chat,
+                self.user_name,
+                private=True,
+                exempt=False,
+                character=current.name,
+            )
+            self.say(f"[{answer}]")
         elif command in ("/prev", "/next"):
             await self.page(-1 if command == "/prev" else 1)
         elif command in ("/good", "/bad", "/fix", "/regen"):

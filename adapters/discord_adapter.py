@@ -205,6 +205,7 @@ class DiscordAdapter(PlatformAdapter):
             reply_to_platform_id=reply_to,
             addressed=addressed,
             private=message.guild is None,
+            exempt=self.access.is_admin(str(message.author.id)),
             default_character=self.channel_character(message.channel),
             sent_at=message.created_at.timestamp(),
         )

@@ -1,13 +1,14 @@
 """Slash commands, the "Suggest a better reply" message command and its modal, as one Cog.
 
 ``/chat``, ``/character``, ``/characters``, ``/reset``, ``/remember``, ``/memory``, ``/forget``,
-``/fix`` and ``/lora`` (``/adapter`` is its older name, still registered). In a server,
+``/fix``, ``/quota`` and ``/lora`` (``/adapter`` is its older name, still registered). In a server,
 ``/character NAME`` and ``/reset`` change the channel for everyone, so they are admin
 commands: users listed in ``[discord] admins``, or, when that list is empty, members who may
 manage the channel. In a DM they are the user's own. ``/lora`` is for the bot's admins only:
 a switch changes the character everywhere. ``/remember``, ``/memory`` and ``/forget`` are each
 person's own notes (bot.memory.commands), answered so that only they see them; a note made in
-a DM stays in that DM unless made public.
+a DM stays in that DM unless made public. ``/quota`` tells the user, and only them, where
+they stand with their limits (bot.limits).
 
 The Cog sees the adapter only through :class:`DiscordEdge`, so this module does not import
 the adapter that loads it.
@@ -28,6 +29,7 @@ from adapters.discord_reply import NO_PINGS, DiscordReplyTarget, Quote, visible_
 from bot.config import DiscordSettings
 from bot.core import Core
 from bot.errors import CharbotError
+from bot.limits import quota_command
 from bot.lora_admin import COMMAND, OLD_COMMAND, RENAMED, lora_command
 from bot.memory.commands import FORGET, HELP, MEMORY, PUBLIC_FLAG, REMEMBER, memory_command
 from bot.memory.notes import Person
@@ -177,6 +179,7 @@ class DiscordCommands(commands.Cog):
             thread_id=chat_id if isinstance(channel, discord.Thread) else None,
             addressed=True,
             private=interaction.guild_id is None,
+            exempt=self.adapter.access.is_admin(str(interaction.user.id)),
             character=name,
             default_character=self.adapter.channel_character(channel),
         )
@@ -277,6 +280,26 @@ class DiscordCommands(commands.Cog):
         )
         current = await self.current_name(interaction)
         return await memory_command(self.core.memory, current, person, command, argument)
+
+    # -- limits --------------------------------------------------------------------------
+
+    @app_commands.command(name="quota", description="Where you stand with your limits here")
+    async def quota(self, interaction: discord.Interaction) -> None:
+        """Answered messages this minute and reply tokens today, against the limits."""
+        if not self.allowed(interaction):
+            await say(interaction, NOT_HERE)
+            return
+        user = str(interaction.user.id)
+        answer = await quota_command(
+            self.core,
+            PLATFORM,
+            str(interaction.channel_id),
+            user,
+            private=interaction.guild_id is None,
+            exempt=self.adapter.access.is_admin(user),
+            character=await self.current_name(interaction),
+        )
+        await say(interaction, answer)
 
     # -- LoRA versions -------------------------------------------------------------------
 

@@ -295,6 +295,7 @@ class TelegramAdapter(PlatformAdapter):
             reply_to_platform_id=str(replied.message_id) if replied is not None else None,
             addressed=forced or private or mentioned or to_us,
             private=private,
+            exempt=self.access.is_admin(str(user.id)),
             default_character=self.settings.default_character,
             sent_at=message.date.timestamp(),
         )

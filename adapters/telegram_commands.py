@@ -1,5 +1,5 @@
 """Bot commands: /start, /help, /characters, /character, /reset, /ask, /fix, /remember,
-/memory, /forget and /lora (/adapter, its older name, still works but is shown nowhere).
+/memory, /forget, /quota and /lora (/adapter, its older name, still works but is shown nowhere).
 
 Each command is a handler below, and :data:`COMMANDS` is the one list of them: what is
 registered, what /help says and what Telegram's command menu shows all come from it.
@@ -32,6 +32,8 @@ from adapters.telegram_reply import FloodGate, TelegramReplyTarget, escape
 from bot.config import TelegramSettings
 from bot.core import Core
 from bot.errors import CharbotError
+from bot.limits import COMMAND as QUOTA
+from bot.limits import quota_command
 from bot.lora_admin import COMMAND, OLD_COMMAND, RENAMED, lora_command
 from bot.memory.commands import FORGET, MEMORY, REMEMBER, memory_command
 from bot.memory.commands import HELP as MEMORY_HELP
@@ -196,6 +198,22 @@ async def lora_answer(adapter: TelegramEdge, message: Message, argument: str) ->
     return await lora_command(adapter.core, current, argument, f"telegram:{user}")
 
 
+async def quota(adapter: TelegramEdge, message: Message, _argument: str) -> None:
+    """Where the sender stands with their limits in this chat (bot.limits)."""
+    assert message.from_user is not None
+    user = str(message.from_user.id)
+    answer = await quota_command(
+        adapter.core,
+        PLATFORM,
+        str(message.chat.id),
+        user,
+        private=message.chat.type == ChatType.PRIVATE,
+        exempt=adapter.access.is_admin(user),
+        character=await current_name(adapter, message),
+    )
+    await say(adapter, message, escape(answer))
+
+
 def memory_handler(command: str) -> Handler:
     """The handler of /remember, /memory or /forget: the sender's notes with this chat's
     character (bot.memory.commands)."""
@@ -264,6 +282,12 @@ COMMANDS = (
     _memory_command(REMEMBER, "Tell the character something about you"),
     _memory_command(MEMORY, "What the character remembers about you"),
     _memory_command(FORGET, "Make the character forget a note"),
+    Command(
+        QUOTA,
+        quota,
+        help="how many answers and reply tokens you have left",
+        menu="Your answers and tokens left",
+    ),
     Command(
         COMMAND,
         lora,

@@ -41,6 +41,7 @@ class ReplyResult:
     text: str
     message_ids: list[str]  # platform ids of the messages that show the reply
     status: str  # "ok" | "error" | "busy" | "cancelled" | "interrupted"
+    tokens: int = 0  # completion tokens the model wrote (a person's day budget counts them)
 
 
 class Run:
@@ -208,7 +209,12 @@ class Answerer:
             learn = answers is not None and regenerated_from is None
             self.memory.answered(key, conversation, character, chain, kept, private, learn)
         return ReplyResult(
-            reply_id, character.name, outcome.text, outcome.message_ids, outcome.status
+            reply_id,
+            character.name,
+            outcome.text,
+            outcome.message_ids,
+            outcome.status,
+            outcome.usage.completion_tokens or 0,
         )
 
     async def _prompt(

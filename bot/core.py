@@ -4,25 +4,28 @@ starts and stops them; nothing here knows a platform.
 - :mod:`bot.intake` stores what arrives and answers it in its chat's line;
 - :mod:`bot.answering` writes one reply: prompt, generation, streaming, the stored row;
 - :mod:`bot.feedback` takes votes, corrections and regenerations of a shown reply;
-- :mod:`bot.cast` knows the characters and picks who answers.
+- :mod:`bot.cast` knows the characters and picks who answers;
+- :mod:`bot.limits` counts what each person used and says who is answered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from bot.answering import Answerer, ReplyResult, Runs
 from bot.cast import Cast
 from bot.characters import Character
-from bot.config import MemorySettings, ModelSettings
+from bot.config import LimitRules, MemorySettings, ModelSettings
 from bot.feedback import Feedback
 from bot.greeting import show_greeting
 from bot.history import HISTORY_LIMIT, ChainCache
 from bot.intake import Intake
 from bot.knowledge import Embedder, Knowledge
+from bot.limits import Limits
 from bot.memory import Memory
 from bot.messages import Inbound
 from bot.recovery import Recovered, TargetFor, recover
@@ -58,12 +61,15 @@ class Core:
         memory: MemorySettings | None = None,
         memory_model: ChatModel | None = None,
         embedder: Embedder | None = None,
+        limits: LimitRules | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``answer_backlog_minutes``: after a restart, unanswered messages older than this are
         skipped; ``max_replies``: replies written at once over all chats (the rest wait);
         ``memory``: [memory] (None or disabled: no memory, prompts as without it), with
         ``memory_model`` for its summaries and notes ([memory] base_url) and ``embedder``
-        for recall (default: MiniLM, shared with the knowledge files)."""
+        for recall (default: MiniLM, shared with the knowledge files); ``limits``: [limits]
+        (None: nobody is limited, as in most tests), counted on ``clock``."""
         self.store = store
         self.settings = settings
         self._cast = Cast(characters, default_character)
@@ -92,6 +98,8 @@ class Core:
                 embedder=self.knowledge.embedder,
                 writer=memory_model,
             )
+        # A person's limits and a chat's share of the model (bot.limits); None: no limits.
+        self.limits = Limits(limits, store, clock) if limits is not None else None
         self._answerer = Answerer(
             store=store,
             model=model,
@@ -110,6 +118,7 @@ class Core:
             chains=chains,
             lines=self._lines,
             max_replies=max_replies,
+            limits=self.limits,
         )
         self._feedback = Feedback(
             store=store, cast=self._cast, answerer=self._answerer, chains=chains, lines=self._lines

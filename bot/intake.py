@@ -4,6 +4,7 @@ in its chat's line — linked into the conversation first, answered if it is add
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Coroutine
@@ -13,6 +14,7 @@ from bot.answering import Answerer, ChatKey, ReplyResult, notice
 from bot.cast import Cast
 from bot.errors import CharbotError
 from bot.history import HISTORY_LIMIT, Chain, ChainCache
+from bot.limits import LIMITED, Limits
 from bot.messages import Inbound
 from bot.reply import ReplyTarget
 from bot.sequencer import ChatLines, Place
@@ -32,9 +34,10 @@ class Intake:
     """Takes every inbound message in and answers it in its chat's line.
 
     Two lines per chat: a short one for storing (so row ids follow arrival) and the
-    answering line (``lines``, shared with the rest of the core). At most ``max_replies``
-    replies are written at once over all chats; that decides when a message is answered,
-    never whether it is stored.
+    answering line (``lines``, shared with the rest of the core), where people take turns
+    (bot/sequencer.py). At most ``max_replies`` replies are written at once over all chats,
+    and with ``limits`` a person's limits decide whether a message is answered and a chat's
+    share how many of its replies are written at once: never whether it is stored.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class Intake:
         chains: ChainCache,
         lines: ChatLines,
         max_replies: int,
+        limits: Limits | None = None,
     ) -> None:
         self.store = store
         self.cast = cast
@@ -54,7 +58,11 @@ class Intake:
         self.swipes = swipes
         self.chains = chains
         self.lines = lines
+        self.limits = limits
         self._store_lines = ChatLines()
+        # Per chat, the stored messages still waiting for their turn: turns are not arrival
+        # order, so a message is linked to the newest message of the rest (see _link).
+        self._waiting: dict[ChatKey, set[int]] = {}
         self.answering: set[Answering] = set()  # see receive()
         self._background: set[asyncio.Task[Any]] = set()  # notices sent on the side
         self.stopping = False  # set by Core.begin_stop: nothing new is answered
@@ -73,12 +81,14 @@ class Intake:
             msg, text=clean_text(msg.text), author_name=clean_text(msg.author_name)
         )
         key = (msg.platform, msg.chat_id, msg.thread_id or "")
-        storing, place = self._store_lines.enter(key), self.lines.enter(key)
+        storing, place = self._store_lines.enter(key), self.lines.enter(key, msg.author_id)
         stored: StoredInbound | None = None
         try:
             await storing.wait()
             # With nothing ahead of it in this chat, its place is known now.
             stored = await self._store(msg, target, link_now=place.first)
+            if not stored.duplicate:
+                self._waiting.setdefault(key, set()).add(stored.message_id)
         finally:
             storing.done()
             # The answering line is entered; it must be left in order even when nothing is
@@ -90,7 +100,8 @@ class Intake:
     def resume(self, msg: Inbound, stored: StoredInbound, target: ReplyTarget) -> Answering:
         """Answer a message stored earlier in its chat's line, after whatever waits there."""
         key = (msg.platform, msg.chat_id, msg.thread_id or "")
-        place = self.lines.enter(key)
+        place = self.lines.enter(key, msg.author_id)
+        self._waiting.setdefault(key, set()).add(stored.message_id)
         return self._start(self._answer_in_line(place, key, msg, stored, target, True))
 
     def _start(self, work: Coroutine[Any, Any, ReplyResult | None]) -> Answering:
@@ -147,7 +158,8 @@ class Intake:
             await place.wait()
             if stored is None:
                 return None
-            chain = await self._link(msg, stored)
+            self._taken(key, stored.message_id)
+            chain = await self._link(key, msg, stored)
             if not msg.addressed or self.stopping:
                 return None
             try:
@@ -159,10 +171,18 @@ class Intake:
                     raise
                 await notice(target, str(exc))
                 return None
-            async with self._replying:
+            if self.limits is not None:
+                verdict = await self.limits.admit(msg, character.name)
+                if not verdict.answer:
+                    # Stored and part of the conversation; a restart does not answer it.
+                    await self.store.set_progress([stored.message_id], LIMITED)
+                    if verdict.notice is not None:
+                        await notice(target, verdict.notice)
+                    return None
+            async with self._share(msg), self._replying:
                 if self.stopping:
                     return None
-                return await self.answerer.answer(
+                result = await self.answerer.answer(
                     key=key,
                     conversation=stored.conversation_id,
                     chain=chain,
@@ -172,14 +192,43 @@ class Intake:
                     answers=stored.message_id,
                     private=msg.private,
                 )
+            if self.limits is not None:
+                self.limits.used(msg, result.tokens)
+            return result
         finally:
+            if stored is not None:
+                self._taken(key, stored.message_id)
             place.done()
 
-    async def _link(self, msg: Inbound, stored: StoredInbound) -> Chain:
-        """Link the stored message to the one it follows; its chain, ending with it."""
+    def _taken(self, key: ChatKey, message_id: int) -> None:
+        """The message's turn has come: it no longer waits."""
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            waiting.discard(message_id)
+            if not waiting:
+                del self._waiting[key]
+
+    def _share(self, msg: Inbound) -> contextlib.AbstractAsyncContextManager[None]:
+        """One of the chat's places for a reply being written (no limits: no share)."""
+        if self.limits is None:
+            return contextlib.nullcontext()
+        return self.limits.share(msg.platform, msg.chat_id)
+
+    async def _link(self, key: ChatKey, msg: Inbound, stored: StoredInbound) -> Chain:
+        """Link the stored message to the one it follows; its chain, ending with it.
+
+        It follows the newest message of its conversation that is not still waiting for
+        its turn. Linking takes a place in the chat's storing line, so no message of the
+        chat is half stored (written, not yet known as waiting) meanwhile."""
         parent = stored.parent_id
         if not stored.linked:
-            parent = await self.store.settle(stored.message_id, stored.conversation_id)
+            storing = self._store_lines.enter(key)
+            try:
+                await storing.wait()
+                waiting = sorted(self._waiting.get(key, ()))
+                parent = await self.store.settle(stored.message_id, stored.conversation_id, waiting)
+            finally:
+                storing.done()
         # After swipes, the conversation goes on from the sibling shown (choice stored).
         parent = await self.swipes.continue_from(
             stored.message_id, parent, msg.author_id, explicit=stored.replied is not None

@@ -29,4 +29,6 @@ class Inbound:
     # taken from it stay in it (bot.memory). None: not known (a message resumed after a
     # restart), treated as private.
     private: bool | None = None
+    # One of the bot's admins ([discord] / [telegram] admins): no limits apply (bot.limits).
+    exempt: bool = False
     sent_at: float = field(default_factory=time.time)  # unix seconds

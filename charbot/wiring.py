@@ -64,6 +64,7 @@ async def open_core(config: Config) -> AsyncIterator[Core]:
             max_replies=config.bot.max_replies,
             memory=config.memory,
             memory_model=build_memory_model(config),
+            limits=config.limits,
         )
         await core.start()
         core.loras = LoraSwitcher(

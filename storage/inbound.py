@@ -51,6 +51,15 @@ _LATEST_SETTLED = (
     )
     .scalar_subquery()
 )
+# The same when the line's order is not the arrival order (people take turns, see
+# bot/sequencer.py): the newest successful message of the conversation that is not still
+# waiting for its turn (:waiting, the caller's; nothing is being stored meanwhile).
+_LATEST_TAKEN = (
+    select(func.max(_M.c.id))
+    .where(_M.c.conversation_id == bindparam("conv"), _M.c.status == "ok")
+    .where(_M.c.id != bindparam("me"), _M.c.id.not_in(bindparam("waiting", expanding=True)))
+    .scalar_subquery()
+)
 # The conversation :conv's newest message that is part of the story (no error rows).
 LATEST_OK = (
     select(func.max(_M.c.id))
@@ -69,6 +78,12 @@ _SETTLE = (
     update(_M)
     .where(_M.c.id == bindparam("me"))
     .values(reply_to_id=_LATEST_SETTLED)
+    .returning(_M.c.reply_to_id)
+)
+_SETTLE_TAKEN = (
+    update(_M)
+    .where(_M.c.id == bindparam("me"))
+    .values(reply_to_id=_LATEST_TAKEN)
     .returning(_M.c.reply_to_id)
 )
 
@@ -139,9 +154,19 @@ def start_conversation(conn: Connection, keys: dict[str, str], started_at: float
     return int(started.scalar_one())
 
 
-def settle(conn: Connection, message_id: int, conversation_id: int) -> int | None:
-    """Link ``message_id`` to the message before it; that parent's id (None: the first)."""
-    return conn.execute(_SETTLE, {"me": message_id, "conv": conversation_id}).scalar_one()
+def settle(
+    conn: Connection,
+    message_id: int,
+    conversation_id: int,
+    waiting: Sequence[int] | None = None,
+) -> int | None:
+    """Link ``message_id`` to the message before it; that parent's id (None: the first).
+    ``waiting``: the messages of its chat still waiting for their turn (then "before" is
+    "the newest of the rest", not "the newest older one")."""
+    values: dict[str, Any] = {"me": message_id, "conv": conversation_id}
+    if waiting is None:
+        return conn.execute(_SETTLE, values).scalar_one()
+    return conn.execute(_SETTLE_TAKEN, {**values, "waiting": list(waiting)}).scalar_one()
 
 
 def set_progress(conn: Connection, message_ids: Sequence[int], progress: str | None) -> None:

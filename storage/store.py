@@ -228,10 +228,16 @@ class Store:
             # retry finds its row.
             return await self.write(work, on_wait)
 
-    async def settle(self, message_id: int, conversation_id: int) -> int | None:
+    async def settle(
+        self, message_id: int, conversation_id: int, waiting: Sequence[int] | None = None
+    ) -> int | None:
         """Link a user message stored while others waited ahead of it to the message before
-        it; return that parent's id (None when it is the conversation's first)."""
-        return await self.write(lambda conn: inbound.settle(conn, message_id, conversation_id))
+        it; return that parent's id (None when it is the conversation's first). ``waiting``:
+        the chat's messages still waiting for their turn, when turns are not arrival order
+        (then none of the chat's messages may be being stored meanwhile)."""
+        return await self.write(
+            lambda conn: inbound.settle(conn, message_id, conversation_id, waiting)
+        )
 
     async def set_progress(self, message_ids: Sequence[int], progress: str | None) -> None:
         """Mark messages ``answered``, ``skipped``, ... (see ``Message.progress``)."""

@@ -63,6 +63,8 @@ async def make_core(db_url: str) -> AsyncIterator[MakeCore]:
         default_character: str | None = None,
         memory: MemorySettings | None = None,
         memory_model: ChatModel | None = None,
+        limits: Any = None,
+        clock: Any = None,
         **settings: Any,
     ) -> Core:
         store = await Store.open(db_url)
@@ -74,6 +76,8 @@ async def make_core(db_url: str) -> AsyncIterator[MakeCore]:
             default_character=default_character,
             memory=memory,
             memory_model=memory_model,
+            limits=limits,
+            **({"clock": clock} if clock is not None else {}),
         )
         await core.start()
         opened.append((core, store))

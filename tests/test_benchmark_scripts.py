@@ -79,3 +79,13 @@ def test_processes_benchmark_quick() -> None:
     assert several["processes"] == 3 and several["stored"] == several["messages"] == 60
     assert (several["lost"], several["answered_twice"], several["errors"]) == (0, 0, 0)
     assert figures["one"]["answered"] == 60
+
+
+def test_fairness_quick_run_stores_everything_and_tells_the_flooder_once() -> None:
+    command = [sys.executable, "benchmarks/fairness.py", "--quick"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    on, off = result.stdout.split("limits off")
+    assert "stored: 13 of 13 messages" in on and "stored: 13 of 13 messages" in off
+    assert "flooder: 6 answered, 4 limited" in on and "; 1 notice(s)" in on
+    assert "0 limited" in off and "the flooder's replies ahead of anyone else's: 1 at" in off

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from adapters.web.context import PLATFORM, guarded, problem, render, studio_of
+from adapters.web.context import PLATFORM, guarded, is_admin, problem, render, studio_of
 from adapters.web.security import viewer_id
 from adapters.web.target import WebTarget, new_message_id, stream_events
 from bot.core import ReplyResult
@@ -104,6 +104,7 @@ async def send(request: Request) -> Response:
         author_name=studio.user_name,
         text=text,
         private=True,  # one viewer, one chat with the bot
+        exempt=is_admin(request),  # the studio's operator, as the admins on the platforms
     )
     target = WebTarget()
 

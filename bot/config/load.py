@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bot.config.characters import default_character, read_characters, read_global_lorebooks
 from bot.config.clean import read_clean
+from bot.config.limits import read_limits
 from bot.config.model import check_model
 from bot.config.reading import CONFIG_ENV, Where, read_file, read_section, reject_unknown
 from bot.config.sections import (
@@ -43,7 +44,10 @@ _SECTIONS = {
     "web": WebSettings,
     "memory": MemorySettings,
 }
-_TOP_LEVEL = {*_SECTIONS, "characters", "default_character", "clean", "training", "lorebooks"}
+_TOP_LEVEL = {
+    *_SECTIONS,
+    *("characters", "default_character", "clean", "training", "lorebooks", "limits"),
+}
 
 
 def config_path(cli_value: str | None) -> Path:
@@ -74,6 +78,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
     check_platform_characters(where, tables["discord"], tables["telegram"], names)
     training, training_overrides = read_training(where, raw.get("training", {}), base, names)
     clean, clean_overrides = read_clean(where, raw.get("clean", {}), names)
+    limits = read_limits(where, raw.get("limits", {}), names)
     return Config(
         path=path,
         clean=clean,
@@ -84,6 +89,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         storage=storage,
         bot=bot,
         memory=memory,
+        limits=limits,
         characters=tuple(characters),
         default_character=default,
         console=tables["console"],

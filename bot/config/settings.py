@@ -5,7 +5,7 @@ out gets (tests/test_config.py keeps the shipped config.toml's [model] equal to 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bot.characters import Character
@@ -33,6 +33,58 @@ class BotSettings:
     shutdown_grace_s: float = 10.0  # on SIGTERM/Ctrl-C: how long replies may finish
     answer_backlog_minutes: float = 10.0  # after a restart: older unanswered messages skipped
     max_replies: int = 16  # replies written at once over all chats (benchmarks/intake.py)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    """[limits]: how much of the bot one person may use (docs/limits.md). Beyond a limit a
+    message is stored but not answered, and the person is told once per window; admins are
+    exempt. 0 means no limit. Groups get the first pair, private chats the second."""
+
+    enabled: bool = True
+    messages_per_minute: int = 6  # answered messages per person per minute, in a group
+    private_messages_per_minute: int = 20  # the same in a private chat
+    tokens_per_day: int = 20_000  # reply tokens per person per UTC day, from a group
+    private_tokens_per_day: int = 50_000  # the same from a private chat
+    replies_per_chat: int = 2  # replies being written at once in one chat (its threads too)
+
+    def per_minute(self, private: bool | None) -> int:
+        """Answered messages a minute; ``private`` None (not known) gets the group's."""
+        return self.private_messages_per_minute if private else self.messages_per_minute
+
+    def per_day(self, private: bool | None) -> int:
+        return self.private_tokens_per_day if private else self.tokens_per_day
+
+
+LIMIT_PLATFORMS = ("console", "discord", "telegram", "web")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRules:
+    """[limits] with its overrides, each a table of some of its keys, applied over the one
+    before: [limits.PLATFORM], then [limits.characters.NAME], then
+    [limits.chats."PLATFORM:CHAT_ID"] (the most specific wins)."""
+
+    base: LimitsSettings = field(default_factory=LimitsSettings)
+    platforms: dict[str, dict[str, object]] = field(default_factory=dict)  # by platform
+    characters: dict[str, dict[str, object]] = field(default_factory=dict)  # lower-case name
+    chats: dict[str, dict[str, object]] = field(default_factory=dict)  # "platform:chat_id"
+
+    def settings_for(
+        self, platform: str, chat_id: str, character: str | None = None
+    ) -> LimitsSettings:
+        """The limits that apply to one message in ``platform``'s ``chat_id``, answered by
+        ``character`` (None: the chat's own, as for replies_per_chat)."""
+        settings = self.base
+        layers = [
+            self.platforms.get(platform),
+            self.characters.get(character.lower()) if character else None,
+            self.chats.get(f"{platform}:{chat_id}"),
+        ]
+        for layer in layers:
+            if layer:
+                settings = replace(settings, **layer)  # type: ignore[arg-type]
+        return settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +234,7 @@ class Config:
     web: WebSettings = field(default_factory=WebSettings)
     bot: BotSettings = field(default_factory=BotSettings)
     memory: MemorySettings = field(default_factory=MemorySettings)
+    limits: LimitRules = field(default_factory=LimitRules)
     clean: CleanSettings = field(default_factory=CleanSettings)
     # Per-character [clean.characters.NAME] rules, by lower-case name; see clean_for.
     clean_overrides: dict[str, CleanSettings] = field(default_factory=dict)
