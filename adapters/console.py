@@ -179,7 +179,8 @@ class ConsoleAdapter(PlatformAdapter):
             current = await self.core.current_character(self.platform, self.chat_id)
             interactive = self.stdin.isatty() and self.out.isatty()
             if interactive:
-                self.say(f"Talking to {current.name}. /help lists the commands.")
+                note = self._chosen_note(current)
+                self.say(f"Talking to {current.name}{note}. /help lists the commands.")
                 if current.greeting:
                     await self.greet()
                 echo = _quiet_ctrl_c(self.stdin)
@@ -196,6 +197,16 @@ class ConsoleAdapter(PlatformAdapter):
                         break
         finally:
             self.done.set()
+
+    def _chosen_note(self, current: Character) -> str:
+        """Why it is not default_character: this chat chose another one earlier."""
+        default = self.core.default_character
+        if self.character or current.name == default.name:
+            return ""
+        return (
+            f" (chosen here with /character; default_character {default.name} answers chats"
+            f" that never chose: /character {default.name} switches)"
+        )
 
     def _catch_ctrl_c(self) -> None:
         """Between two prompts (while a reply is written, and while the next prompt starts)

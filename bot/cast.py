@@ -87,3 +87,20 @@ class Cast:
             replied.character if replied is not None and replied.role == "assistant" else None
         )
         return self.first_known(continuing, stored.chat_character, msg.default_character)
+
+
+def default_rule(default: str, chosen: dict[str, int]) -> str | None:
+    """The line that says, at start, that chats keep their own choice over
+    ``default_character`` (it answers only chats that never chose), or None when every chat
+    that chose, chose the default."""
+    others = {name: n for name, n in chosen.items() if name.lower() != default.lower()}
+    if not others:
+        return None
+    total = sum(others.values())
+    each = ", ".join(f"{name} in {n}" for name, n in sorted(others.items(), key=lambda i: -i[1]))
+    chats = "1 chat keeps" if total == 1 else f"{total} chats keep"
+    return (
+        f"default_character is {default}, for chats that never chose; {chats} the "
+        f"character chosen there with /character ({each}): /character {default} there "
+        "switches back"
+    )

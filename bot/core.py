@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bot.answering import Answerer, ReplyResult, Runs
-from bot.cast import Cast
+from bot.cast import Cast, default_rule
 from bot.characters import Character
 from bot.config import LimitRules, MemorySettings, ModelSettings
 from bot.feedback import Feedback
@@ -195,6 +195,11 @@ class Core:
     @property
     def default_character(self) -> Character:
         return self._cast.default
+
+    async def default_rule(self) -> str | None:
+        """One line for the start, when chats keep a character they chose with /character
+        over ``default_character`` (which answers only chats that never chose)."""
+        return default_rule(self.default_character.name, await self.store.chosen_characters())
 
     def character(self, name: str) -> Character:
         """Look up a character by name (case-insensitive); raises UnknownCharacter."""

@@ -33,6 +33,8 @@ async def run_command(config: Config, args: argparse.Namespace) -> int:
         stop = stop_on_signals()
         started: list[PlatformAdapter] = []
         try:
+            if rule := await core.default_rule():
+                print(f"charbot: {rule}", file=sys.stderr)
             await _start(adapters, console, started)
             await _until_stopped(stop, console)
         finally:

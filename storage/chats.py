@@ -3,7 +3,7 @@ and its current character."""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 
 from storage.conflicts import upsert
 from storage.schema import ChatState, Conversation
@@ -27,6 +27,12 @@ def reset_conversation(
 def chat_character(conn: Connection, platform: str, chat_id: str) -> str | None:
     query = select(_S.c.character).where(_S.c.platform == platform, _S.c.chat_id == chat_id)
     return conn.execute(query).scalar()
+
+
+def chosen_characters(conn: Connection) -> dict[str, int]:
+    """How many chats have each character as their saved choice (from /character)."""
+    query = select(_S.c.character, func.count()).group_by(_S.c.character)
+    return {character: count for character, count in conn.execute(query)}
 
 
 def set_chat_character(

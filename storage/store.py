@@ -343,6 +343,10 @@ class Store:
     async def chat_character(self, platform: str, chat_id: str) -> str | None:
         return await self.read(lambda conn: chats.chat_character(conn, platform, chat_id))
 
+    async def chosen_characters(self) -> dict[str, int]:
+        """How many chats keep each character as their saved choice."""
+        return await self.read(chats.chosen_characters)
+
     async def set_chat_character(self, platform: str, chat_id: str, character: str) -> None:
         now = time.time()
         await self.write(

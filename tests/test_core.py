@@ -277,3 +277,24 @@ async def test_switching_a_characters_adapter_while_running(
     assert await core.switch_lora("Aria", None) is None
     await core.handle(inbound("and now"), RecordingTarget())
     assert model.requests[-1].lora is None and model.loras == {}
+
+
+async def test_the_start_line_names_chats_that_keep_their_own_choice(make_core: MakeCore) -> None:
+    # default_character answers chats that never chose; a chat's /character choice is kept.
+    # A user who changes default_character and still meets Bram is told why, at start.
+    core = await make_core(default_character="Aria")
+    assert await core.default_rule() is None
+    await core.set_character("telegram", "c1", "Bram")
+    await core.set_character("telegram", "c2", "Bram")
+    await core.set_character("discord", "c3", "Aria")
+    again = await make_core(default_character="Aria")
+    assert await again.default_rule() == (
+        "default_character is Aria, for chats that never chose; 2 chats keep the character "
+        "chosen there with /character (Bram in 2): /character Aria there switches back"
+    )
+    assert (await again.current_character("telegram", "c1")).name == "Bram"
+    assert (await again.current_character("telegram", "new")).name == "Aria"
+    bram = await make_core(default_character="Bram")
+    assert "1 chat keeps the character chosen there with /character (Aria in 1)" in str(
+        await bram.default_rule()
+    )
