@@ -33,6 +33,7 @@ from bot.reply import ReplyTarget
 from bot.sequencer import ChatLines
 from bot.swipes import Swipes
 from engine import ChatModel, Sampling
+from storage.greetings import conversation_started
 from storage.records import StoredInbound
 from storage.store import Store
 
@@ -289,14 +290,18 @@ class Core:
         user: str,
         target: ReplyTarget,
         default: str | None = None,
-    ) -> int:
+        only_new: bool = False,
+    ) -> int | None:
         """Show the chat's current character's greeting through ``target`` and store it as
         the next assistant message of the conversation (the first, in a new one); its row
-        id."""
+        id. ``only_new``: only as the first message of a conversation (None otherwise), so
+        two page loads of one empty chat greet once."""
         key = (platform, chat_id, thread_id or "")
         place = self._lines.enter(key)  # in line with the chat's messages
         try:
             await place.wait()
+            if only_new and await conversation_started(self.store, *key):
+                return None
             character = await self.current_character(platform, chat_id, default)
             return await show_greeting(self.store, key, character, user, target)
         finally:

@@ -242,7 +242,8 @@ def iter_feedback(conn: Connection, selection: Selection = Selection()) -> Itera
 
 async def character_stats(store: Store) -> dict[str, dict[str, int]]:
     """Per character: messages answered, replies, 👍, 👎, corrections, errors."""
-    replies = _M.c.role == "assistant"
+    # A greeting is an assistant message no model wrote (its model is empty): not a reply.
+    replies = (_M.c.role == "assistant") & _M.c.model.is_not(None)
     query = (
         select(
             _M.c.character,

@@ -15,6 +15,21 @@ _M = Message.__table__
 _P = MessagePart.__table__
 
 
+async def conversation_started(
+    store: Store, platform: str, chat_id: str, thread_id: str | None
+) -> bool:
+    """Whether the chat's current conversation has a message (a greeting counts)."""
+    keys = {"platform": platform, "chat_id": chat_id, "thread_id": thread_id or ""}
+
+    def work(conn: Connection) -> bool:
+        conversation = conn.execute(select(CURRENT_CONVERSATION), keys).scalar()
+        if conversation is None:
+            return False
+        return conn.execute(select(LATEST_OK), {"conv": conversation}).scalar() is not None
+
+    return await store.read(work)
+
+
 async def add_greeting(
     store: Store,
     *,

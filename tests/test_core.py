@@ -298,3 +298,17 @@ async def test_the_start_line_names_chats_that_keep_their_own_choice(make_core: 
     assert "1 chat keeps the character chosen there with /character (Aria in 1)" in str(
         await bram.default_rule()
     )
+
+
+async def test_greeting_only_a_new_conversation_greets_once_when_asked_twice_at_once(
+    make_core: MakeCore,
+) -> None:
+    # Two page loads of one empty web chat: the chat's line lets one greet, the other sees it.
+    core = await make_core(characters=[Character(name="Aria", greeting="Hello!")])
+    ids = await asyncio.gather(
+        *(core.greet("web", "c1", None, "Sam", RecordingTarget(), only_new=True) for _ in "ab")
+    )
+    assert ids.count(None) == 1  # one greeted, the other found it there
+    assert [m.text for m in await core.store.list_messages()] == ["Hello!"]
+    await core.greet("web", "c1", None, "Sam", RecordingTarget())  # asked for: shown again
+    assert len(await core.store.list_messages()) == 2

@@ -58,10 +58,11 @@ async def test_a_message_streams_its_reply_and_is_stored_as_a_web_message(
     assert event == "done" and done["status"] == "ok" and done["character"] == "Mara"
     rows = await browser.core.store.list_messages(platform="web")
     assert [(r.role, r.text) for r in rows] == [
+        ("assistant", "Welcome aboard!"),  # the chat opened with Mara's greeting
         ("user", "Hello there, navigator"),
         ("assistant", "You said: Hello there, navigator"),
     ]
-    assert rows[0].author_name == "User" and rows[1].platform_message_id == done["id"]
+    assert rows[1].author_name == "User" and rows[2].platform_message_id == done["id"]
 
 
 async def test_rate_correct_and_take_a_vote_back(browser: Browser) -> None:
@@ -113,7 +114,8 @@ async def test_every_state_changing_request_needs_the_csrf_token(browser: Browse
             response = await browser.client.post(url, json={"text": "hi"}, headers=headers)
             assert response.status_code == 403, url
             assert "CSRF" in response.json()["error"]
-    assert await browser.core.store.list_messages(platform="web") == []
+    rows = await browser.core.store.list_messages(platform="web")
+    assert [r.text for r in rows] == ["Welcome aboard!"]  # only the page's greeting
 
 
 async def test_script_and_img_onerror_are_shown_as_text(browser: Browser) -> None:
@@ -159,16 +161,19 @@ async def test_regenerate_writes_a_sibling_into_the_same_bubble_and_the_shown_on
     asked = next(r for r in rows if r.text == "And then?")
     assert asked.parent_id == first["reply_id"]
     kept = await swipes.choices(store)
-    assert [(k, user) for k, _, user in kept] == [(first["reply_id"], rows[0].author_id)]
+    asker = next(r for r in rows if r.role == "user")
+    assert [(k, user) for k, _, user in kept] == [(first["reply_id"], asker.author_id)]
 
 
-async def test_reset_starts_a_new_conversation_and_the_page_shows_it_empty(
+async def test_reset_starts_a_new_conversation_opened_by_the_greeting(
     browser: Browser,
 ) -> None:
     await browser.say("remember me")
     assert "remember me" in (await browser.get("/")).text
-    assert (await browser.post("/api/chat/reset")).json() == {"ok": True}
-    assert "remember me" not in (await browser.get("/")).text
+    reset = (await browser.post("/api/chat/reset")).json()
+    assert reset["ok"] and reset["greeting"]["text"] == "Welcome aboard!"
+    page = (await browser.get("/")).text
+    assert "remember me" not in page and page.count("Welcome aboard!") == 1
     await browser.say("fresh start")
     rows = await browser.core.store.list_messages(platform="web")
     assert rows[0].conversation_id != rows[-1].conversation_id
@@ -390,3 +395,13 @@ async def test_a_restart_answers_what_the_last_run_left_and_finishes_cut_off_rep
     assert "Once upon a [interrupted]" in [r.text for r in rows]
     page = (await browser.get("/")).text
     assert answers[0].split("\n")[-1] in page
+
+
+async def test_a_new_chat_opens_with_the_greeting_once(browser: Browser) -> None:
+    assert "Welcome aboard!" in (await browser.get("/")).text
+    assert (await browser.get("/")).text.count("Welcome aboard!") == 1  # a reload: not again
+    rows = await browser.core.store.list_messages(platform="web")
+    assert [(r.role, r.text) for r in rows] == [("assistant", "Welcome aboard!")]
+    await browser.post("/api/chat/character", {"name": "Bram"})  # Bram has no greeting
+    await browser.post("/api/chat/reset")
+    assert "Welcome aboard!" not in (await browser.get("/")).text

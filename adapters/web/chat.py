@@ -26,6 +26,11 @@ async def chat_page(request: Request) -> Response:
     viewer = viewer_id(request)
     current = await studio.core.current_character(PLATFORM, viewer)
     lines = await current_conversation(studio.core.store, PLATFORM, viewer, viewer)
+    if not lines and current.greeting:  # a new chat opens with the greeting, as elsewhere
+        await studio.core.greet(
+            PLATFORM, viewer, None, studio.user_name, WebTarget(), only_new=True
+        )
+        lines = await current_conversation(studio.core.store, PLATFORM, viewer, viewer)
     return render(
         request,
         "chat.html",
@@ -199,7 +204,9 @@ async def correct(request: Request) -> Response:
 async def reset(request: Request) -> Response:
     studio, viewer = studio_of(request), viewer_id(request)
     await studio.core.reset(PLATFORM, viewer)
-    return JSONResponse({"ok": True})
+    current = await studio.core.current_character(PLATFORM, viewer)
+    greeting = await _greeting(studio, viewer) if current.greeting else None
+    return JSONResponse({"ok": True, "greeting": greeting})
 
 
 async def choose_character(request: Request) -> Response:
@@ -214,13 +221,16 @@ async def choose_character(request: Request) -> Response:
         character = await studio.core.set_character(PLATFORM, viewer, name)
     except CharbotError as exc:
         return problem(str(exc))
-    greeting = None
-    if character.greeting:
-        target = WebTarget()
-        await studio.core.greet(PLATFORM, viewer, None, studio.user_name, target)
-        shown = [data for event, data in _drain(target) if event == "text"]
-        greeting = shown[-1] if shown else None
+    greeting = await _greeting(studio, viewer) if character.greeting else None
     return JSONResponse({"character": character.name, "greeting": greeting})
+
+
+async def _greeting(studio: Any, viewer: str) -> Any:
+    """Show the current character's greeting in this chat; the bubble's data."""
+    target = WebTarget()
+    await studio.core.greet(PLATFORM, viewer, None, studio.user_name, target)
+    shown = [data for event, data in _drain(target) if event == "text"]
+    return shown[-1] if shown else None
 
 
 def _drain(target: WebTarget) -> list[tuple[str, Any]]:

@@ -231,21 +231,25 @@ function setupChat() {
     }
   });
 
+  // A greeting opens a conversation: shown like a reply, without the rating buttons.
+  function showGreeting(greeting) {
+    const li = el("li", "msg assistant greeting");
+    li.append(el("span", "who", greeting.character), el("span", "text", greeting.text));
+    log.append(li);
+  }
+
   document.getElementById("reset").addEventListener("click", () => {
-    postJSON("/api/chat/reset").then(() => {
+    postJSON("/api/chat/reset").then((data) => {
       log.replaceChildren();
       say("conversation reset");
+      if (data.greeting) showGreeting(data.greeting);
     }).catch((e) => say(e.message));
   });
 
   document.getElementById("character").addEventListener("change", (event) => {
     postJSON("/api/chat/character", { name: event.target.value }).then((data) => {
       input.placeholder = `Say something to ${data.character}…`;
-      if (data.greeting) {
-        const li = el("li", "msg assistant greeting");
-        li.append(el("span", "who", data.greeting.character), el("span", "text", data.greeting.text));
-        log.append(li);
-      }
+      if (data.greeting) showGreeting(data.greeting);
       say(`now talking to ${data.character}`);
     }).catch((e) => say(e.message));
   });
