@@ -21,7 +21,8 @@ def config_path(tmp_path: Path) -> Path:
     data = tmp_path / "data"
     report = data / "reports" / "Mara-20261122-101500"
     report.mkdir(parents=True)
-    (report / "report.md").write_text(f"# Mara v0001\n\n| q | a |\n|---|---|\n| {XSS} | x |\n")
+    table = f"| q | a |\n|---|---|\n| {XSS} | x |\n"
+    (report / "report.md").write_text(f"# Mara v0001\n\n{table}\n[evil](javascript:alert(1))\n")
     (report / "similarity.png").write_bytes(PNG)
     stats = data / "datasets" / "Mara"
     stats.mkdir(parents=True)
@@ -44,6 +45,10 @@ async def test_reports_show_the_eval_and_dataset_files(browser: Browser) -> None
     assert page.status_code == 200
     assert "Mara-20261122-101500" in page.text and "120 records" in page.text
     assert "<script>alert" not in page.text and "&lt;img src=x onerror" in page.text
+    # The markdown is shown as HTML: a heading and a table, not "# Mara v0001" and pipes.
+    assert "<h1>Mara v0001</h1>" in page.text and "<th>q</th>" in page.text
+    assert "| q | a |" not in page.text
+    assert 'href="javascript:' not in page.text  # an unsafe link stays text
     images = re.findall(r'<img class="plot" src="([^"]+)"', page.text)
     assert images == [
         "/reports/file/reports/Mara-20261122-101500/similarity.png",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
@@ -24,6 +25,7 @@ from adapters.web.evaluation import (
     PERSONA,
     Evaluation,
 )
+from adapters.web.markdown import to_html
 from bot.loras import BASE, LoraVersion, list_versions
 from storage.feedback import character_stats
 from storage.version_stats import stats_by_version
@@ -40,6 +42,11 @@ class Report:
     title: str
     markdown: str
     images: list[str]  # paths under the kind's root, for /reports/file/<kind>/<path>
+
+    @property
+    def html(self) -> Markup:
+        """The markdown as HTML, raw HTML in it escaped."""
+        return to_html(self.markdown)
 
 
 @dataclass(frozen=True)
