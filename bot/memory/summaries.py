@@ -125,8 +125,7 @@ class Summarizer:
             pause = min(LONGEST_PAUSE_S, last * 2 if last else FIRST_PAUSE_S)
             self._pause[conversation_id] = (time.monotonic() + pause, pause)
             if isinstance(exc, SummaryFailed):
-                batch = self._batch.get(conversation_id, 2 * self.settings.summarize_every)
-                self._batch[conversation_id] = max(4, batch // 2)
+                self._batch[conversation_id] = max(4, self._batch_size(conversation_id) // 2)
             log.warning(
                 "memory: summary of conversation %d failed (%s); the previous one stays, "
                 "retrying in %.0f s",
@@ -138,13 +137,18 @@ class Summarizer:
             self._pause.pop(conversation_id, None)
             self._batch.pop(conversation_id, None)
 
+    def _batch_size(self, conversation_id: int) -> int:
+        """Messages one job summarises: twice the interval (at least 40), halved after each
+        summary the model cut off."""
+        return self._batch.get(conversation_id, 2 * max(self.settings.summarize_every, 20))
+
     async def extend(self, conversation_id: int, character: str) -> StoredSummary | None:
         """Extend the conversation's summary with the messages since (at most one batch);
         the stored summary, or None when there was nothing new. Raises SummaryFailed or
         the model's error, storing nothing."""
         latest = await self.current(conversation_id)
         after = latest.last_message_id if latest is not None else 0
-        batch = self._batch.get(conversation_id, 2 * max(self.settings.summarize_every, 20))
+        batch = self._batch_size(conversation_id)
         messages = await self.store.read(
             lambda conn: sql.conversation_messages(conn, conversation_id, after, batch)
         )
