@@ -16,6 +16,7 @@ from bot.config.sections import (
     check_discord,
     check_memory,
     check_platform_characters,
+    check_scenes,
     check_storage,
 )
 from bot.config.settings import (
@@ -25,6 +26,7 @@ from bot.config.settings import (
     DiscordSettings,
     MemorySettings,
     ModelSettings,
+    SceneSettings,
     TelegramSettings,
     WebSettings,
 )
@@ -43,6 +45,7 @@ _SECTIONS = {
     "telegram": TelegramSettings,
     "web": WebSettings,
     "memory": MemorySettings,
+    "scenes": SceneSettings,
 }
 _TOP_LEVEL = {
     *_SECTIONS,
@@ -70,6 +73,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
     storage = check_storage(where, tables["storage"], base)
     bot = check_bot(where, tables["bot"])
     memory = check_memory(where, tables["memory"])
+    scenes = check_scenes(where, tables["scenes"])
     discord = check_discord(where, tables["discord"])
     global_books = read_global_lorebooks(where, raw.get("lorebooks", {}), base)
     characters = read_characters(where, raw.get("characters"), base, global_books)
@@ -89,6 +93,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         storage=storage,
         bot=bot,
         memory=memory,
+        scenes=scenes,
         limits=limits,
         characters=tuple(characters),
         default_character=default,

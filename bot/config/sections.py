@@ -8,7 +8,14 @@ import difflib
 from pathlib import Path
 
 from bot.config.reading import Where
-from bot.config.settings import BotSettings, DiscordSettings, MemorySettings, TelegramSettings
+from bot.config.settings import (
+    BotSettings,
+    DiscordSettings,
+    MemorySettings,
+    SceneSettings,
+    TelegramSettings,
+)
+from bot.scenes import POLICIES
 from storage.settings import StorageSettings
 
 # SQLAlchemy's own dialects (a third-party one still opens, or gets "install the driver").
@@ -120,3 +127,14 @@ def check_platform_characters(
         for name in mapped:
             if name.lower() not in names:
                 where.fail(f"[{section}]", f"character {name!r} is not configured")
+
+
+def check_scenes(where: Where, scenes: SceneSettings) -> SceneSettings:
+    """[scenes]: a known policy, a chain that is not negative."""
+    if scenes.policy not in POLICIES:
+        where.fail("[scenes] policy", f"must be one of {', '.join(POLICIES)}")
+    if scenes.max_chain < 0:
+        where.fail(
+            "[scenes] max_chain", "must not be negative (0: characters never answer each other)"
+        )
+    return scenes

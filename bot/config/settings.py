@@ -166,6 +166,16 @@ class MemorySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SceneSettings:
+    """[scenes]: who speaks next when several characters are in a chat's scene
+    (docs/scenes.md). A chat with one character is answered by it whatever the policy."""
+
+    policy: str = "natural"  # "natural" | "list" | "pooled" | "manual"
+    max_chain: int = 2  # replies characters may add to each other before people speak
+    seed: int | None = None  # fixed talkativeness rolls (tests, benchmarks); None: random
+
+
+@dataclass(frozen=True, slots=True)
 class TrainingSettings:
     """[training] (and [training.characters.NAME] overrides): LoRA fine-tuning of a character.
 
@@ -234,6 +244,7 @@ class Config:
     web: WebSettings = field(default_factory=WebSettings)
     bot: BotSettings = field(default_factory=BotSettings)
     memory: MemorySettings = field(default_factory=MemorySettings)
+    scenes: SceneSettings = field(default_factory=SceneSettings)
     limits: LimitRules = field(default_factory=LimitRules)
     clean: CleanSettings = field(default_factory=CleanSettings)
     # Per-character [clean.characters.NAME] rules, by lower-case name; see clean_for.
