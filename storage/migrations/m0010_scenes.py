@@ -1,4 +1,4 @@
-"""Version 9: scenes — the characters who joined a chat's scene with /join.
+"""Version 10: scenes — the characters who joined a chat's scene with /join.
 
 - ``scene_members``: one row per character present in a chat beside its current character,
   with ``joined_after``: the newest message of the chat when it joined (0: from the start),
