@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,6 +51,8 @@ class Tally:
     down: int = 0
     people: int = 0  # different people whose votes were counted
     capped: int = 0  # votes left out by the per-person daily cap
+    # Each counted person's (👍, 👎): how clustered the votes are (see design_effect).
+    per_person: tuple[tuple[int, int], ...] = field(default=(), compare=False)
 
     @property
     def ratings(self) -> int:
@@ -138,6 +140,7 @@ def count_votes(
     down: Counter[str | None] = Counter()
     capped: Counter[str | None] = Counter()
     people: dict[str | None, set[tuple[str, str]]] = {v: set() for v in wanted}
+    mine: dict[tuple[str | None, str, str], tuple[int, int]] = {}
     for rating in sorted(ratings, key=lambda r: (r.at, r.reply_id)):
         if rating.version not in wanted or rating.value not in (1, -1):
             continue
@@ -152,17 +155,71 @@ def count_votes(
         per_day[day] += 1
         (up if rating.value > 0 else down)[rating.version] += 1
         people[rating.version].add((rating.platform, rating.user_id))
-    return {v: Tally(v, up[v], down[v], len(people[v]), capped[v]) for v in wanted}
+        person = (rating.version, rating.platform, rating.user_id)
+        ups, downs = mine.get(person, (0, 0))
+        mine[person] = (ups + 1, downs) if rating.value > 0 else (ups, downs + 1)
+    return {
+        v: Tally(
+            v,
+            up[v],
+            down[v],
+            len(people[v]),
+            capped[v],
+            tuple(sorted(counts for key, counts in mine.items() if key[0] == v)),
+        )
+        for v in wanted
+    }
+
+
+def person_correlation(*tallies: Tally) -> float:
+    """How alike one person's votes are (the intra-class correlation, ρ in [0, 1]), by the
+    one-way ANOVA estimator over people, each version around its own rate; 0 with fewer
+    than two people on a side."""
+    groups = [t.per_person for t in tallies if len(t.per_person) >= 2]
+    k = sum(len(g) for g in groups)
+    n = sum(u + d for g in groups for u, d in g)
+    if len(groups) < len(tallies) or n - k <= 0 or k - len(groups) <= 0:
+        return 0.0
+    between = within = sizes = 0.0
+    for group in groups:
+        total = sum(u + d for u, d in group)
+        rate = sum(u for u, _ in group) / total
+        between += sum((u + d) * ((u / (u + d)) - rate) ** 2 for u, d in group)
+        within += sum(u * d / (u + d) for u, d in group)
+        sizes += sum((u + d) ** 2 for u, d in group) / total
+    msb = between / (k - len(groups))
+    msw = within / (n - k)
+    m0 = (n - sizes) / (k - len(groups))
+    if msb + (m0 - 1) * msw <= 0:
+        return 0.0
+    return min(max((msb - msw) / (msb + (m0 - 1) * msw), 0.0), 1.0)
+
+
+def design_effect(tally: Tally, rho: float) -> float:
+    """How many of this side's votes are worth one independent vote: 1 + (m̄ − 1)·ρ, with
+    m̄ the vote-weighted mean of the votes per person (Kish)."""
+    if not tally.ratings or rho <= 0:
+        return 1.0
+    mean = sum((u + d) ** 2 for u, d in tally.per_person) / tally.ratings
+    return 1.0 + max(mean - 1.0, 0.0) * rho
 
 
 def posterior(
-    current: Tally, candidate: Tally, samples: int = 20000, seed: int = SEED
+    current: Tally,
+    candidate: Tally,
+    samples: int = 20000,
+    seed: int = SEED,
+    per_person: bool = False,
 ) -> Posterior:
     """P(better), P(worse) and the expected loss of shipping ``candidate``, by sampling the
-    two Beta(1 + up, 1 + down) posteriors."""
+    two Beta(1 + up, 1 + down) posteriors. ``per_person``: each side's counts are first
+    divided by its design effect — one person's votes are alike (a generous person stays
+    generous), so they say less than as many votes of different people."""
+    rho = person_correlation(current, candidate) if per_person else 0.0
+    theirs_deff, ours_deff = design_effect(current, rho), design_effect(candidate, rho)
     rng = np.random.default_rng(seed)
-    theirs = rng.beta(1 + current.up, 1 + current.down, samples)
-    ours = rng.beta(1 + candidate.up, 1 + candidate.down, samples)
+    theirs = rng.beta(1 + current.up / theirs_deff, 1 + current.down / theirs_deff, samples)
+    ours = rng.beta(1 + candidate.up / ours_deff, 1 + candidate.down / ours_deff, samples)
     return Posterior(
         p_better=float(np.mean(ours > theirs)),
         p_worse=float(np.mean(ours < theirs)),
@@ -255,7 +312,7 @@ def compare(
     """Judge a canary of ``candidate`` against ``current`` that has run for ``days``."""
     tallies = count_votes(ratings, (current, candidate), loop.max_votes_per_person_day)
     theirs, ours = tallies[current], tallies[candidate]
-    post = posterior(theirs, ours, loop.samples)
+    post = posterior(theirs, ours, loop.samples, per_person=loop.per_person)
     pairs = paired_swipes(swipes, current, candidate, loop.samples)
     decision, reason = decide(ours, post, pairs, days, loop)
     return Comparison(

@@ -16,7 +16,17 @@ import pytest
 from scipy import integrate, stats
 
 from bot.canary import bucket, meets_candidate
-from bot.compare import Pairs, Posterior, Tally, compare, count_votes, decide, posterior
+from bot.compare import (
+    Pairs,
+    Posterior,
+    Tally,
+    compare,
+    count_votes,
+    decide,
+    design_effect,
+    person_correlation,
+    posterior,
+)
 from bot.config import LoopSettings
 from bot.core import Core
 from bot.loras import BaseIdentity, LoraSwitcher
@@ -151,7 +161,7 @@ def test_the_posterior_matches_a_direct_beta_computation(
 
 
 def test_the_decision_rule_on_fixed_data() -> None:
-    loop = LoopSettings()
+    loop = LoopSettings(per_person=False)  # the plain Beta of every counted vote
     # 150 ratings from 12 people at 80% against 60%: clearly better.
     table = [_r(i, f"p{i % 12}", 1 if i % 5 else -1, i * 60.0) for i in range(150)]
     table += [
@@ -176,6 +186,22 @@ def test_the_decision_rule_on_fixed_data() -> None:
     assert compare("Aria", "v1", "v2", 0.2, 14.0, [*even, *table[150:]], [], loop).decision == (
         "stop"
     )
+
+
+def test_votes_of_one_person_count_for_less_when_people_differ() -> None:
+    # Everyone votes alike (each person 3 of 4 👍): nothing to correct.
+    alike = Tally("v1", 30, 10, 10, per_person=((3, 1),) * 10)
+    assert person_correlation(alike, alike) == 0.0
+    # Each person always votes the same way: ten votes of one person are one opinion.
+    stubborn = Tally("v2", 60, 40, 10, per_person=((10, 0),) * 6 + ((0, 10),) * 4)
+    rho = person_correlation(stubborn, stubborn)
+    assert rho == pytest.approx(1.0)
+    assert design_effect(stubborn, rho) == pytest.approx(10.0)
+    plain = posterior(alike, stubborn, samples=50_000)
+    corrected = posterior(alike, stubborn, samples=50_000, per_person=True)
+    # 60% against 75%: worse either way, but ten stubborn people are less sure than 100 votes.
+    assert 0.5 < corrected.p_worse < plain.p_worse
+    assert posterior(alike, alike, per_person=True) == posterior(alike, alike)
 
 
 def test_swipes_between_the_versions_takes_can_block_a_promotion() -> None:

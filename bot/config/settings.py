@@ -158,6 +158,9 @@ class LoopSettings:
     max_days: float = 14.0  # then stop, keeping the current version
     samples: int = 20000  # posterior draws (fixed seed: the same data, the same figures)
     min_swipe_pairs: int = 10  # paired swipe choices before they may block a promotion
+    # Divide each side's counts by its design effect: one person's votes are alike, so a few
+    # eager voters are not taken for many people (docs/rollout.md has the measured effect).
+    per_person: bool = True
 
 
 @dataclass(frozen=True, slots=True)
