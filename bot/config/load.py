@@ -14,6 +14,7 @@ from bot.config.reading import CONFIG_ENV, Where, read_file, read_section, rejec
 from bot.config.sections import (
     check_bot,
     check_discord,
+    check_loop,
     check_memory,
     check_platform_characters,
     check_storage,
@@ -23,6 +24,7 @@ from bot.config.settings import (
     Config,
     ConsoleSettings,
     DiscordSettings,
+    LoopSettings,
     MemorySettings,
     ModelSettings,
     TelegramSettings,
@@ -43,6 +45,7 @@ _SECTIONS = {
     "telegram": TelegramSettings,
     "web": WebSettings,
     "memory": MemorySettings,
+    "loop": LoopSettings,
 }
 _TOP_LEVEL = {
     *_SECTIONS,
@@ -70,6 +73,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
     storage = check_storage(where, tables["storage"], base)
     bot = check_bot(where, tables["bot"])
     memory = check_memory(where, tables["memory"])
+    loop = check_loop(where, tables["loop"])
     discord = check_discord(where, tables["discord"])
     global_books = read_global_lorebooks(where, raw.get("lorebooks", {}), base)
     characters = read_characters(where, raw.get("characters"), base, global_books)
@@ -90,6 +94,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         bot=bot,
         memory=memory,
         limits=limits,
+        loop=loop,
         characters=tuple(characters),
         default_character=default,
         console=tables["console"],

@@ -8,7 +8,13 @@ import difflib
 from pathlib import Path
 
 from bot.config.reading import Where
-from bot.config.settings import BotSettings, DiscordSettings, MemorySettings, TelegramSettings
+from bot.config.settings import (
+    BotSettings,
+    DiscordSettings,
+    LoopSettings,
+    MemorySettings,
+    TelegramSettings,
+)
 from storage.settings import StorageSettings
 
 # SQLAlchemy's own dialects (a third-party one still opens, or gets "install the driver").
@@ -120,3 +126,26 @@ def check_platform_characters(
         for name in mapped:
             if name.lower() not in names:
                 where.fail(f"[{section}]", f"character {name!r} is not configured")
+
+
+def check_loop(where: Where, loop: LoopSettings) -> LoopSettings:
+    """[loop]: counts are not negative, probabilities lie in (0, 1), some draws are made."""
+    for name in (
+        "max_votes_per_person_day",
+        "promote_min_ratings",
+        "promote_min_people",
+        "rollback_min_ratings",
+        "min_swipe_pairs",
+    ):
+        if getattr(loop, name) < 0:
+            where.fail(f"[loop] {name}", "must not be negative")
+    for name in ("promote_probability", "rollback_probability"):
+        if not 0 < getattr(loop, name) < 1:
+            where.fail(f"[loop] {name}", "must lie between 0 and 1, e.g. 0.95")
+    if loop.promote_max_loss < 0:
+        where.fail("[loop] promote_max_loss", "must not be negative, e.g. 0.005")
+    if loop.max_days <= 0:
+        where.fail("[loop] max_days", "must be more than 0, e.g. 14")
+    if loop.samples < 1000:
+        where.fail("[loop] samples", "must be at least 1000, e.g. 20000")
+    return loop
