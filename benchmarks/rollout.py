@@ -181,7 +181,9 @@ def main() -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         kind = type(getattr(loop, key))
-        loop = dataclasses.replace(loop, **{key: kind(value)})
+        # bool("false") is True: a flag is read as a word.
+        parsed = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        loop = dataclasses.replace(loop, **{key: parsed})
     if args.quick:
         args.experiments = 20
         loop = dataclasses.replace(loop, samples=4000)
