@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from bot.canary import Canaries
 from bot.cast import Cast
 from bot.characters import Character
 from bot.config import ModelSettings
@@ -19,7 +20,7 @@ from bot.prompt import FittedPrompt, fit_prompt
 from bot.reply import ReplyTarget, StreamRenderer
 from bot.streaming import INTERRUPTED, ShownReply
 from bot.turns import TurnFilter, cut_short_usage, scene_filter
-from engine import ChatModel, GenerationRequest, LoraSpec, Sampling, Usage
+from engine import ChatModel, GenerationRequest, Sampling, Usage
 from engine.errors import Busy
 from storage.records import HistoryMessage, NewReply, ReplyAddress
 from storage.store import Store
@@ -123,9 +124,11 @@ class Answerer:
         chains: ChainCache,
         runs: Runs,
         memory: Memory | None = None,
+        canaries: Canaries | None = None,
     ) -> None:
         self.store = store
         self.memory = memory
+        self.canaries = canaries if canaries is not None else Canaries()
         self.model = model
         self.settings = settings
         self.cast = cast
@@ -171,10 +174,11 @@ class Answerer:
         fitted = await self._prompt(key, conversation, character, seen, user_name, since)
         prompt = fitted.messages
         sampling = self.sampling_for(character)
-        lora = LoraSpec(character.name, character.lora) if character.lora else None
-        request = GenerationRequest(
-            messages=prompt, sampling=sampling, lora=lora, lora_name=character.name
-        )
+        # The person answered decides the version during a canary (bot.canary): the author
+        # of the message this reply follows, also for a regenerated take.
+        person = chain[-1].author_id if chain and chain[-1].role == "user" else ""
+        lora, slot = self.canaries.lora_for(character, platform, person)
+        request = GenerationRequest(messages=prompt, sampling=sampling, lora=lora, lora_name=slot)
         address = ReplyAddress(conversation, platform, chat_id, chain[-1].id, character.name)
         # Records the reply as "streaming" once it is on the platform, so a crash mid-stream
         # leaves a row that the next start can finish.

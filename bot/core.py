@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bot.answering import Answerer, ReplyResult, Runs
+from bot.canary import Canaries, CanaryRoute
 from bot.cast import Cast, default_rule
 from bot.characters import Character
 from bot.config import LimitRules, MemorySettings, ModelSettings, SceneSettings
@@ -87,6 +88,8 @@ class Core:
         # The persisted LoRA choices (bot.loras.LoraSwitcher), set by charbot.wiring; None in a
         # core without versions (tests, benchmarks).
         self.loras: Any = None
+        # Live canaries: which people meet a character's candidate version (bot.canary).
+        self.canaries = Canaries()
         # Shared by the parts: one answering line per chat (messages, regenerations and
         # greetings take their place in it), the reply chains read lately, the runs.
         self._lines = ChatLines()
@@ -113,6 +116,7 @@ class Core:
             chains=chains,
             runs=self._runs,
             memory=self.memory,
+            canaries=self.canaries,
         )
         scenes = scenes or SceneSettings()
         self.scenes = Scenes(store, self._cast, scenes.policy, scenes.max_chain, scenes.seed)
@@ -243,6 +247,22 @@ class Core:
     async def leave(self, platform: str, chat_id: str, name: str) -> bool:
         """``name`` leaves the chat's scene; whether it had joined. Raises UnknownCharacter."""
         return await self.scenes.leave(platform, chat_id, name)
+
+    async def start_canary(self, route: CanaryRoute) -> str:
+        """Load ``route``'s candidate under its own slot and send its share of people to it;
+        return its version. A LoRA that does not load raises and changes nothing."""
+        character = self.character(route.character)
+        route = CanaryRoute(character.name, route.version, route.path, route.share, route.canary_id)
+        version = await self.model.load_lora(route.slot, route.path)
+        self.canaries.set(route)
+        return version
+
+    async def stop_canary(self, name: str) -> None:
+        """Everyone meets the character's current version again; replies already generating
+        on the candidate finish on it."""
+        route = self.canaries.drop(name)
+        if route is not None:
+            await self.model.unload_lora(route.slot)
 
     async def set_character(self, platform: str, chat_id: str, name: str) -> Character:
         """Make ``name`` this chat's current character (persisted)."""

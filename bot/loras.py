@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bot.canary_follow import CanaryFollower
 from bot.errors import CharbotError
 from engine import BaseIdentity, EngineError, lora_version
 from storage import lora_choices
@@ -146,6 +147,7 @@ class LoraSwitcher:
         self._configured = {c.name.lower(): c.lora for c in core.characters}
         self._applied: dict[str, int | None] = {}  # lower name -> applied choice id
         self._task: asyncio.Task[None] | None = None
+        self.canaries = CanaryFollower(core, store)  # the same poll follows the canaries
 
     async def start(self) -> None:
         await self.apply()
@@ -186,6 +188,7 @@ class LoraSwitcher:
                 log.error("could not switch %s's LoRA: %s", character.name, exc)
                 continue
             log.info("%s now speaks with %s", character.name, choice.version if choice else path)
+        await self.canaries.apply()
 
     def versions(self, character: str) -> list[LoraVersion]:
         return list_versions(self.loras_dir, self.core.character(character).name)

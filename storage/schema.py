@@ -169,6 +169,8 @@ class Vote(Base):
     value: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    # The first reaction (migration 9): what the online comparison counts; None on older rows.
+    first_value: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (UniqueConstraint("message_id", "user_id", name="uq_rating_user"),)
 
@@ -274,6 +276,27 @@ class LoraChoice(Base):
     rolled_back_at: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (Index("ix_lora_choices_character", "character", "id"),)
+
+
+class Canary(Base):
+    """A candidate version met by a sticky share of people (migration 9); the newest row of
+    a character without ``ended_at`` is live."""
+
+    __tablename__ = "canaries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    character: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(128))
+    path: Mapped[str] = mapped_column(Text)
+    share: Mapped[float] = mapped_column(Float)
+    baseline: Mapped[str | None] = mapped_column(String(128))  # None: the bare base model
+    started_by: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float)
+    ended_by: Mapped[str | None] = mapped_column(String(128))
+    outcome: Mapped[str | None] = mapped_column(String(32))
+
+    __table_args__ = (Index("ix_canaries_character", "character", "id"),)
 
 
 class MessageVector(Base):

@@ -122,10 +122,12 @@ def set_vote(conn: Connection, message_id: int, user_id: str, value: int, now: f
         "message_id": message_id,
         "user_id": user_id,
         "value": value,
+        "first_value": value,
         "created_at": now,
         "updated_at": now,
     }
-    upsert(conn, _V, row, key=("message_id", "user_id"), keep=("created_at",))
+    # The first reaction is kept, as its time is: the online comparison counts it.
+    upsert(conn, _V, row, key=("message_id", "user_id"), keep=("created_at", "first_value"))
 
 
 def list_votes(conn: Connection, message_ids: Iterable[int] | None = None) -> list[StoredVote]:

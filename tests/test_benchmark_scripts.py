@@ -5,6 +5,7 @@ benchmarks/ first on sys.path, so a module there named like an installed package
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,18 @@ def test_fairness_quick_run_stores_everything_and_tells_the_flooder_once() -> No
     assert "stored: 13 of 13 messages" in on and "stored: 13 of 13 messages" in off
     assert "flooder: 6 answered, 4 limited" in on and "; 1 notice(s)" in on
     assert "0 limited" in off and "the flooder's replies ahead of anyone else's: 1 at" in off
+
+
+def test_the_rollout_benchmark_runs_quick(tmp_path: Path) -> None:
+    # benchmarks/rollout.py --quick: 20 simulated canaries per case through bot.compare.
+    out = tmp_path / "rollout.json"
+    command = [sys.executable, "benchmarks/rollout.py", "--quick", "--json", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    cases = json.loads(out.read_text())["cases"]
+    assert set(cases) == {"equal", "10 points better", "10 points worse"}
+    for case in cases.values():  # every experiment ends one way or another
+        total = case["promote"] + case["rollback"] + case["stop"] + case["running"]
+        assert total == pytest.approx(1.0)
+    assert cases["10 points better"]["promote"] > cases["10 points worse"]["promote"]
+    assert "baseline: promote" in result.stdout

@@ -24,6 +24,7 @@ from bot.loras import (
     list_versions,
 )
 from engine import base_identity, lora_version
+from training import commands_canary
 from training.train_data import METHODS
 
 
@@ -90,9 +91,12 @@ def _add_loras(commands: Any, common: argparse.ArgumentParser, command: str) -> 
     use.add_argument("version", help=f"a version id, its number (v3), or '{BASE}'")
     use.add_argument("--force", action="store_true", help="switch even if its evaluation is worse")
     rollback = actions.add_parser(
-        "rollback", parents=[common], help="go back to the previous choice"
+        "rollback",
+        parents=[common],
+        help="end a running canary, else go back to the previous choice",
     )
     rollback.add_argument("name")
+    commands_canary.add_parsers(actions, common)  # try, stop, compare, promote
 
 
 # -- LoRAs ----------------------------------------------------------------------------------
@@ -106,7 +110,7 @@ async def loras_command(config: Config, args: argparse.Namespace) -> int:
             f"(`charbot loras {args.action}`)",
             file=sys.stderr,
         )
-    from storage import lora_choices
+    from storage import canaries, lora_choices
     from storage.store import open_store
 
     names = [c.name for c in config.characters]
@@ -121,13 +125,20 @@ async def loras_command(config: Config, args: argparse.Namespace) -> int:
                 print(_version_table(config, name, choices.get(name.lower())))
             return 0
         name = names[0]
+        if args.action in commands_canary.ACTIONS or (
+            args.action == "rollback" and await canaries.live_canary(store, name) is not None
+        ):
+            line = await commands_canary.canary_command(config, args, store, name, gate)
+            if line:
+                print(line)
+            return 0
         if args.action == "use":
             if args.version.strip().lower() in (BASE, "none"):
                 version_id, path = None, None
             else:
                 version = find_version(loras_dir, name, args.version)
                 check_base(version, base_identity(config.model))
-                _gate(config, name, version.metadata.get("evaluation"), args)
+                gate(config, name, version.metadata.get("evaluation"), args)
                 version_id, path = version.id, str(version.path)
             await lora_choices.record_choice(store, name, version_id, path, "cli")
             now = version_id or "the bare base model"
@@ -148,7 +159,7 @@ class Refused(CharbotError):
     """The gate refused a version: worse than the one in use (one line, with the override)."""
 
 
-def _gate(config: Config, name: str, evaluation: Any, args: argparse.Namespace) -> None:
+def gate(config: Config, name: str, evaluation: Any, args: argparse.Namespace) -> None:
     from training.gate import refusal
 
     if getattr(args, "force", False):

@@ -14,6 +14,7 @@ from bot.config.reading import CONFIG_ENV, Where, read_file, read_section, rejec
 from bot.config.sections import (
     check_bot,
     check_discord,
+    check_loop,
     check_memory,
     check_platform_characters,
     check_scenes,
@@ -24,6 +25,7 @@ from bot.config.settings import (
     Config,
     ConsoleSettings,
     DiscordSettings,
+    LoopSettings,
     MemorySettings,
     ModelSettings,
     SceneSettings,
@@ -46,6 +48,7 @@ _SECTIONS = {
     "web": WebSettings,
     "memory": MemorySettings,
     "scenes": SceneSettings,
+    "loop": LoopSettings,
 }
 _TOP_LEVEL = {
     *_SECTIONS,
@@ -74,6 +77,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
     bot = check_bot(where, tables["bot"])
     memory = check_memory(where, tables["memory"])
     scenes = check_scenes(where, tables["scenes"])
+    loop = check_loop(where, tables["loop"])
     discord = check_discord(where, tables["discord"])
     global_books = read_global_lorebooks(where, raw.get("lorebooks", {}), base)
     characters = read_characters(where, raw.get("characters"), base, global_books)
@@ -95,6 +99,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         memory=memory,
         scenes=scenes,
         limits=limits,
+        loop=loop,
         characters=tuple(characters),
         default_character=default,
         console=tables["console"],

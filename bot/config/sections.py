@@ -11,6 +11,7 @@ from bot.config.reading import Where
 from bot.config.settings import (
     BotSettings,
     DiscordSettings,
+    LoopSettings,
     MemorySettings,
     SceneSettings,
     TelegramSettings,
@@ -90,19 +91,9 @@ EXTRACT = ("rules", "model", "off")
 def check_memory(where: Where, memory: MemorySettings) -> MemorySettings:
     """[memory]: budgets not negative, a known way to extract notes, a model with its
     server."""
-    for name in (
-        "recall_tokens",
-        "summary_tokens",
-        "notes_tokens",
-        "recall_top_k",
-        "cache_mb",
-        "summarize_every",
-    ):
-        if getattr(memory, name) < 0:
-            where.fail(f"[memory] {name}", "must not be negative")
-    for name in ("note_chars", "max_notes"):
-        if getattr(memory, name) < 1:
-            where.fail(f"[memory] {name}", "must be at least 1")
+    budgets = ("recall_tokens", "summary_tokens", "notes_tokens", "recall_top_k", "cache_mb")
+    _at_least(where, "memory", memory, (*budgets, "summarize_every"), 0)
+    _at_least(where, "memory", memory, ("note_chars", "max_notes"), 1)
     if not -1.0 <= memory.recall_min_score <= 1.0:
         where.fail("[memory] recall_min_score", "is a cosine similarity, between -1 and 1")
     if memory.extract not in EXTRACT:
@@ -138,3 +129,29 @@ def check_scenes(where: Where, scenes: SceneSettings) -> SceneSettings:
             "[scenes] max_chain", "must not be negative (0: characters never answer each other)"
         )
     return scenes
+
+
+def check_loop(where: Where, loop: LoopSettings) -> LoopSettings:
+    """[loop]: counts are not negative, probabilities lie in (0, 1), some draws are made."""
+    counts = ("max_votes_per_person_day", "promote_min_ratings", "promote_min_people")
+    _at_least(where, "loop", loop, (*counts, "rollback_min_ratings", "min_swipe_pairs"), 0)
+    for name in ("promote_probability", "rollback_probability"):
+        if not 0 < getattr(loop, name) < 1:
+            where.fail(f"[loop] {name}", "must lie between 0 and 1, e.g. 0.95")
+    if loop.promote_max_loss < 0:
+        where.fail("[loop] promote_max_loss", "must not be negative, e.g. 0.005")
+    if loop.max_days <= 0:
+        where.fail("[loop] max_days", "must be more than 0, e.g. 14")
+    if loop.samples < 1000:
+        where.fail("[loop] samples", "must be at least 1000, e.g. 20000")
+    return loop
+
+
+def _at_least(
+    where: Where, section: str, settings: object, names: tuple[str, ...], floor: int
+) -> None:
+    """Each of ``names`` in ``[section]`` is at least ``floor`` (0: not negative)."""
+    reason = "must not be negative" if floor == 0 else f"must be at least {floor}"
+    for name in names:
+        if getattr(settings, name) < floor:
+            where.fail(f"[{section}] {name}", reason)

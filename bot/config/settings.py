@@ -143,6 +143,27 @@ class WebSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LoopSettings:
+    """[loop]: how a canary is judged (`charbot loras compare`, docs/rollout.md): each
+    version's 👍 rate as a Beta posterior over first reactions, at most
+    ``max_votes_per_person_day`` of one person's votes a day."""
+
+    max_votes_per_person_day: int = 20  # a person's further votes that day are not counted
+    promote_min_ratings: int = 100  # the candidate's counted ratings before it can win
+    promote_min_people: int = 10  # from this many different people
+    promote_probability: float = 0.95  # P(candidate better) at least this
+    promote_max_loss: float = 0.005  # expected loss of shipping it (👍 rate) at most this
+    rollback_min_ratings: int = 30  # the candidate's counted ratings before it can lose
+    rollback_probability: float = 0.95  # P(candidate worse) at least this
+    max_days: float = 14.0  # then stop, keeping the current version
+    samples: int = 20000  # posterior draws (fixed seed: the same data, the same figures)
+    min_swipe_pairs: int = 10  # paired swipe choices before they may block a promotion
+    # Divide each side's counts by its design effect: one person's votes are alike, so a few
+    # eager voters are not taken for many people (docs/rollout.md has the measured effect).
+    per_person: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class MemorySettings:
     """[memory]: what a character remembers beyond the history that fits in the prompt —
     recalled old messages of the chat, the conversation's rolling summary, and notes about
@@ -246,6 +267,7 @@ class Config:
     memory: MemorySettings = field(default_factory=MemorySettings)
     scenes: SceneSettings = field(default_factory=SceneSettings)
     limits: LimitRules = field(default_factory=LimitRules)
+    loop: LoopSettings = field(default_factory=LoopSettings)
     clean: CleanSettings = field(default_factory=CleanSettings)
     # Per-character [clean.characters.NAME] rules, by lower-case name; see clean_for.
     clean_overrides: dict[str, CleanSettings] = field(default_factory=dict)
