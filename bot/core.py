@@ -119,7 +119,9 @@ class Core:
             canaries=self.canaries,
         )
         scenes = scenes or SceneSettings()
-        self.scenes = Scenes(store, self._cast, scenes.policy, scenes.max_chain, scenes.seed)
+        self.scenes = Scenes(
+            store, self._cast, scenes.policy, scenes.max_chain, scenes.seed, scenes.chats
+        )
         self._intake = Intake(
             store=store,
             scenes=self.scenes,

@@ -205,15 +205,16 @@ class Intake:
         each one the chat's policy gives the floor, in turn, each answering the line before
         it; then let them answer each other up to ``max_chain`` more lines, unless a person
         writes meanwhile. The last reply."""
-        scene = None
+        scene, policy = None, "natural"
         speakers = [character]
         if self.scenes is not None:
             current = self.cast.current(msg, stored)
             scene = await self.scenes.scene(msg.platform, msg.chat_id, current)
+            policy = self.scenes.policy_for(msg.platform, msg.chat_id)
             if any(c.name == character.name for c in scene.present):
                 turn = Turn(msg.text, self.cast.asked(msg, stored), _spoke_since(chain))
                 speakers = next_speakers(
-                    self.scenes.policy, scene.present, scene.present[0], turn, self.scenes.rng
+                    policy, scene.present, scene.present[0], turn, self.scenes.rng
                 )
         if not speakers:  # manual, and nobody named: stored, part of the scene, unanswered
             await self.store.set_progress([stored.message_id], "answered")
@@ -241,7 +242,7 @@ class Intake:
             chain = grown
             if queue or chained >= self.scenes.max_chain or self._interrupted(key, stored):
                 continue
-            back = answering_back(self.scenes.policy, scene.present, speaker, result.text)
+            back = answering_back(policy, scene.present, speaker, result.text)
             if back:
                 queue.append(back[0])
                 chained += 1

@@ -128,12 +128,18 @@ class Scenes:
         policy: str = "natural",
         max_chain: int = 2,
         seed: int | None = None,
+        chats: dict[str, str] | None = None,
     ) -> None:
         self.store = store
         self.cast = cast
         self.policy = policy
+        self.chats = dict(chats or {})
         self.max_chain = max_chain
         self.rng = random.Random(seed)
+
+    def policy_for(self, platform: str, chat_id: str) -> str:
+        """The chat's policy: its own ([scenes.chats]) or the default."""
+        return self.chats.get(f"{platform}:{chat_id}", self.policy)
 
     async def scene(self, platform: str, chat_id: str, current: Character) -> Scene:
         """The chat's scene around its current character; joined characters no longer

@@ -122,8 +122,12 @@ def check_platform_characters(
 
 def check_scenes(where: Where, scenes: SceneSettings) -> SceneSettings:
     """[scenes]: a known policy, a chain that is not negative."""
-    if scenes.policy not in POLICIES:
-        where.fail("[scenes] policy", f"must be one of {', '.join(POLICIES)}")
+    for label, policy in (("policy", scenes.policy), *scenes.chats.items()):
+        if policy not in POLICIES:
+            where.fail(f"[scenes] {label}", f"must be one of {', '.join(POLICIES)}")
+    for chat in scenes.chats:
+        if ":" not in chat:
+            where.fail(f"[scenes.chats] {chat}", 'name a chat as "PLATFORM:ID", e.g. "discord:123"')
     if scenes.max_chain < 0:
         where.fail(
             "[scenes] max_chain", "must not be negative (0: characters never answer each other)"

@@ -194,6 +194,7 @@ class SceneSettings:
     policy: str = "natural"  # "natural" | "list" | "pooled" | "manual"
     max_chain: int = 2  # replies characters may add to each other before people speak
     seed: int | None = None  # fixed talkativeness rolls (tests, benchmarks); None: random
+    chats: dict[str, str] = field(default_factory=dict)  # "platform:chat_id" -> its policy
 
 
 @dataclass(frozen=True, slots=True)
