@@ -3,12 +3,17 @@ characters — in order, chained by names up to max_chain, each seeing only its 
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from bot.characters import Character
 from bot.config import SceneSettings
 from bot.messages import Inbound
 from bot.scenes import Turn, answering_back, named_in, next_speakers
+from engine import Chunk, GenerationRequest
 from tests.conftest import MakeCore
 from tests.fakes import FakeModel, RecordingTarget
 
@@ -105,3 +110,59 @@ async def test_a_character_that_joined_late_never_sees_the_earlier_lines(
     assert "4417" in " ".join(str(m["content"]) for m in mara.messages)
     assert await core.leave("test", "c1", "Bram") is True
     assert [c.name for c in (await core.scene("test", "c1")).present] == ["Mara"]
+
+
+class GatedModel(FakeModel):
+    """A fake whose first reply waits for ``gate``: a person can write meanwhile."""
+
+    def __init__(self, replies: list[str]) -> None:
+        super().__init__(replies)
+        self.gate = asyncio.Event()
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        first = not self.requests
+        async for chunk in super().stream(request):
+            if first:
+                await self.gate.wait()
+            yield chunk
+
+
+async def test_a_person_writing_during_a_chain_takes_the_floor_back(make_core: MakeCore) -> None:
+    model = GatedModel(["Ask Bram.", "Here I am.", "Later."])
+    core = await make_core(model=model, characters=CAST, scenes=SceneSettings(seed=1))
+    await core.set_character("test", "c1", "Mara")
+    await core.join("test", "c1", "Bram")
+    first = asyncio.create_task(core.handle(msg("Mara?", 1), RecordingTarget()))
+    await until(lambda: model.requests)
+    second = asyncio.create_task(core.handle(msg("Bram, wait: me first.", 2), RecordingTarget()))
+    await until(lambda: _stored(core, "u2"))
+    model.gate.set()
+    await asyncio.gather(first, second)
+
+    rows = await core.store.list_messages()
+    mara = next(r for r in rows if r.text == "Ask Bram.")
+    answered_mara = [r for r in rows if r.parent_id == mara.id and r.role == "assistant"]
+    assert answered_mara == []  # Bram did not take up Mara's line: the person spoke
+    bram = next(r for r in rows if r.role == "assistant" and r.character == "Bram")
+    asked = next(r for r in rows if r.platform_message_id == "u2")
+    assert bram.parent_id == asked.id  # he answered the person instead
+    assert len(model.requests) == 2
+
+
+async def _stored(core: Any, message_id: str) -> bool:
+    rows = await core.store.list_messages()
+    return any(r.platform_message_id == message_id for r in rows)
+
+
+async def until(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Poll a check (sync or async) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.01)
