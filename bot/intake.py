@@ -242,6 +242,8 @@ class Intake:
             chain = grown
             if queue or chained >= self.scenes.max_chain or self._interrupted(key, stored):
                 continue
+            if speaker not in scene.present:  # a guest named from outside the scene
+                continue
             back = answering_back(policy, scene.present, speaker, result.text)
             if back:
                 queue.append(back[0])
