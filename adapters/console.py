@@ -28,12 +28,17 @@ from bot.memory.commands import memory_command
 from bot.memory.notes import Person
 from bot.messages import Inbound
 from bot.reply import ReplyTarget
+from bot.scene_commands import SCENE_HELP, scene_command
 from engine.errors import EngineError
 
 HELP = """Commands:
   /characters        list the characters
-  /character NAME    NAME joins the scene and answers from now on (the conversation goes
+  /character NAME    NAME answers from now on instead (the conversation goes
                      on; /new first for a fresh one)
+  /join NAME         NAME joins the scene too: it answers when named, and answers the
+                     others (see [scenes] policy)
+  /leave NAME        NAME leaves the scene
+  /scene             who is in the scene
   /new, /reset       start a fresh conversation
   /good, /bad        rate the last reply 👍 or 👎
   /fix TEXT          give a better answer for the last reply
@@ -349,11 +354,12 @@ class ConsoleAdapter(PlatformAdapter):
                 else:
                     # The conversation goes on: the new character answers what was said.
                     self.say(
-                        f"[{character.name} joins the scene and answers from now on; "
-                        "/new starts a fresh conversation]"
+                        f"[{character.name} answers from now on; /new starts a fresh conversation]"
                     )
                     if character.greeting:
                         await self.greet()
+        elif command[1:] in SCENE_HELP:
+            self.say(f"[{await scene_command(core, platform, chat, command[1:], argument)}]")
         elif command in ("/new", "/reset"):
             await core.reset(platform, chat)
             self.last_reply = None

@@ -1,8 +1,9 @@
 """Slash commands, the "Suggest a better reply" message command and its modal, as one Cog.
 
-``/chat``, ``/character``, ``/characters``, ``/reset``, ``/remember``, ``/memory``, ``/forget``,
-``/fix``, ``/quota`` and ``/lora`` (``/adapter`` is its older name, still registered). In a server,
-``/character NAME`` and ``/reset`` change the channel for everyone, so they are admin
+``/chat``, ``/character``, ``/characters``, ``/join``, ``/leave``, ``/scene``, ``/reset``,
+``/remember``, ``/memory``, ``/forget``, ``/fix``, ``/quota`` and ``/lora`` (``/adapter`` is its
+older name, still registered). In a server, ``/character NAME``, ``/join NAME``,
+``/leave NAME`` and ``/reset`` change the channel for everyone, so they are admin
 commands: users listed in ``[discord] admins``, or, when that list is empty, members who may
 manage the channel. In a DM they are the user's own. ``/lora`` is for the bot's admins only:
 a switch changes the character everywhere. ``/remember``, ``/memory`` and ``/forget`` are each
@@ -34,6 +35,7 @@ from bot.lora_admin import COMMAND, OLD_COMMAND, RENAMED, lora_command
 from bot.memory.commands import FORGET, HELP, MEMORY, PUBLIC_FLAG, REMEMBER, memory_command
 from bot.memory.notes import Person
 from bot.messages import Inbound
+from bot.scene_commands import JOIN, LEAVE, SCENE, SCENE_HELP, scene_command
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +215,38 @@ class DiscordCommands(commands.Cog):
             await say(interaction, str(exc))
             return
         await say(interaction, f"**{chosen.name}** speaks here now.", ephemeral=False)
+
+    @app_commands.command(name=JOIN, description=SCENE_HELP[JOIN][1][:100])
+    @app_commands.describe(name="The character who joins")
+    @app_commands.autocomplete(name=complete_character)
+    async def join(self, interaction: discord.Interaction, name: str) -> None:
+        """A character joins this channel's scene (admins, in a server)."""
+        await self.scene_answer(interaction, JOIN, name)
+
+    @app_commands.command(name=LEAVE, description=SCENE_HELP[LEAVE][1][:100])
+    @app_commands.describe(name="The character who leaves")
+    @app_commands.autocomplete(name=complete_character)
+    async def leave(self, interaction: discord.Interaction, name: str) -> None:
+        """A character leaves this channel's scene (admins, in a server)."""
+        await self.scene_answer(interaction, LEAVE, name)
+
+    @app_commands.command(name=SCENE, description=SCENE_HELP[SCENE][1][:100])
+    async def scene(self, interaction: discord.Interaction) -> None:
+        """Who is in this channel's scene."""
+        await self.scene_answer(interaction, SCENE, "")
+
+    async def scene_answer(self, interaction: discord.Interaction, command: str, name: str) -> None:
+        """/join, /leave and /scene: everyone in the channel sees a change to its scene."""
+        if not self.allowed(interaction):
+            await say(interaction, NOT_HERE)
+            return
+        if command != SCENE and not self.may_administer(interaction):
+            await say(interaction, "Only an admin can change this channel's scene.")
+            return
+        default = self.adapter.channel_character(interaction.channel)
+        chat_id = str(interaction.channel_id)
+        answer = await scene_command(self.core, PLATFORM, chat_id, command, name, default)
+        await say(interaction, answer, ephemeral=command == SCENE)
 
     @app_commands.command(name="characters", description="List the characters")
     async def characters(self, interaction: discord.Interaction) -> None:

@@ -1,12 +1,13 @@
-"""Bot commands: /start, /help, /characters, /character, /reset, /ask, /fix, /remember,
-/memory, /forget, /quota and /lora (/adapter, its older name, still works but is shown nowhere).
+"""Bot commands: /start, /help, /characters, /character, /join, /leave, /scene, /reset,
+/ask, /fix, /remember, /memory, /forget, /quota and /lora (/adapter, its older name, still
+works but is shown nowhere).
 
 Each command is a handler below, and :data:`COMMANDS` is the one list of them: what is
 registered, what /help says and what Telegram's command menu shows all come from it.
 
-In a group, ``/character NAME`` and ``/reset`` change the chat for everyone, so they are
-admin commands: users listed in ``[telegram] admins``, or, when that list is empty, the
-group's own administrators. In a private chat they are the user's own.
+In a group, ``/character NAME``, ``/join NAME``, ``/leave NAME`` and ``/reset`` change the
+chat for everyone, so they are admin commands: users listed in ``[telegram] admins``, or,
+when that list is empty, the group's own administrators. In a private chat they are the user's own.
 
 /remember, /memory and /forget are each person's notes (bot.memory.commands): a note made in
 a private chat stays in it unless made with ``/remember --public TEXT``.
@@ -38,6 +39,7 @@ from bot.lora_admin import COMMAND, OLD_COMMAND, RENAMED, lora_command
 from bot.memory.commands import FORGET, MEMORY, REMEMBER, memory_command
 from bot.memory.commands import HELP as MEMORY_HELP
 from bot.memory.notes import Person
+from bot.scene_commands import JOIN, LEAVE, SCENE, SCENE_HELP, scene_command
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,22 @@ async def character(adapter: TelegramEdge, message: Message, name: str) -> None:
     await say(adapter, message, f"<b>{escape(chosen.name)}</b> speaks here now.")
 
 
+def scene_handler(command: str) -> Handler:
+    """The handler of /join, /leave or /scene (bot.scene_commands); changing the scene is
+    an admin's in a group, like /character."""
+
+    async def handler(adapter: TelegramEdge, message: Message, name: str) -> None:
+        if command != SCENE and not await may_administer(adapter, message):
+            await say(adapter, message, "Only an admin can change this chat's scene.")
+            return
+        chat, default = str(message.chat.id), adapter.settings.default_character
+        answer = await scene_command(adapter.core, PLATFORM, chat, command, name, default)
+        await say(adapter, message, escape(answer))
+
+    handler.__doc__ = SCENE_HELP[command][1]
+    return handler
+
+
 async def reset(adapter: TelegramEdge, message: Message, _argument: str) -> None:
     """Start a fresh conversation; a reply in progress here is stopped."""
     if not await may_administer(adapter, message):
@@ -231,6 +249,11 @@ def memory_handler(command: str) -> Handler:
     return handler
 
 
+def _scene_command(name: str, menu: str) -> Command:
+    arguments, help_text = SCENE_HELP[name]
+    return Command(name, scene_handler(name), arguments, help=help_text, menu=menu)
+
+
 def _memory_command(name: str, menu: str) -> Command:
     arguments, help_text = MEMORY_HELP[name]
     return Command(name, memory_handler(name), arguments, help=help_text, menu=menu)
@@ -266,6 +289,9 @@ COMMANDS = (
         help="choose who speaks in this chat (admins, in groups)",
         menu="Show or choose who speaks here",
     ),
+    _scene_command(JOIN, "A character joins the scene"),
+    _scene_command(LEAVE, "A character leaves the scene"),
+    _scene_command(SCENE, "Who is in this chat's scene"),
     Command(
         "reset",
         reset,

@@ -162,13 +162,16 @@ class Answerer:
         regenerated_from: int | None = None,
         answers: int | None = None,
         private: bool | None = None,
+        since: int = 0,
     ) -> ReplyResult:
         """Generate and show a reply to the end of ``chain``; store it. ``answers``: the user
         message it answers (marked answered with it; memory may take notes from it);
         ``regenerated_from``: the first sibling, when this is a regenerated one;
-        ``private``: whether the chat is one-to-one (None: not known)."""
+        ``private``: whether the chat is one-to-one (None: not known); ``since``: the
+        character sees only the messages after this one (it joined the scene then)."""
         platform, chat_id, _thread = key
-        fitted = await self._prompt(key, conversation, character, chain, user_name)
+        seen = (tuple(m for m in chain if m.id > since) or chain[-1:]) if since else chain
+        fitted = await self._prompt(key, conversation, character, seen, user_name, since)
         prompt = fitted.messages
         sampling = self.sampling_for(character)
         # The person answered decides the version during a canary (bot.canary): the author
@@ -208,8 +211,8 @@ class Answerer:
             said = HistoryMessage(reply_id, "assistant", outcome.text, character.name, "")
             chain = self.chains.put((*chain, said))
         if self.memory is not None:
-            first = fitted.first_row
-            kept = chain[first].id if first < len(chain) else None
+            first = fitted.first_row  # of the lines it saw
+            kept = seen[first].id if first < len(seen) else None
             learn = answers is not None and regenerated_from is None
             self.memory.answered(key, conversation, character, chain, kept, private, learn)
         return ReplyResult(
@@ -222,13 +225,19 @@ class Answerer:
         )
 
     async def _prompt(
-        self, key: ChatKey, conversation: int, character: Character, chain: Chain, user_name: str
+        self,
+        key: ChatKey,
+        conversation: int,
+        character: Character,
+        chain: Chain,
+        user_name: str,
+        since: int = 0,
     ) -> FittedPrompt:
         notes = await self.knowledge.notes(character, [m.text for m in chain], self._text_tokens)
         budget = self.settings.context_tokens
         if self.memory is not None:
             return await self.memory.prompt(
-                key, conversation, character, chain, budget, user_name, notes
+                key, conversation, character, chain, budget, user_name, notes, since
             )
         return fit_prompt(self.model, character, chain, budget, user_name, notes)
 

@@ -82,11 +82,26 @@ class Cast:
         named = self._name_pattern.search(msg.text)
         if named:
             return self.get(named.group(1) or named.group(2))
-        replied = stored.replied
-        continuing = (
-            replied.character if replied is not None and replied.role == "assistant" else None
+        return self.first_known(
+            self._replied_to(stored), stored.chat_character, msg.default_character
         )
-        return self.first_known(continuing, stored.chat_character, msg.default_character)
+
+    def asked(self, msg: Inbound, stored: StoredInbound) -> Character | None:
+        """The one character a message is for, whoever else is in the scene: an explicit
+        choice (/ask), or the character whose line it replies to."""
+        if msg.character:
+            return self.get(msg.character)
+        replied = self._replied_to(stored)
+        return self._by_name.get(replied.lower()) if replied else None
+
+    def current(self, msg: Inbound, stored: StoredInbound) -> Character:
+        """The chat's current character (its choice, the adapter's default, the default)."""
+        return self.first_known(stored.chat_character, msg.default_character)
+
+    @staticmethod
+    def _replied_to(stored: StoredInbound) -> str | None:
+        replied = stored.replied
+        return replied.character if replied is not None and replied.role == "assistant" else None
 
 
 def default_rule(default: str, chosen: dict[str, int]) -> str | None:

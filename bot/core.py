@@ -20,7 +20,7 @@ from bot.answering import Answerer, ReplyResult, Runs
 from bot.canary import Canaries, CanaryRoute
 from bot.cast import Cast, default_rule
 from bot.characters import Character
-from bot.config import LimitRules, MemorySettings, ModelSettings
+from bot.config import LimitRules, MemorySettings, ModelSettings, SceneSettings
 from bot.feedback import Feedback
 from bot.greeting import show_greeting
 from bot.history import HISTORY_LIMIT, ChainCache
@@ -31,6 +31,7 @@ from bot.memory import Memory
 from bot.messages import Inbound
 from bot.recovery import Recovered, TargetFor, recover
 from bot.reply import ReplyTarget
+from bot.scenes import Scene, Scenes
 from bot.sequencer import ChatLines
 from bot.swipes import Swipes
 from engine import ChatModel, Sampling
@@ -64,6 +65,7 @@ class Core:
         memory_model: ChatModel | None = None,
         embedder: Embedder | None = None,
         limits: LimitRules | None = None,
+        scenes: SceneSettings | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``answer_backlog_minutes``: after a restart, unanswered messages older than this are
@@ -71,7 +73,8 @@ class Core:
         ``memory``: [memory] (None or disabled: no memory, prompts as without it), with
         ``memory_model`` for its summaries and notes ([memory] base_url) and ``embedder``
         for recall (default: MiniLM, shared with the knowledge files); ``limits``: [limits]
-        (None: nobody is limited, as in most tests), counted on ``clock``."""
+        (None: nobody is limited, as in most tests), counted on ``clock``; ``scenes``:
+        [scenes], who speaks when several characters are in a chat (default: natural)."""
         self.store = store
         self.settings = settings
         self._cast = Cast(characters, default_character)
@@ -115,8 +118,13 @@ class Core:
             memory=self.memory,
             canaries=self.canaries,
         )
+        scenes = scenes or SceneSettings()
+        self.scenes = Scenes(
+            store, self._cast, scenes.policy, scenes.max_chain, scenes.seed, scenes.chats
+        )
         self._intake = Intake(
             store=store,
+            scenes=self.scenes,
             cast=self._cast,
             answerer=self._answerer,
             swipes=self.swipes,
@@ -227,6 +235,20 @@ class Core:
             await self.model.unload_lora(character.name)
         self._cast.with_lora(character.name, path)
         return version
+
+    async def scene(self, platform: str, chat_id: str, default: str | None = None) -> Scene:
+        """The chat's scene: its current character, then those who joined it."""
+        current = await self.current_character(platform, chat_id, default)
+        return await self.scenes.scene(platform, chat_id, current)
+
+    async def join(self, platform: str, chat_id: str, name: str) -> Character:
+        """``name`` joins the chat's scene beside its current character (persisted); it sees
+        the chat from now on. Raises UnknownCharacter."""
+        return await self.scenes.join(platform, chat_id, name)
+
+    async def leave(self, platform: str, chat_id: str, name: str) -> bool:
+        """``name`` leaves the chat's scene; whether it had joined. Raises UnknownCharacter."""
+        return await self.scenes.leave(platform, chat_id, name)
 
     async def start_canary(self, route: CanaryRoute) -> str:
         """Load ``route``'s candidate under its own slot and send its share of people to it;

@@ -12,11 +12,13 @@ from typing import Any
 
 from bot.answering import Answerer, ChatKey, ReplyResult, notice
 from bot.cast import Cast
+from bot.characters import Character
 from bot.errors import CharbotError
 from bot.history import HISTORY_LIMIT, Chain, ChainCache
 from bot.limits import LIMITED, Limits
 from bot.messages import Inbound
 from bot.reply import ReplyTarget
+from bot.scenes import Scenes, Turn, answering_back, next_speakers
 from bot.sequencer import ChatLines, Place
 from bot.swipes import Swipes
 from storage.records import HistoryMessage, NewInbound, StoredInbound
@@ -51,8 +53,10 @@ class Intake:
         lines: ChatLines,
         max_replies: int,
         limits: Limits | None = None,
+        scenes: Scenes | None = None,
     ) -> None:
         self.store = store
+        self.scenes = scenes
         self.cast = cast
         self.answerer = answerer
         self.swipes = swipes
@@ -182,23 +186,74 @@ class Intake:
             async with self._share(msg), self._replying:
                 if self.stopping:
                     return None
-                result = await self.answerer.answer(
-                    key=key,
-                    conversation=stored.conversation_id,
-                    chain=chain,
-                    character=character,
-                    user_name=msg.author_name,
-                    target=target,
-                    answers=stored.message_id,
-                    private=msg.private,
-                )
-            if self.limits is not None:
-                self.limits.used(msg, result.tokens)
-            return result
+                return await self._speak(key, msg, stored, chain, character, target)
         finally:
             if stored is not None:
                 self._taken(key, stored.message_id)
             place.done()
+
+    async def _speak(
+        self,
+        key: ChatKey,
+        msg: Inbound,
+        stored: StoredInbound,
+        chain: Chain,
+        character: Character,
+        target: ReplyTarget,
+    ) -> ReplyResult | None:
+        """Answer the message as ``character`` — or, in a scene of several characters, as
+        each one the chat's policy gives the floor, in turn, each answering the line before
+        it; then let them answer each other up to ``max_chain`` more lines, unless a person
+        writes meanwhile. The last reply."""
+        scene, policy = None, "natural"
+        speakers = [character]
+        if self.scenes is not None:
+            current = self.cast.current(msg, stored)
+            scene = await self.scenes.scene(msg.platform, msg.chat_id, current)
+            policy = self.scenes.policy_for(msg.platform, msg.chat_id)
+            if any(c.name == character.name for c in scene.present):
+                turn = Turn(msg.text, self.cast.asked(msg, stored), _spoke_since(chain))
+                speakers = next_speakers(
+                    policy, scene.present, scene.present[0], turn, self.scenes.rng
+                )
+        if not speakers:  # manual, and nobody named: stored, part of the scene, unanswered
+            await self.store.set_progress([stored.message_id], "answered")
+            return None
+        result, chained = None, 0
+        queue = list(speakers)
+        while queue:
+            speaker = queue.pop(0)
+            result = await self.answerer.answer(
+                key=key,
+                conversation=stored.conversation_id,
+                chain=chain,
+                character=speaker,
+                user_name=msg.author_name,
+                target=target,
+                answers=stored.message_id if result is None else None,
+                private=msg.private,
+                since=scene.seen_from(speaker) if scene is not None else 0,
+            )
+            if self.limits is not None:
+                self.limits.used(msg, result.tokens)
+            grown = self.chains.get(result.reply_id)
+            if result.status != "ok" or grown is None or scene is None:
+                break
+            chain = grown
+            if queue or chained >= self.scenes.max_chain or self._interrupted(key, stored):
+                continue
+            if speaker not in scene.present:  # a guest named from outside the scene
+                continue
+            back = answering_back(policy, scene.present, speaker, result.text)
+            if back:
+                queue.append(back[0])
+                chained += 1
+        return result
+
+    def _interrupted(self, key: ChatKey, stored: StoredInbound) -> bool:
+        """Whether a person's message is waiting in the chat: characters stop answering
+        each other and the floor returns to the people."""
+        return bool(self._waiting.get(key, set()) - {stored.message_id})
 
     def _taken(self, key: ChatKey, message_id: int) -> None:
         """The message's turn has come: it no longer waits."""
@@ -251,3 +306,15 @@ class Intake:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _spoke_since(chain: Chain) -> frozenset[str]:
+    """The characters who spoke since the person's previous message (pooled's rule)."""
+    author = chain[-1].author_id if chain else ""
+    spoke: set[str] = set()
+    for row in reversed(chain[:-1]):
+        if row.role == "user" and row.author_id == author:
+            break
+        if row.role == "assistant" and row.character:
+            spoke.add(row.character.lower())
+    return frozenset(spoke)

@@ -65,6 +65,7 @@ async def open_core(config: Config) -> AsyncIterator[Core]:
             memory=config.memory,
             memory_model=build_memory_model(config),
             limits=config.limits,
+            scenes=config.scenes,
         )
         await core.start()
         core.loras = LoraSwitcher(

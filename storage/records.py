@@ -217,3 +217,12 @@ class Forgotten:
     vectors: int
     summaries: int  # summary rows removed; their conversations are summarised again
     conversations: int
+
+
+@dataclass(frozen=True, slots=True)
+class SceneMember:
+    """A character in a chat's scene by /join: it sees the chat's messages after
+    ``joined_after`` (a message id; 0: every one)."""
+
+    character: str
+    joined_after: int

@@ -249,6 +249,19 @@ class ChatState(Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
 
+class SceneMember(Base):
+    """A character present in a chat's scene beside the chat's current one (``/join``);
+    it sees the chat's lines after ``joined_after`` (a message id; 0: all)."""
+
+    __tablename__ = "scene_members"
+
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    chat_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    character: Mapped[str] = mapped_column(String(128), primary_key=True)
+    joined_after: Mapped[int] = mapped_column(Integer)
+    joined_at: Mapped[float] = mapped_column(Float)
+
+
 class LoraChoice(Base):
     """One choice of a character's LoRA version; the newest not rolled back is current."""
 

@@ -65,6 +65,7 @@ async def make_core(db_url: str) -> AsyncIterator[MakeCore]:
         memory_model: ChatModel | None = None,
         limits: Any = None,
         clock: Any = None,
+        scenes: Any = None,
         **settings: Any,
     ) -> Core:
         store = await Store.open(db_url)
@@ -77,6 +78,7 @@ async def make_core(db_url: str) -> AsyncIterator[MakeCore]:
             memory=memory,
             memory_model=memory_model,
             limits=limits,
+            scenes=scenes,
             **({"clock": clock} if clock is not None else {}),
         )
         await core.start()

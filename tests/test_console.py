@@ -158,9 +158,7 @@ async def test_character_joins_the_scene_and_new_starts_afresh(make_core: MakeCo
     model = FakeModel(["Ahoy.", "Bram here.", "Fresh start."])
     core = await make_core(model=model)
     output = await run_script(core, "Hello!\n/character Bram\nhi Bram\n/new\nagain\n/reset\n")
-    assert "[Bram joins the scene and answers from now on; /new starts a fresh conversation]" in (
-        output
-    )
+    assert "[Bram answers from now on; /new starts a fresh conversation]" in (output)
     # Bram saw the scene so far; after /new the history starts afresh.
     bram = "\n".join(m["content"] for m in model.requests[1].messages if m["role"] != "system")
     assert "Hello!" in bram and "[Aria] Ahoy." in bram and "hi Bram" in bram

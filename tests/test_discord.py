@@ -526,3 +526,30 @@ async def test_a_start_prints_no_voice_library_warnings_but_other_warnings(
     shown = [r.getMessage() for r in caplog.records]
     assert not [m for m in shown if "voice" in m], shown  # PyNaCl, davey: the bot sends no voice
     assert "a warning that matters" in shown
+
+
+async def test_a_message_naming_two_characters_of_the_scene_gets_both_in_order(
+    fake: FakeDiscord, start_bot: StartBot
+) -> None:
+    _, core = await start_bot(["The lamp is lit.", "Course set."], admins=(str(fake.bob.id),))
+    name_bram = [{"name": "name", "type": 3, "value": "Bram"}]
+    await fake.slash("join", name_bram, user=fake.alice)
+    await fake.slash("join", name_bram, user=fake.bob)
+    answers = await fake.wait_for(lambda: fake.sent("POST", r"^/interactions/")[1:])
+    assert "Only an admin" in fake.sent("POST", r"^/interactions/")[0].body["data"]["content"]
+    assert "Bram joins the scene" in answers[0].body["data"]["content"]
+
+    await fake.user_says(mention(fake, "Bram, then Aria: good evening!"), mentions=[fake.bot])
+    bram, aria = await replies_stored(core, 2)
+    assert (bram.character, aria.character) == ("Bram", "Aria")
+    assert aria.parent_id == bram.id  # Aria answers after Bram's line, and sees it
+    shown = [m for m in fake.bot_messages() if m["author"]["username"] != "charbot"]
+    assert [(m["author"]["username"], m["avatar_url"]) for m in shown] == [
+        ("Bram", "http://x/b.png"),
+        ("Aria", "http://x/a.png"),
+    ]
+    assert [visible_text(m["content"]) for m in shown] == ["The lamp is lit.", "Course set."]
+    assert [await core.store.platform_ids(r.id) for r in (bram, aria)] == [
+        [shown[0]["id"]],
+        [shown[1]["id"]],
+    ]

@@ -517,3 +517,42 @@ async def test_stop_during_a_reply_shuts_down_cleanly(
     await asyncio.sleep(0.3)
     assert len(fake.calls("getUpdates")) == polls  # no longer polling
     await adapter.stop()  # a second stop is harmless
+
+
+# -- scenes ---------------------------------------------------------------------------------
+
+
+async def test_a_message_naming_two_characters_of_the_scene_gets_both_in_order(
+    fake: FakeTelegram, start_bot: StartBot
+) -> None:
+    from training.export import iter_records
+
+    _, core = await start_bot(["The lamp is lit.", "And the course is set."])
+    fake.user_says("/join Bram", user_id=ALICE)
+    await until(lambda: fake.calls("sendMessage"))
+    assert "Bram joins the scene" in fake.calls("sendMessage")[0].params["text"]
+
+    fake.user_says("Bram and Aria, good evening!", user_id=ALICE)
+    bram, aria = await replies_stored(core, 2)
+    assert [(bram.character, bram.text), (aria.character, aria.text)] == [
+        ("Bram", "The lamp is lit."),
+        ("Aria", "And the course is set."),
+    ]
+    shown = [m["text"] for m in fake.bot_messages(ALICE)][1:]
+    assert shown == ["Bram\nThe lamp is lit.", "Aria\nAnd the course is set."]
+
+    # Each line is rated and corrected on its own: the 👎 is Bram's, the fix is Aria's.
+    fake.press(int(bram.platform_message_id), VOTE_DOWN, chat_id=ALICE, user_id=BOB)
+    await until(core.store.list_votes)
+    fake.user_says(
+        "/fix The course is set for home.", chat_id=ALICE, reply_to=int(aria.platform_message_id)
+    )
+    await until(core.store.list_corrections)
+    assert [v.message_id for v in await core.store.list_votes()] == [bram.id]
+    assert [c.message_id for c in await core.store.list_corrections()] == [aria.id]
+    records = await asyncio.to_thread(lambda: list(iter_records(core.store, "sft")))
+    ((record,),) = [[r for r in records if r["meta"]["character"] == "Aria"]]
+    assert record["completion"][0]["content"] == "The course is set for home."
+    # Aria's prompt holds Bram's line as another speaker's turn, never as her own.
+    bram_turn = [m for m in record["prompt"] if "The lamp is lit." in m["content"]]
+    assert [m["role"] for m in bram_turn] == ["user"]

@@ -17,6 +17,7 @@ from bot.config.sections import (
     check_loop,
     check_memory,
     check_platform_characters,
+    check_scenes,
     check_storage,
 )
 from bot.config.settings import (
@@ -27,6 +28,7 @@ from bot.config.settings import (
     LoopSettings,
     MemorySettings,
     ModelSettings,
+    SceneSettings,
     TelegramSettings,
     WebSettings,
 )
@@ -45,6 +47,7 @@ _SECTIONS = {
     "telegram": TelegramSettings,
     "web": WebSettings,
     "memory": MemorySettings,
+    "scenes": SceneSettings,
     "loop": LoopSettings,
 }
 _TOP_LEVEL = {
@@ -73,6 +76,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
     storage = check_storage(where, tables["storage"], base)
     bot = check_bot(where, tables["bot"])
     memory = check_memory(where, tables["memory"])
+    scenes = check_scenes(where, tables["scenes"])
     loop = check_loop(where, tables["loop"])
     discord = check_discord(where, tables["discord"])
     global_books = read_global_lorebooks(where, raw.get("lorebooks", {}), base)
@@ -93,6 +97,7 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         storage=storage,
         bot=bot,
         memory=memory,
+        scenes=scenes,
         limits=limits,
         loop=loop,
         characters=tuple(characters),

@@ -13,8 +13,10 @@ from bot.config.settings import (
     DiscordSettings,
     LoopSettings,
     MemorySettings,
+    SceneSettings,
     TelegramSettings,
 )
+from bot.scenes import POLICIES
 from storage.settings import StorageSettings
 
 # SQLAlchemy's own dialects (a third-party one still opens, or gets "install the driver").
@@ -116,6 +118,21 @@ def check_platform_characters(
         for name in mapped:
             if name.lower() not in names:
                 where.fail(f"[{section}]", f"character {name!r} is not configured")
+
+
+def check_scenes(where: Where, scenes: SceneSettings) -> SceneSettings:
+    """[scenes]: a known policy, a chain that is not negative."""
+    for label, policy in (("policy", scenes.policy), *scenes.chats.items()):
+        if policy not in POLICIES:
+            where.fail(f"[scenes] {label}", f"must be one of {', '.join(POLICIES)}")
+    for chat in scenes.chats:
+        if ":" not in chat:
+            where.fail(f"[scenes.chats] {chat}", 'name a chat as "PLATFORM:ID", e.g. "discord:123"')
+    if scenes.max_chain < 0:
+        where.fail(
+            "[scenes] max_chain", "must not be negative (0: characters never answer each other)"
+        )
+    return scenes
 
 
 def check_loop(where: Where, loop: LoopSettings) -> LoopSettings:

@@ -187,6 +187,17 @@ class MemorySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SceneSettings:
+    """[scenes]: who speaks next when several characters are in a chat's scene
+    (docs/scenes.md). A chat with one character is answered by it whatever the policy."""
+
+    policy: str = "natural"  # "natural" | "list" | "pooled" | "manual"
+    max_chain: int = 2  # replies characters may add to each other before people speak
+    seed: int | None = None  # fixed talkativeness rolls (tests, benchmarks); None: random
+    chats: dict[str, str] = field(default_factory=dict)  # "platform:chat_id" -> its policy
+
+
+@dataclass(frozen=True, slots=True)
 class TrainingSettings:
     """[training] (and [training.characters.NAME] overrides): LoRA fine-tuning of a character.
 
@@ -255,6 +266,7 @@ class Config:
     web: WebSettings = field(default_factory=WebSettings)
     bot: BotSettings = field(default_factory=BotSettings)
     memory: MemorySettings = field(default_factory=MemorySettings)
+    scenes: SceneSettings = field(default_factory=SceneSettings)
     limits: LimitRules = field(default_factory=LimitRules)
     loop: LoopSettings = field(default_factory=LoopSettings)
     clean: CleanSettings = field(default_factory=CleanSettings)

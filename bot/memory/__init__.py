@@ -115,9 +115,11 @@ class Memory:
         budget: int,
         user_name: str,
         knowledge: Sequence[str],
+        since: int = 0,
     ) -> FittedPrompt:
         """The reply's prompt with the story so far, notes about the people speaking, and
-        old messages recalled from outside the history it holds."""
+        old messages recalled from outside the history it holds (only newer than message
+        ``since``: a character that joined the scene then never recalls what came before)."""
         count = self._text_tokens
         summary, about = await asyncio.gather(
             self.summaries.current(conversation_id),
@@ -131,7 +133,7 @@ class Memory:
         room = min(self.settings.recall_tokens, budget // 4)
         memory = PromptMemory(story, about, (), room)
         fitted = fit_prompt(self.model, character, chain, budget, user_name, knowledge, memory)
-        lines = await self._recalled(key, chain, fitted.first_row, room) if chain else []
+        lines = await self._recalled(key, chain, fitted.first_row, room, since) if chain else []
         # The history stays where it was fitted: the lines take the room reserved for them.
         used = sum(count(line) + 2 for line in lines)
         memory = PromptMemory(story, about, lines, max(0, room - used))
@@ -140,7 +142,7 @@ class Memory:
         return fit_prompt(self.model, character, chain, budget, user_name, knowledge, memory)
 
     async def _recalled(
-        self, key: ChatKey, chain: Sequence[HistoryMessage], first_row: int, room: int
+        self, key: ChatKey, chain: Sequence[HistoryMessage], first_row: int, room: int, since: int
     ) -> list[str]:
         """Recalled lines, oldest first, within ``room`` tokens: messages of this chat older
         than the oldest one the prompt holds."""
@@ -150,7 +152,7 @@ class Memory:
         recent = " ".join(row.text for row in chain[-QUERY_TURNS:])
         queries = [newest] if recent == newest else [newest, recent]
         try:
-            found = await self.recall.search(key, queries, chain[first_row].id)
+            found = await self.recall.search(key, queries, chain[first_row].id, since)
         except Exception:  # recall is a help, never a reason not to answer
             log.warning("memory: recall failed; answering without it", exc_info=True)
             return []

@@ -86,17 +86,20 @@ class ChatVectors:
         return bad
 
     def search(
-        self, queries: np.ndarray, before: int, k: int, min_score: float
+        self, queries: np.ndarray, before: int, k: int, min_score: float, after: int = 0
     ) -> list[tuple[float, int]]:
-        """The ``k`` best (score, message id) of messages older than ``before``: each
-        message's score is its best cosine over the ``queries`` rows."""
+        """The ``k`` best (score, message id) of messages older than ``before`` and newer
+        than ``after``: each message's score is its best cosine over the ``queries`` rows."""
         end = int(np.searchsorted(self.ids, before))
-        if end == 0 or k == 0:
+        start = int(np.searchsorted(self.ids, after, side="right")) if after else 0
+        if end <= start or k == 0:
             return []
-        scores = (self.matrix[:end] @ queries.T).max(axis=1)
-        k = min(k, end)
+        scores = (self.matrix[start:end] @ queries.T).max(axis=1)
+        k = min(k, end - start)
         top = np.argpartition(-scores, k - 1)[:k]
-        found = [(float(scores[i]), int(self.ids[i])) for i in top if scores[i] >= min_score]
+        found = [
+            (float(scores[i]), int(self.ids[start + i])) for i in top if scores[i] >= min_score
+        ]
         return sorted(found, reverse=True)
 
 
@@ -123,16 +126,17 @@ class Recall:
         self.dim = 0
 
     async def search(
-        self, key: ChatKey, queries: Sequence[str], before: int
+        self, key: ChatKey, queries: Sequence[str], before: int, after: int = 0
     ) -> list[MemoryMessage]:
-        """The messages of chat ``key`` older than message ``before`` that best match
-        ``queries`` (the newest turns), best first."""
+        """The messages of chat ``key`` older than message ``before`` (and newer than
+        ``after``: a character that joined the scene late) that best match ``queries`` (the
+        newest turns), best first."""
         if not queries or self.top_k == 0:
             return []
         vectors = await asyncio.to_thread(self.embedder.encode, list(queries))
         self.dim = vectors.shape[1]
         chat = await self._vectors(key)
-        hits = chat.search(vectors, before, self.top_k, self.min_score)
+        hits = chat.search(vectors, before, self.top_k, self.min_score, after)
         if not hits:
             return []
         found = await self.store.read(lambda conn: sql.messages_by_id(conn, [i for _, i in hits]))
