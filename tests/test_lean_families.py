@@ -265,3 +265,23 @@ def test_a_family_outside_the_fast_path_says_why(tmp_path) -> None:
     assert "sliding-window" in family_of({**qwen2, "use_sliding_window": True})
     assert "yarn" in family_of({**qwen2, "rope_scaling": {"type": "yarn", "factor": 4.0}})
     assert "o_proj" in family_of({"model_type": "qwen3", "attention_bias": True})
+
+
+async def test_the_start_up_line_names_the_path(checkpoints, caplog) -> None:
+    """Through the model process, as `charbot run` starts: the logged line says which path
+    the Qwen3 checkpoint got."""
+    import logging
+
+    from engine.local_backend import LocalModel
+    from engine.native import load as load_kernels
+
+    settings = ModelSettings(base=str(checkpoints["qwen3"].base), dtype="bfloat16", threads=1)
+    model = LocalModel(settings, progress=False)
+    with caplog.at_level(logging.INFO, logger="engine.local_backend"):
+        await model.start()
+    try:
+        copies = "bf16" if load_kernels(settings.cache_dir) is None else "bf16, blocked copies"
+        assert model.path.startswith(f"fast path: qwen3 ({copies}")
+        assert model.path in caplog.text and "loaded" in caplog.text
+    finally:
+        await model.close()
