@@ -41,7 +41,7 @@ MISSING = {
     "gemma2": "sliding-window layers, logit soft-capping, GeGLU",
     "gemma": "GeGLU, (1 + w) RMSNorm, embedding scale",
     "mistral": "sliding-window attention",
-    "phi3": "fused q/k/v and gate/up checkpoints, partial rotary",
+    "phi3": "fused q/k/v and gate/up weights in the checkpoint",
 }
 
 
@@ -89,6 +89,10 @@ def family_of(config: Any) -> Family | str:
         _get(config, "layer_types") or []
     ):
         return f"{model_type} not supported by the fast path (sliding-window layers)"
+    rope = _get(config, "rope_parameters") or _get(config, "rope_scaling") or {}
+    partial = rope.get("partial_rotary_factor") if isinstance(rope, dict) else None
+    if (partial or _get(config, "partial_rotary_factor", 1.0) or 1.0) != 1.0:
+        return f"{model_type} not supported by the fast path (partial rotary)"
     kind = rope_kind(config)
     if kind not in ROPE_TYPES:
         return f"{model_type} not supported by the fast path (rope_type {kind!r})"

@@ -265,6 +265,7 @@ def test_a_family_outside_the_fast_path_says_why(tmp_path) -> None:
     assert "sliding-window" in family_of({**qwen2, "use_sliding_window": True})
     assert "yarn" in family_of({**qwen2, "rope_scaling": {"type": "yarn", "factor": 4.0}})
     assert "o_proj" in family_of({"model_type": "qwen3", "attention_bias": True})
+    assert "partial rotary" in family_of({**qwen2, "partial_rotary_factor": 0.5})
 
 
 async def test_the_start_up_line_names_the_path(checkpoints, caplog) -> None:
