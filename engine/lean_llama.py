@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from engine import huge_pages, native
 from engine import int4 as int4_weights
+from engine.lean_family import family_of
 from engine.lean_layer_calls import LayerCalls, LayerShape
 from engine.lean_lora_terms import add_deltas, lora_term, project, single_term
 from engine.lean_weights import (
@@ -58,7 +59,6 @@ INT4_MAX_ROWS = 6
 # kernels.py, a step's matmuls on one thread: 13.8/13.2/13.6/18.3 ms for 1/2/4/6 rows
 # against oneDNN's 25.8/26.3/20.2/19.7 ms).
 BLOCKED_MAX_ROWS = 4
-ROPE_TYPES = ("default", "linear", "llama3")  # position-only rotary: a table works
 
 
 class LeanLlama:
@@ -82,6 +82,7 @@ class LeanLlama:
         block = functools.partial(native.block_bf16, kernels=kernels) if blocked else None
         inner = model.model
         self.model = model
+        self.family = family_of(config)
         self.embed = inner.embed_tokens
         self.final_norm = inner.norm
         self.lm_head = model.lm_head
@@ -203,23 +204,37 @@ class LeanLlama:
         ``kernels``: charbot's own (engine/native.py); without 4-bit copies, bf16
         steps of up to ``BLOCKED_MAX_ROWS`` rows run on them from blocked copies."""
         try:
-            config = model.config
-            kind = type(model).__name__
-            if kind not in ("LlamaForCausalLM", "StandaloneLlama") or config.model_type != "llama":
-                return None
-            rope = getattr(config, "rope_parameters", None) or {}
-            if rope.get("rope_type", "default") not in ROPE_TYPES:
-                return None
-            if config.attention_bias or config.mlp_bias or config.hidden_act != "silu":
-                return None
-            if getattr(config, "pretraining_tp", 1) != 1:
-                return None
-            if int4 and not int4_shapes_fit(model):
+            if cls.refusal(model, int4=int4) is not None:
                 return None
             return cls(model, pack=pack, int4=int4, quantize=quantize, kernels=kernels)
         except (AttributeError, RuntimeError) as exc:
             log.info("lean Llama forward unavailable: %s", exc)
             return None
+
+    @staticmethod
+    def refusal(model, *, int4: bool = False) -> str | None:
+        """Why the lean path does not serve ``model`` (words for the start-up line), or
+        None where it does: a family of engine/lean_family.py, as its own transformers
+        class or charbot's standalone one."""
+        family = family_of(model.config)
+        if isinstance(family, str):
+            return family
+        kind = type(model).__name__
+        if kind not in (family.architecture, "StandaloneLlama"):
+            return f"{kind} not supported by the fast path"
+        if int4 and not int4_shapes_fit(model):
+            return f"{family.name} with weight shapes the 4-bit kernel cannot take"
+        return None
+
+    def describe(self) -> str:
+        """The start-up line's words for this path: family and the copies it decodes on."""
+        if self.int4:
+            copies = "bf16 + 4-bit copies" if self.dtype == torch.bfloat16 else "4-bit copies"
+        elif self.blocked:
+            copies = "bf16, blocked copies for charbot's kernels"
+        else:
+            copies = str(self.dtype).removeprefix("torch.")
+        return f"fast path: {self.family.name} ({copies})"
 
     def usable(self, registry) -> bool:
         """False when LoRAs touch modules this path does not apply LoRA to."""
@@ -289,7 +304,7 @@ class LeanLlama:
             attn, mlp = layer.self_attn, layer.mlp
             h, x = self._residual_norm(h, pending, layer.input_layernorm.weight, fast)
             qkv = _fused(step, qkv_w, attn, QKV, x)
-            out = self._attention(qkv, shape, positions, rotary, mask, cache, fast)
+            out = self._attention(layer, qkv, shape, positions, rotary, mask, cache, fast)
             o = _single(step, attn, "o_proj", out)
             h, x = self._residual_norm(h, o, layer.post_attention_layernorm.weight, fast)
             gu = _fused(step, gate_up_w, mlp, GATE_UP, x)
@@ -311,7 +326,7 @@ class LeanLlama:
             return self.head_blocked.linear(x).float()
         return self.lm_head(x).float()
 
-    def _attention(self, qkv, shape, positions, rotary, mask, cache, fast) -> torch.Tensor:
+    def _attention(self, layer, qkv, shape, positions, rotary, mask, cache, fast) -> torch.Tensor:
         """Self-attention of a layer from its fused q/k/v output ``[rows, ...]``, updating
         its ``cache``; ``[rows, heads * dim]``. One position per row on charbot's kernels
         (``fast``) is two calls: rotary into the cache, attention (padding masked)."""
@@ -321,7 +336,13 @@ class LeanLlama:
         if rotary is None and self.fast_attention and cache.kbuf is not None:
             buffers = cache.reserve(1)
             q = fast.rope_to_cache(
-                qkv, (heads, kv_heads, dim), self.rope_tables, positions, buffers[:2], buffers[2]
+                qkv,
+                (heads, kv_heads, dim),
+                self.rope_tables,
+                positions,
+                buffers[:2],
+                buffers[2],
+                _qk_norms(layer, self.eps) if self.family.qk_norm else None,
             )
             cache.commit(1)
             q = q.view(batch, kv_heads, self.groups, dim)
@@ -333,6 +354,15 @@ class LeanLlama:
         cos, sin = rotary
         qkv = qkv.view(batch, length, heads + 2 * kv_heads, dim)
         qk = qkv[:, :, :qk_heads]
+        if self.family.qk_norm:  # Qwen3: each head RMS-normed before the rotation
+            attn = layer.self_attn
+            qk = torch.cat(
+                (
+                    self._norm(qk[:, :, :heads], attn.q_norm.weight),
+                    self._norm(qk[:, :, heads:], attn.k_norm.weight),
+                ),
+                dim=2,
+            )
         flipped = qk.unflatten(-1, (2, dim // 2)).flip(-2).flatten(-2)
         qk = (qk * cos).add_(flipped * sin)
         k = qk[:, :, heads:].transpose(1, 2)
@@ -434,6 +464,12 @@ def _rope_tables(rotary, max_positions: int, head_dim: int, dtype) -> tuple:
     # rotate_half(x) * sin == flip(x) * [-sin, sin] (halves swapped; negation is exact)
     sin_signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
     return cos, sin_signed
+
+
+def _qk_norms(layer, eps: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """A Qwen3 layer's q and k norm weights and eps, as charbot's rotary kernel takes them."""
+    attn = layer.self_attn
+    return attn.q_norm.weight, attn.k_norm.weight, eps
 
 
 def _torch_threads(count: int) -> None:

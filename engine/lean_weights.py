@@ -49,6 +49,16 @@ class Fused:
         block: Block | None = None,
     ) -> None:
         weight = torch.cat([m.weight.detach() for m in modules])
+        # Qwen2's q/k/v biases, fused likewise (a module without one adds zeros)
+        biases = [getattr(m, "bias", None) for m in modules]
+        self.bias = None
+        if any(b is not None for b in biases):
+            self.bias = torch.cat(
+                [
+                    torch.zeros(m.out_features, dtype=weight.dtype) if b is None else b.detach()
+                    for m, b in zip(modules, biases, strict=True)
+                ]
+            )
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT) if packed else None
         self.int4 = quantize(weight) if quantize is not None else None
         self.blocked = block(weight) if block is not None else None
@@ -71,7 +81,7 @@ class Fused:
         self, x: torch.Tensor, mode: str | None = None, term: native.LoraTerm | None = None
     ) -> torch.Tensor:
         """``term``: a LoRA term for charbot's kernels (the 4-bit or blocked copy is theirs)."""
-        return matmul(x, mode, term, self.int4, self.blocked, self.packed, self.weight)
+        return matmul(x, mode, term, self.int4, self.blocked, self.packed, self.weight, self.bias)
 
 
 def base_linear(module: torch.nn.Module) -> torch.nn.Module:
@@ -100,20 +110,23 @@ def project_base(
     return matmul(x, mode, term, int4, blocked, packed, base.weight)
 
 
-def matmul(x, mode, term, int4, blocked, packed, weight) -> torch.Tensor:
-    """``x`` times one projection's weight: on its 4-bit copy ``int4`` if ``mode`` is
-    "int4", on its blocked bf16 copy if "blocked" and there is one (with ``term``, a LoRA
-    term, added in charbot's call), else on oneDNN's ``packed`` weight where there is one,
-    else on the plain ``weight``."""
+def matmul(x, mode, term, int4, blocked, packed, weight, bias=None) -> torch.Tensor:
+    """``x`` times one projection's weight (plus ``bias``, if any): on its 4-bit copy
+    ``int4`` if ``mode`` is "int4", on its blocked bf16 copy if "blocked" and there is one
+    (with ``term``, a LoRA term, added in charbot's call), else on oneDNN's ``packed``
+    weight where there is one, else on the plain ``weight``."""
     if term is not None:
-        return (int4 if mode == "int4" else blocked).linear(x, term)
-    if mode == "int4":
-        return int4_weights.linear(x, int4)
-    if mode == "blocked" and blocked is not None:
-        return blocked.linear(x)
-    if packed is not None:
-        return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-    return F.linear(x, weight)
+        out = (int4 if mode == "int4" else blocked).linear(x, term)
+    elif mode == "int4":
+        out = int4_weights.linear(x, int4)
+    elif mode == "blocked" and blocked is not None:
+        out = blocked.linear(x)
+    elif packed is not None:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    else:
+        return F.linear(x, weight, bias)
+    # the copies' kernels take no bias: added after, rounded as charbot's layer call does
+    return out if bias is None else out.add_(bias)
 
 
 def int4_shapes_fit(model) -> bool:

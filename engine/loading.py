@@ -26,6 +26,11 @@ class Loaded:
     weight_bytes: int
 
     @property
+    def path(self) -> str:
+        """Which path serves the model and why, for the start-up line (see :func:`_prepare`)."""
+        return getattr(self.model, "_charbot_path", "plain transformers path")
+
+    @property
     def step_bytes(self) -> int:
         """What a one-row decode step reads from memory (see LeanLlama.step_bytes)."""
         lean = getattr(self.model, "_charbot_lean", None)
@@ -110,7 +115,7 @@ def load_standalone(source: ModelSource, settings: EngineSettings) -> Loaded | N
         config = json.loads((directory / "config.json").read_text())
     except (OSError, ValueError):
         return None  # transformers' loader reports what is wrong with it
-    reason = standalone.plain_llama(config)
+    reason = standalone.unsupported(config)
     if reason is not None:
         log.info("%s: transformers serves it (%s)", settings.base, reason)
         return None
@@ -182,9 +187,16 @@ def _prepare(model, settings: EngineSettings, dtype, store=None, kernels=None) -
         model._charbot_lean = LeanLlama.build(model, pack=pack)  # no Llama: no fast path
     elif int4 and model._charbot_lean is None:
         raise ModelError(
-            f'[model] dtype = "int4" works for Llama-architecture models; {settings.base!r} '
-            'is not one; fix: use dtype = "auto"'
+            f'[model] dtype = "int4" works for the fast path\'s families (llama, qwen2, qwen3); '
+            f"{settings.base!r} is not one ({LeanLlama.refusal(model, int4=True)}); "
+            'fix: use dtype = "auto"'
         )
+    lean = model._charbot_lean
+    if lean is not None:
+        model._charbot_path = lean.describe()
+    else:
+        reason = LeanLlama.refusal(model) or "the fast path could not be built (see the log)"
+        model._charbot_path = f"plain transformers path: {reason}"
     if pack:
         prepack_linears(model)  # what the fast path did not take: o/down, lm_head, others
     if model._charbot_lean is not None:

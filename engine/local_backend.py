@@ -65,6 +65,7 @@ class LocalModel(ChatModel):
         self.weight_bytes = 0  # the base model's parameters, as loaded
         self.step_bytes = 0  # what one one-row decode step reads of them (or their copies)
         self.source_path: str | None = None  # what from_pretrained loaded
+        self.path = ""  # which path serves the model and why (engine/loading.py Loaded.path)
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -109,7 +110,9 @@ class LocalModel(ChatModel):
             scheduler = self._load_in_process(process, source)
         self.dtype = self.dtype.removeprefix("torch.")
         self.load_seconds = time.perf_counter() - started
-        log.info("loaded %s (%s) in %.1fs", source.name, self.dtype, self.load_seconds)
+        log.info(
+            "loaded %s (%s) in %.1fs; %s", source.name, self.dtype, self.load_seconds, self.path
+        )
         return scheduler
 
     def _load_here(self, source: ModelSource) -> SchedulerLike:
@@ -119,7 +122,7 @@ class LocalModel(ChatModel):
         loaded = load_model(source, self.settings)
         self.tokenizer, self.model = loaded.tokenizer, loaded.model
         self.dtype, self.weight_bytes = str(loaded.dtype), loaded.weight_bytes
-        self.step_bytes = loaded.step_bytes
+        self.step_bytes, self.path = loaded.step_bytes, loaded.path
         scheduler = build_scheduler(loaded, self.settings)
         scheduler.start()
         return scheduler
@@ -138,7 +141,7 @@ class LocalModel(ChatModel):
             process.stop()
             raise
         self.dtype, self.weight_bytes = info.dtype, info.weight_bytes
-        self.step_bytes = info.step_bytes
+        self.step_bytes, self.path = info.step_bytes, info.path
         return process
 
     # --- LoRAs -------------------------------------------------------------------------

@@ -74,6 +74,9 @@ class Layer(ctypes.Structure):
         ("dim", ctypes.c_int),
         ("hidden", ctypes.c_int),
         ("inter", ctypes.c_int),
+        ("qkv_bias", ctypes.c_void_p),  # the family's extras (engine/lean_family.py); None: none
+        ("q_norm", ctypes.c_void_p),
+        ("k_norm", ctypes.c_void_p),
     ]
 
     def scratch_per_row(self) -> int:
@@ -94,6 +97,10 @@ def _valid(valid: torch.Tensor | None) -> tuple[int | None, int]:
 def _lora_fields(term: LoraTerm | RowTerms | None) -> tuple[int, int | None, int | None]:
     """A LoRA term as the kernels take it: rank (0: none; negative: per row), A, B.T."""
     return (0, None, None) if term is None else (term.rank, term.a_ptr, term.bt_ptr)
+
+
+def _pointer(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
 
 
 def _shape(weight) -> tuple[int, int]:
@@ -128,6 +135,7 @@ class Kernels:
             *(pointer, size, size, size, size),  # qkv and its shape
             *(pointer, pointer, pointer),  # cos, signed sin, positions
             *(pointer, pointer, pointer, long, long, size),  # q out, cache buffers, column
+            *(pointer, pointer, ctypes.c_float),  # q and k norm weights (or None), their eps
         ]
         self._threads = library.charbot_threads
         self._threads.argtypes = [size]
@@ -152,13 +160,16 @@ class Kernels:
         positions: torch.Tensor,
         buffers: tuple[torch.Tensor, torch.Tensor],
         column: int,
+        norms: tuple[torch.Tensor, torch.Tensor, float] | None = None,
     ) -> torch.Tensor:
         """Rotary embedding for one position per row of the fused q/k/v output ``qkv``
         ``[rows, (heads + 2 kv_heads) * dim]`` (``shape``: heads, kv_heads, dim; ``tables``:
         cos and signed sin ``[positions, dim]``): the rotated keys and the values are written
         into the cache ``buffers`` at ``column``, the rotated queries returned ``[rows,
-        heads * dim]``."""
+        heads * dim]``. ``norms``: (q norm weight, k norm weight, eps) applied to each query
+        and key head first (Qwen3), or None."""
         heads, kv_heads, dim = shape
+        q_norm, k_norm, eps = (None, None, 0.0) if norms is None else norms
         rows = qkv.shape[0]
         keys, values = buffers
         q = torch.empty(rows, heads * dim, dtype=torch.bfloat16)
@@ -167,6 +178,7 @@ class Kernels:
             *(tables[0].data_ptr(), tables[1].data_ptr(), positions.contiguous().data_ptr()),
             *(q.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.stride(0), keys.stride(1)),
             column,
+            *(_pointer(q_norm), _pointer(k_norm), eps),
         )
         if status != 0:
             raise ValueError(f"charbot's rotary kernel refused a head size of {dim}")

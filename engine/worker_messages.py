@@ -64,13 +64,15 @@ class ErrorReport:
 @dataclass(frozen=True)
 class ModelInfo:
     """What the model process loaded: the dtype's name ("torch.bfloat16"), the bytes of
-    the weights and of what one one-row decode step reads, and which engine serves it
-    ("standalone" or "transformers")."""
+    the weights and of what one one-row decode step reads, which engine serves it
+    ("standalone" or "transformers"), and which path and why, for the start-up line
+    ("fast path: qwen2 (bf16 + 4-bit copies)", "plain transformers path: …")."""
 
     dtype: str
     weight_bytes: int
     step_bytes: int
     engine: str
+    path: str = ""
 
 
 # --- parent → model process ------------------------------------------------------------------

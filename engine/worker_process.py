@@ -80,7 +80,7 @@ def serve(conn: Connection, settings: EngineSettings, source: ModelSource, windo
     child.scheduler = scheduler
     threading.Thread(target=child.read, name="charbot-pipe", daemon=True).start()
     engine = "transformers" if scheduler.registry.transformers else "standalone"
-    info = ModelInfo(str(loaded.dtype), loaded.weight_bytes, loaded.step_bytes, engine)
+    info = ModelInfo(str(loaded.dtype), loaded.weight_bytes, loaded.step_bytes, engine, loaded.path)
     child.post(Ready(info))
     scheduler.run_forever()
     child.post(Stopped())

@@ -18,7 +18,7 @@ import pytest
 from bot.config import ModelSettings
 from engine import GenerationRequest, LoraSpec, Sampling
 from engine.errors import LoraLoadError
-from engine.standalone import find_checkpoint, plain_llama
+from engine.standalone import find_checkpoint, unsupported
 
 pytest.importorskip("torch")
 
@@ -169,12 +169,14 @@ print(sorted(m for m in ("transformers", "peft") if m in sys.modules))
 
 def test_what_goes_to_transformers():
     plain = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
-    assert plain_llama(plain) is None
-    assert plain_llama({**plain, "rope_parameters": {"rope_type": "default"}}) is None
-    assert "llama3" in plain_llama({**plain, "rope_scaling": {"rope_type": "llama3"}})
-    assert "mistral" in plain_llama({"model_type": "mistral"})
-    assert plain_llama({**plain, "attention_bias": True}) == "attention_bias"
-    assert "gelu" in plain_llama({**plain, "hidden_act": "gelu"})
+    assert unsupported(plain) is None
+    assert unsupported({**plain, "rope_parameters": {"rope_type": "default"}}) is None
+    assert unsupported({**plain, "rope_scaling": {"rope_type": "llama3"}}) is None
+    assert "yarn" in unsupported({**plain, "rope_scaling": {"rope_type": "yarn"}})
+    assert "mistral" in unsupported({"model_type": "mistral"})
+    assert "attention_bias" in unsupported({**plain, "attention_bias": True})
+    assert "gelu" in unsupported({**plain, "hidden_act": "gelu"})
+    assert unsupported({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}) is None
 
 
 def test_checkpoints_are_found_in_a_directory_or_the_hub_cache(tmp_path, monkeypatch):
