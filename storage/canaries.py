@@ -7,7 +7,8 @@ switches, so a canary started by the CLI in another process reaches it within se
 
 :func:`canary_evidence` reads what the online comparison needs — the replies each version
 wrote since the canary started, every person's first reaction to them, and the swipe choices
-among their takes — as plain records; the judging is in ``training/compare.py``.
+among their takes — as plain records; the judging is in ``bot/compare.py``, called by
+``bot/canary_admin.py``.
 """
 
 from __future__ import annotations

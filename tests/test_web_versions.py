@@ -213,3 +213,42 @@ async def test_switching_needs_the_csrf_token(browser: Browser) -> None:
         response = await browser.client.post(url, data={"character": "Mara", "version": "v2"})
         assert response.status_code == 403 and "CSRF" in response.json()["error"]
     assert await lora_choices.current_choices(browser.core.store) == {}
+
+
+async def test_a_live_canary_shows_its_posteriors_and_its_buttons_end_it(
+    browser: Browser, config_path: Path
+) -> None:
+    from storage import canaries
+
+    store = browser.core.store
+    loras = config_path.parent / "data" / "loras"
+    path = str(loras / "Mara" / "v0002-00000002")
+    await canaries.start_canary(store, "Mara", "v0002-00000002", path, 0.2, None, "cli")
+
+    page = (await browser.get("/characters")).text
+    assert "Canary: v0002-00000002 for 20% of people, against base" in page
+    assert page.count("<polyline") == 2  # one posterior per version
+    assert "Decision: <strong>continue</strong>" in page and "0/100 ratings" in page
+    for action in ("promote", "rollback", "stop"):
+        assert f'name="action" value="{action}"' in page
+
+    answer = await browser.form("/characters/canary", {"character": "mara", "action": "promote"})
+    assert answer.status_code == 303
+    page = (await browser.get("/characters")).text
+    assert "Mara: canary promoted; everyone meets v0002-00000002" in page
+    assert "Canary:" not in page
+    assert in_use(page, "Mara") == "v0002-00000002"
+    assert (await lora_choices.current_choices(store))["mara"].version == "v0002-00000002"
+    (ended,) = await canaries.history(store, "Mara")
+    assert (ended.outcome, ended.ended_by) == ("promoted", "studio")
+
+    await browser.form("/characters/canary", {"character": "Mara", "action": "stop"})
+    assert "Mara has no canary running" in (await browser.get("/characters")).text
+
+
+def test_the_plotted_posterior_is_a_density_peaking_at_the_rate() -> None:
+    from adapters.web.canary import POINTS, beta_density
+
+    density = beta_density(30, 10)
+    assert abs(sum(density) / POINTS - 1) < 0.01
+    assert abs((density.index(max(density)) + 0.5) / POINTS - 0.75) < 0.01

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from typing import Any
 
+from bot.canary_admin import ENDINGS, finish
+from bot.canary_admin import judge as judge_canary
 from bot.config import Config
 from bot.errors import CharbotError
 from bot.loras import BASE, check_base, find_version
@@ -111,34 +112,18 @@ async def canary_command(
         )
         return ""
     if args.action == "promote":
-        await lora_choices.record_choice(store, name, live.version, live.path, "canary")
-        await canaries.end_canary(store, name, "promoted", "cli")
+        await finish(store, name, "promote", "cli")
         return f"{name} now speaks with {live.version} for everyone; {wait}"
-    outcome = "stopped" if args.action == "stop" else "rolled back"
-    await canaries.end_canary(store, name, outcome, "cli")
+    await finish(store, name, args.action, "cli")
     return (
-        f"{name}: the canary of {live.version} is {outcome}; everyone meets "
+        f"{name}: the canary of {live.version} is {ENDINGS[args.action]}; everyone meets "
         f"{live.baseline or BASE}; {wait}"
     )
 
 
 async def judge(config: Config, store: Any, live: Any, now: float | None = None) -> Any:
     """The comparison of the canary ``live`` by [loop]'s rule."""
-    from bot.compare import compare
-    from storage.canaries import canary_evidence
-
-    evidence = await canary_evidence(store, live)
-    days = ((now or time.time()) - live.started_at) / 86400
-    return compare(
-        live.character,
-        live.baseline,
-        live.version,
-        live.share,
-        days,
-        evidence.ratings,
-        evidence.swipes,
-        config.loop,
-    )
+    return await judge_canary(store, live, config.loop, now)
 
 
 def _table(c: Any) -> str:

@@ -1,6 +1,6 @@
 """Characters and their LoRA versions (/characters): the persona, every version with its
 metadata, evaluation figures (each beside the compared version's), live 👍 rate, and
-buttons to use or roll back a version.
+buttons to use or roll back a version; a live canary above them (adapters/web/canary.py).
 
 The buttons go through the running bot's :class:`bot.loras.LoraSwitcher` — the same
 persisted choice as ``charbot loras use`` and ``rollback``, applied to this process at
@@ -15,6 +15,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from adapters.web.canary import end as end_canary
+from adapters.web.canary import panels as canary_panels
 from adapters.web.context import flash, form_csrf, guarded, render, studio_of
 from adapters.web.evaluation import CORRECTED, FIGURES, HELDOUT, Evaluation, Figure
 from bot.characters import Character
@@ -97,7 +99,12 @@ async def characters_page(request: Request) -> Response:
             )
         )
     return render(
-        request, "characters.html", cards=cards, switchable=core.loras is not None, base=BASE
+        request,
+        "characters.html",
+        cards=cards,
+        switchable=core.loras is not None,
+        base=BASE,
+        canaries=await canary_panels(request),
     )
 
 
@@ -133,4 +140,5 @@ ROUTES = [
     ("/characters", guarded(characters_page, admin=True), ["GET"]),
     ("/characters/use", guarded(use, admin=True), ["POST"]),
     ("/characters/rollback", guarded(rollback, admin=True), ["POST"]),
+    ("/characters/canary", guarded(end_canary, admin=True), ["POST"]),
 ]
