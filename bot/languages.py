@@ -29,7 +29,7 @@ ENGLISH = (
 )
 FIX = (
     'set [model] base to a multilingual model, e.g. "Qwen/Qwen2.5-0.5B-Instruct" or '
-    '"google/gemma-3-1b-it" (README: Models)'
+    '"google/gemma-3-1b-it" (docs/configuration.md, Languages)'
 )
 # (first, last code point, script); the first match wins.
 _RANGES = (
