@@ -26,6 +26,7 @@ from bot.greeting import show_greeting
 from bot.history import HISTORY_LIMIT, ChainCache
 from bot.intake import Intake
 from bot.knowledge import Embedder, Knowledge
+from bot.languages import script_warnings
 from bot.limits import Limits
 from bot.memory import Memory
 from bot.messages import Inbound
@@ -213,6 +214,16 @@ class Core:
         """One line for the start, when chats keep a character they chose with /character
         over ``default_character`` (which answers only chats that never chose)."""
         return default_rule(self.default_character.name, await self.store.chosen_characters())
+
+    def script_warnings(self) -> list[str]:
+        """One line per character whose card is mostly in a script the base model's tokenizer
+        handles badly (bot.languages): what it cannot write, and the fix."""
+        empty = self.model.count_tokens([{"role": "user", "content": ""}])
+
+        def count(text: str) -> int:
+            return self.model.count_tokens([{"role": "user", "content": text}]) - empty
+
+        return script_warnings(self.characters, count, self.settings.base)
 
     def character(self, name: str) -> Character:
         """Look up a character by name (case-insensitive); raises UnknownCharacter."""

@@ -35,6 +35,8 @@ async def run_command(config: Config, args: argparse.Namespace) -> int:
         try:
             if rule := await core.default_rule():
                 print(f"charbot: {rule}", file=sys.stderr)
+            for line in core.script_warnings():
+                print(f"charbot: {line}", file=sys.stderr)
             await _start(adapters, console, started)
             await _until_stopped(stop, console)
         finally:
