@@ -135,7 +135,12 @@ class Core:
             limits=self.limits,
         )
         self._feedback = Feedback(
-            store=store, cast=self._cast, answerer=self._answerer, chains=chains, lines=self._lines
+            store=store,
+            cast=self._cast,
+            answerer=self._answerer,
+            chains=chains,
+            lines=self._lines,
+            scenes=self.scenes,
         )
 
     @property

@@ -10,6 +10,7 @@ from bot.answering import Answerer, ReplyResult
 from bot.cast import Cast
 from bot.history import HISTORY_LIMIT, ChainCache
 from bot.reply import ReplyTarget
+from bot.scenes import Scenes
 from bot.sequencer import ChatLines
 from storage.records import StoredMessage
 from storage.store import Store
@@ -26,7 +27,9 @@ class Feedback:
         answerer: Answerer,
         chains: ChainCache,
         lines: ChatLines,
+        scenes: Scenes | None = None,
     ) -> None:
+        self.scenes = scenes
         self.store = store
         self.cast = cast
         self.answerer = answerer
@@ -75,6 +78,12 @@ class Feedback:
         try:
             await place.wait()
             character = self.cast.first_known(row.character)
+            # A character that joined the scene late sees only its part of the chat here too.
+            since = (
+                await self.scenes.joined_after(platform, chat_id, character.name)
+                if self.scenes is not None
+                else 0
+            )
             return await self.answerer.answer(
                 key=key,
                 conversation=row.conversation_id,
@@ -84,6 +93,7 @@ class Feedback:
                 user_name=parent.author_name if parent is not None else "user",
                 target=target,
                 regenerated_from=row.regenerated_from_id or row.id,
+                since=since,
             )
         finally:
             place.done()

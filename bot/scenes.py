@@ -155,6 +155,14 @@ class Scenes:
                 since[character.name.lower()] = member.joined_after
         return Scene(tuple(present), since)
 
+    async def joined_after(self, platform: str, chat_id: str, name: str) -> int:
+        """The message ``name`` joined the chat's scene after (0: it was not a joined member,
+        so it sees the whole chat, as the chat's own character does)."""
+        for member in await rows.members(self.store, platform, chat_id):
+            if member.character.lower() == name.lower():
+                return member.joined_after
+        return 0
+
     async def join(self, platform: str, chat_id: str, name: str) -> Character:
         """``name`` joins the chat's scene (raises UnknownCharacter)."""
         character = self.cast.get(name)

@@ -108,6 +108,15 @@ async def test_a_character_that_joined_late_never_sees_the_earlier_lines(
     assert "4417" not in seen and "what is the code" not in seen
     mara = [r for r in model.requests if r.lora_name == "Mara"][-1]
     assert "4417" in " ".join(str(m["content"]) for m in mara.messages)
+    # Another take of Bram's line (a swipe) sees no more than the first one did.
+    bram_row = next(
+        r
+        for r in await core.store.list_messages()
+        if r.character == "Bram" and r.role == "assistant"
+    )
+    await core.regenerate("test", "c1", bram_row.platform_message_id or "", RecordingTarget())
+    again = [r for r in model.requests if r.lora_name == "Bram"][-1]
+    assert again is not bram and "4417" not in " ".join(str(m["content"]) for m in again.messages)
     assert await core.leave("test", "c1", "Bram") is True
     assert [c.name for c in (await core.scene("test", "c1")).present] == ["Mara"]
 
