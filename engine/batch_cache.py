@@ -130,6 +130,68 @@ class BatchKV:
         self.positions = valid.sum(-1)
         return ids, mask[:, None], positions
 
+    def prefill_inputs_cached(
+        self, prompts: list[list[int]], cached: list[torch.Tensor | None], pad_id: int
+    ):
+        """As :meth:`prefill_inputs`, for prompts whose first tokens' keys and values are
+        known: ``cached[row]`` ``[layers, 2, kv_heads, n, head_dim]`` for the first ``n``
+        tokens of ``prompts[row]`` (None: none). The layers start with them; the inputs
+        are the last ``S`` tokens of every row, ``S`` the most any row has to compute —
+        a row with fewer uses only part of its cached tokens (it recomputes the rest),
+        so every row is one run of real columns after its left padding, as in a prefill."""
+        known = [0 if kv is None else kv.shape[3] for kv in cached]
+        width = max(len(p) - n for p, n in zip(prompts, known, strict=True))
+        used = [max(0, len(p) - width) for p in prompts]  # cached columns taken per row
+        start = max(used)  # the cached part's width
+        if start == 0:
+            return self.prefill_inputs(prompts, pad_id)
+        total = start + width
+        rows = len(prompts)
+        ids = torch.full((rows, width), pad_id, dtype=torch.long)
+        valid = torch.zeros((rows, total), dtype=torch.bool)
+        for row, prompt in enumerate(prompts):
+            tail = prompt[used[row] :]
+            ids[row, width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
+            valid[row, total - len(prompt) :] = True
+        sample = next(kv for kv in cached if kv is not None)
+        _, _, heads, _, dim = sample.shape
+        for index, layer in enumerate(self.layers):
+            # zeros, not empty: padding columns are masked, but NaN garbage there would
+            # still poison attention (NaN * 0 = NaN)
+            shape = (rows, heads, total + HEADROOM, dim)
+            layer.kbuf = sample.new_zeros(shape)
+            layer.vbuf = sample.new_zeros(shape)
+            for row, kv in enumerate(cached):
+                if used[row]:
+                    first = start - used[row]
+                    layer.kbuf[row, :, first:start] = kv[index, 0, :, : used[row]]
+                    layer.vbuf[row, :, first:start] = kv[index, 1, :, : used[row]]
+            layer.is_initialized = True  # transformers' DynamicLayer reads these
+            layer.dtype, layer.device = sample.dtype, sample.device
+            layer.length = 0
+            layer.commit(start)
+        # queries: the last ``width`` columns; each sees the real columns up to itself,
+        # and padding queries themselves (a fully masked row makes NaNs in sdpa)
+        causal = torch.ones((width, total), dtype=torch.bool).tril(diagonal=start)
+        mask = causal[None] & valid[:, None, :]
+        mask[:, torch.arange(width), torch.arange(start, total)] = True
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)[:, start:]
+        self.valid = valid
+        self.positions = valid.sum(-1)
+        return ids, mask[:, None], positions
+
+    def row_kv(self, row: int, start: int, end: int) -> torch.Tensor:
+        """A new tensor ``[layers, 2, kv_heads, end - start, head_dim]`` of the keys and
+        values of tokens ``start:end`` of ``row`` (counted from its first real column)."""
+        first = int(self.valid[row].long().argmax())  # rows are left-padded runs
+        a, b = first + start, first + end
+        pairs = [torch.stack((lay.kbuf[row, :, a:b], lay.vbuf[row, :, a:b])) for lay in self.layers]
+        return torch.stack(pairs)
+
+    def row_tokens(self, row: int) -> int:
+        """How many real columns ``row`` has (its tokens with keys and values)."""
+        return int(self.valid[row].sum())
+
     def decode_inputs(self):
         """Append one real column for every row; return the mask and position ids for it."""
         self.valid = torch.cat([self.valid, self.valid.new_ones((self.rows, 1))], dim=1)

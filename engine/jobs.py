@@ -35,6 +35,7 @@ class Job:
     generator: torch.Generator | None = None
     last_token: int = 0
     used: set[int] = field(default_factory=set)  # tokens generated so far (repetition penalty)
+    tokens: list[int] = field(default_factory=list)  # the same in order (the prefix cache)
     submitted: float = field(default_factory=time.perf_counter)
 
 

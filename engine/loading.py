@@ -230,6 +230,7 @@ def build_scheduler(loaded: Loaded, settings: EngineSettings, **extra):
     """A Scheduler over ``loaded`` with the settings' batching limits."""
     from engine.direct_loras import DirectLoras
     from engine.lora_registry import LoraRegistry
+    from engine.prefix_cache import PrefixCache
     from engine.scheduler import Scheduler
     from engine.settings import parse_threads
     from engine.standalone import StandaloneLlama
@@ -249,6 +250,7 @@ def build_scheduler(loaded: Loaded, settings: EngineSettings, **extra):
         max_batch_size=settings.max_batch_size,
         batch_wait_ms=settings.batch_wait_ms,
         max_queue=settings.max_queue,
+        prefixes=PrefixCache(settings.kv_cache_mb << 20) if settings.kv_cache_mb > 0 else None,
         **extra,
     )
 

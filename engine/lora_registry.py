@@ -12,6 +12,7 @@ import contextlib
 import json
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,9 @@ class LoraRegistry:
         self._row_loras: list[str] | None = None
         self.multi = MultiLora(dtype)
         self._hooked: set[int] = set()
+        # called with a peft name once its weights are gone (the prefix cache drops its
+        # keys and values: they were computed with those weights)
+        self.on_delete: list[Callable[[str], None]] = []
 
     @property
     def forward_model(self):
@@ -129,6 +133,8 @@ class LoraRegistry:
             return
         self.loaded.pop((entry.name, entry.path), None)
         self._delete(entry.peft_name)
+        for listener in self.on_delete:
+            listener(entry.peft_name)
 
     def _delete(self, peft_name: str) -> None:
         """Drop a loaded LoRA's weights."""

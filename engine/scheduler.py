@@ -25,7 +25,8 @@ from engine.batch_cache import BatchKV
 from engine.errors import Busy, ModelError
 from engine.jobs import Job, send_to_loops
 from engine.lora_registry import LoraRegistry
-from engine.scheduler_like import SchedulerStats
+from engine.prefix_cache import Block, PrefixCache
+from engine.scheduler_like import PrefixStats, SchedulerStats
 from engine.threads import ThreadPolicy
 
 PREFILL_TOKENS = 4096  # padded prompt tokens per prefill forward
@@ -51,7 +52,10 @@ class Scheduler:
         max_queue: int = 64,
         send: Callable[[list[tuple[Job, tuple[str, Any]]]], None] | None = None,
         threads: ThreadPolicy | None = None,
+        prefixes: PrefixCache | None = None,
     ) -> None:
+        """``prefixes``: keys and values of earlier prompts and replies, so a prompt that
+        starts like one of them computes only the rest (None: every prompt in full)."""
         self.registry = registry
         self.eos_ids = eos_ids
         self.pad_id = pad_id
@@ -75,6 +79,10 @@ class Scheduler:
         self.decode_seconds = 0.0  # time in decode steps: row_steps / this = decode tok/s
         # The lean Llama forward (engine/lean_llama.py) built at load time, if any.
         self.lean = getattr(registry.base, "_charbot_lean", None)
+        self.prefixes = prefixes
+        if prefixes is not None:
+            # keys and values computed with a LoRA's weights die with them
+            registry.on_delete.append(prefixes.drop)
 
     # --- called from other threads --------------------------------------------------------
     def start(self) -> None:
@@ -132,6 +140,10 @@ class Scheduler:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def prefix_stats(self) -> PrefixStats:
+        return PrefixStats() if self.prefixes is None else self.prefixes.stats()
+
     def stats(self) -> SchedulerStats:
         """The counters now (the model process sends them with every message)."""
         return SchedulerStats(
@@ -145,6 +157,7 @@ class Scheduler:
             current_loras=self.current_loras(),
             thread_count=self.thread_count,
             thread_changes=self.thread_changes,
+            prefix_stats=self.prefix_stats,
         )
 
     def submit(self, job: Job) -> None:
@@ -203,6 +216,9 @@ class Scheduler:
             try:
                 # Grad is off for this thread (not inference_mode: LoRAs loaded between
                 # steps must stay ordinary tensors that peft can modify later).
+                # finished rows first: their conversations go into the prefix cache
+                # before a request admitted now (their next turn, perhaps) looks there
+                self._drop_finished()
                 if admitted:
                     self._admit(admitted)
                 self._drop_finished()
@@ -231,17 +247,22 @@ class Scheduler:
             ready.append(job)
         if not ready:
             return
+        matches = {job: self._cached_prefix(job) for job in ready}
+
+        def computed(job: Job) -> int:  # the tokens its prefill computes
+            return len(job.prompt) - sum(len(block.tokens) for block in matches[job])
+
         # Similar lengths prefill together (less padding), in groups of bounded size so a
         # burst of long prompts neither pads wastefully nor builds huge attention masks.
-        ready.sort(key=lambda job: len(job.prompt))
+        ready.sort(key=computed)
         groups: list[list[Job]] = [[]]
         for job in ready:
-            if groups[-1] and (len(groups[-1]) + 1) * len(job.prompt) > PREFILL_TOKENS:
+            if groups[-1] and (len(groups[-1]) + 1) * computed(job) > PREFILL_TOKENS:
                 groups.append([])
             groups[-1].append(job)
         for index, group in enumerate(groups):
             try:
-                self._prefill(group)
+                self._prefill(group, [matches[job] for job in group])
             except Exception as exc:
                 # The running batch is untouched; only these requests fail.
                 failed = [job for later in groups[index:] for job in later]
@@ -251,11 +272,25 @@ class Scheduler:
                 self._send([(job, ("error", error)) for job in failed])
                 return
 
-    def _prefill(self, jobs: list[Job]) -> None:
+    def _cached_prefix(self, job: Job) -> list[Block]:
+        """The cached blocks ``job``'s prompt starts with, on its LoRA (none: [])."""
+        if self.prefixes is None:
+            return []
+        return self.prefixes.match(job.peft_name, job.prompt)
+
+    def _prefill(self, jobs: list[Job], matches: list[list[Block]]) -> None:
         layers = len(self.registry.base.model.layers)
         kv = BatchKV(layers, len(jobs), transformers=self.registry.transformers)
-        ids, mask, positions = kv.prefill_inputs([j.prompt for j in jobs], self.pad_id)
+        prompts = [j.prompt for j in jobs]
+        if any(matches):
+            assert self.prefixes is not None
+            cached = [self.prefixes.gather(chain) for chain in matches]
+            ids, mask, positions = kv.prefill_inputs_cached(prompts, cached, self.pad_id)
+        else:
+            ids, mask, positions = kv.prefill_inputs(prompts, self.pad_id)
         logits = self._call_model(jobs, ids, mask, positions, kv, prefill=True)
+        for row, job in enumerate(jobs):
+            self._keep_prefix(job, job.prompt, kv, row)
         if self._kv is None:
             self._kv = kv
         else:
@@ -302,6 +337,7 @@ class Scheduler:
             job.generated += 1
             job.last_token = token
             job.used.add(token)
+            job.tokens.append(token)
             if token in self.eos_ids:
                 job.cancelled = True  # finished: dropped before the next step
                 events.append((job, ("done", ("stop", job.lora_version))))
@@ -336,8 +372,12 @@ class Scheduler:
         keep = [i for i, job in enumerate(self._rows) if not job.cancelled]
         if len(keep) == len(self._rows):
             return
-        for job in self._rows:
+        for row, job in enumerate(self._rows):
             if job.cancelled:
+                # the conversation so far (its last token was never fed): the next turn
+                # starts with it
+                assert self._kv is not None
+                self._keep_prefix(job, job.prompt + job.tokens[:-1], self._kv, row)
                 self.registry.release(job.peft_name)
         self._rows = [self._rows[i] for i in keep]
         if not self._rows:
@@ -346,6 +386,12 @@ class Scheduler:
         else:
             assert self._kv is not None
             self._kv.select(keep)
+
+    def _keep_prefix(self, job: Job, tokens: list[int], kv: BatchKV, row: int) -> None:
+        """Cache the keys and values of ``tokens``, ``row`` of ``kv``, under its LoRA."""
+        if self.prefixes is None or kv.row_tokens(row) != len(tokens):
+            return  # (a mismatch would mean the row is not what we think: keep nothing)
+        self.prefixes.insert(job.peft_name, tokens, lambda a, b: kv.row_kv(row, a, b))
 
     def _fail_all(self, error: Exception, *, include_waiting: bool = False) -> None:
         jobs = list(self._rows)

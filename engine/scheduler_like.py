@@ -93,6 +93,32 @@ class SchedulerLike(Protocol):
         """How often the thread policy changed the count."""
         ...
 
+    @property
+    def prefix_stats(self) -> PrefixStats:
+        """The prefix cache's counters (all 0 without one)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PrefixStats:
+    """The prefix cache's counters (engine/prefix_cache.py): its size and bound in bytes,
+    blocks held, prompts looked up and how many reused a cached prefix, their tokens and
+    how many of those came from the cache, blocks evicted."""
+
+    bytes: int = 0
+    max_bytes: int = 0
+    blocks: int = 0
+    lookups: int = 0
+    hits: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    evicted: int = 0
+
+    @property
+    def token_hit_rate(self) -> float:
+        """The share of prompt tokens whose keys and values came from the cache."""
+        return self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
 
 @dataclass(frozen=True)
 class SchedulerStats:
@@ -109,3 +135,4 @@ class SchedulerStats:
     current_loras: Mapping[str, str] = field(default_factory=dict)
     thread_count: int | None = None
     thread_changes: int = 0
+    prefix_stats: PrefixStats = field(default_factory=PrefixStats)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import Busy, ModelError
 from engine.jobs import Job, send_to_loops
 from engine.local_files import ModelSource
-from engine.scheduler_like import SchedulerStats
+from engine.scheduler_like import PrefixStats, SchedulerStats
 from engine.settings import EngineSettings, engine_settings
 from engine.worker_messages import (
     AddStopIds,
@@ -287,6 +287,10 @@ class ProcessScheduler:
     @property
     def waiting(self) -> int:
         return self._stats.waiting
+
+    @property
+    def prefix_stats(self) -> PrefixStats:
+        return self._stats.prefix_stats
 
     @property
     def steps(self) -> int:

@@ -36,6 +36,8 @@ def check_model(
         _check_openai(where, model)
     _check_sampling(where, model)
     _check_sizes(where, model)
+    if model.kv_cache_mb < 0:
+        where.fail("[model] kv_cache_mb", "must not be negative (0 turns the prefix cache off)")
     _check_engine(where, model)
     return dataclasses.replace(model, cache_dir=resolve(base, model.cache_dir))
 
