@@ -22,6 +22,12 @@ from engine.errors import ModelError
 # A complete cache holds these; a directory without them is ignored and rebuilt.
 REQUIRED = ("config.json", "model.safetensors", "tokenizer_config.json")
 
+
+def is_complete(directory: Path) -> bool:
+    """Whether ``directory`` holds a finished conversion (a killed one never does)."""
+    return all((directory / name).is_file() for name in REQUIRED)
+
+
 # Gemma's turn format (its instruction-tuned models use it). The pre-trained Gemma 3 file
 # carries no chat template, and the bot cannot build a prompt without one; a LoRA trained
 # on this layout teaches the base to answer in it.
@@ -35,10 +41,6 @@ GEMMA_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
-
-
-def is_complete(directory: Path) -> bool:
-    return all((directory / name).is_file() for name in REQUIRED)
 
 
 def cache_name(gguf_path: Path) -> str:
@@ -77,7 +79,7 @@ def convert_once(gguf_path: Path, target: Path, *, label: str, progress: bool = 
         else:
             _convert_with_transformers(gguf_path, tmp, arch)
         bar.update()
-        _publish(tmp, target)
+        publish(tmp, target)
         bar.update()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -93,7 +95,9 @@ def _plain_llama(gguf_path: Path) -> bool:
     return read_metadata(gguf_path).get("llama.rope.scaling.type") in (None, "none")
 
 
-def _publish(tmp: Path, target: Path) -> None:
+def publish(tmp: Path, target: Path) -> None:
+    """Move the finished conversion ``tmp`` into place as ``target`` (another process may
+    have finished the same conversion first: then its copy stands and ``tmp`` goes)."""
     if target.exists() and not is_complete(target):  # a leftover from an older layout
         shutil.rmtree(target)
     try:

