@@ -21,7 +21,8 @@ from engine.local_backend import LocalModel
 from tests import tiny_gemma
 from tests.conftest import MakeCore
 from tests.fake_telegram import FakeTelegram
-from tests.test_telegram import ALICE, TOKEN, replies_stored, until
+from tests.polling import until
+from tests.test_telegram import ALICE, TOKEN, replies_stored
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "korean.toml"

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from bot.characters import Character
@@ -16,6 +15,7 @@ from bot.scenes import Turn, answering_back, named_in, next_speakers
 from engine import Chunk, GenerationRequest
 from tests.conftest import MakeCore
 from tests.fakes import FakeModel, RecordingTarget
+from tests.polling import until
 
 MARA, BRAM = Character(name="Mara"), Character(name="Bram")
 IRIS = Character(name="Iris", extensions={"talkativeness": "0.0"})
@@ -142,9 +142,9 @@ async def test_a_person_writing_during_a_chain_takes_the_floor_back(make_core: M
     await core.set_character("test", "c1", "Mara")
     await core.join("test", "c1", "Bram")
     first = asyncio.create_task(core.handle(msg("Mara?", 1), RecordingTarget()))
-    await until(lambda: model.requests)
+    await until(lambda: model.requests, timeout=5.0)
     second = asyncio.create_task(core.handle(msg("Bram, wait: me first.", 2), RecordingTarget()))
-    await until(lambda: _stored(core, "u2"))
+    await until(lambda: _stored(core, "u2"), timeout=5.0)
     model.gate.set()
     await asyncio.gather(first, second)
 
@@ -161,17 +161,3 @@ async def test_a_person_writing_during_a_chain_takes_the_floor_back(make_core: M
 async def _stored(core: Any, message_id: str) -> bool:
     rows = await core.store.list_messages()
     return any(r.platform_message_id == message_id for r in rows)
-
-
-async def until(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Poll a check (sync or async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.01)

@@ -24,6 +24,7 @@ from bot.core import Core
 from bot.errors import CharbotError
 from tests.fake_telegram import BOT_USERNAME, FakeTelegram, Recorded
 from tests.fakes import FakeModel
+from tests.polling import until
 
 TOKEN = "123456789:AAH-fake-telegram-token_s3cr3tZm9vYmFy"
 GROUP = -1001234567
@@ -70,20 +71,6 @@ async def start_bot(fake: FakeTelegram, make_core: Any) -> AsyncIterator[StartBo
     yield factory
     for adapter in started:
         await adapter.stop()
-
-
-async def until(check: Callable[[], Any], timeout: float = 8.0) -> Any:
-    """Poll a check (sync or async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {getattr(check, '__name__', check)}")
-        await asyncio.sleep(0.02)
 
 
 async def replies_stored(core: Core, count: int = 1) -> list[Any]:
