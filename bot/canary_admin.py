@@ -34,6 +34,13 @@ async def judge(
     )
 
 
+def no_canary(name: str) -> CharbotError:
+    """The one line for a command on a canary that does not run."""
+    return CharbotError(
+        f"{name} has no canary running; start one with `charbot loras try {name} VERSION`"
+    )
+
+
 async def finish(store: Store, name: str, action: str, by: str) -> Canary:
     """End ``name``'s live canary by ``action`` (``promote``: the candidate becomes everyone's
     version; ``rollback``, ``stop``: everyone keeps the current one); the canary as it was.
@@ -42,9 +49,7 @@ async def finish(store: Store, name: str, action: str, by: str) -> Canary:
         raise ValueError(f"unknown canary action {action!r}; use one of {', '.join(ENDINGS)}")
     live = await canaries.live_canary(store, name)
     if live is None:
-        raise CharbotError(
-            f"{name} has no canary running; start one with `charbot loras try {name} VERSION`"
-        )
+        raise no_canary(name)
     if action == "promote":
         await lora_choices.record_choice(store, name, live.version, live.path, "canary")
     await canaries.end_canary(store, name, ENDINGS[action], by)

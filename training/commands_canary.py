@@ -14,7 +14,7 @@ import argparse
 import json
 from typing import Any
 
-from bot.canary_admin import ENDINGS, finish
+from bot.canary_admin import ENDINGS, finish, no_canary
 from bot.canary_admin import judge as judge_canary
 from bot.config import Config
 from bot.errors import CharbotError
@@ -58,12 +58,6 @@ def _share(value: float) -> float:
     return value
 
 
-def _no_canary(name: str) -> CharbotError:
-    return CharbotError(
-        f"{name} has no canary running; start one with `charbot loras try {name} VERSION`"
-    )
-
-
 def current_version(config: Config, name: str, choice: Any) -> tuple[str | None, str | None]:
     """(version, path) ``name`` speaks with for everyone: its choice, else as configured."""
     if choice is not None:
@@ -102,7 +96,7 @@ async def canary_command(
         )
     live = await canaries.live_canary(store, name)
     if live is None:
-        raise _no_canary(name)
+        raise no_canary(name)
     if args.action == "compare":
         comparison = await judge(config, store, live)
         print(
